@@ -1,0 +1,139 @@
+"""The scale-adaptive convolution layer and the scale regression layer that drives it."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from sacseg.ops.sac_conv import IntOrPair, _pair, sac_conv2d
+
+__all__ = ["ScaleAdaptiveConv2d", "ScaleRegressor"]
+
+
+class ScaleAdaptiveConv2d(nn.Module):
+    """A convolution whose receptive field is resized per output position by a scale map.
+
+    Parameters are named and shaped as in ``nn.Conv2d`` (``weight [C_out, C_in, kh, kw]``,
+    ``bias [C_out]``) and initialised the same way, so state dicts move between the two.
+
+    Shapes:
+        input ``[N, C_in, H, W]``, scale ``[N, 1, H_out, W_out]`` -> ``[N, C_out, H_out, W_out]``,
+        with ``H_out, W_out`` as ``nn.Conv2d`` of the same geometry gives.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntOrPair,
+        stride: IntOrPair = 1,
+        padding: IntOrPair = 0,
+        dilation: IntOrPair = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        if self.kernel_size[0] % 2 == 0 or self.kernel_size[1] % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
+        self.stride = _pair(stride, "stride")
+        self.padding = _pair(padding, "padding")
+        self.dilation = _pair(dilation, "dilation")
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Conv2d's initialisation, so a SAC layer starts where a plain one would.
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight[0].numel()
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> "ScaleAdaptiveConv2d":
+        """A SAC layer with ``conv``'s geometry and a copy of its parameters."""
+        if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError(
+                f"only groups=1, zero, numeric padding convolutions convert to SAC, got groups={conv.groups}, "
+                f"padding={conv.padding!r}, padding_mode={conv.padding_mode!r}"
+            )
+        sac = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,  # type: ignore[arg-type]
+            conv.stride,  # type: ignore[arg-type]
+            conv.padding,  # type: ignore[arg-type]
+            conv.dilation,  # type: ignore[arg-type]
+            bias=conv.bias is not None,
+        ).to(device=conv.weight.device, dtype=conv.weight.dtype)
+        sac.load_state_dict(conv.state_dict())
+        return sac
+
+    def forward(self, input: Tensor, scale: Tensor) -> Tensor:
+        return sac_conv2d(input, scale, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, bias={self.bias is not None}"
+        )
+
+
+class ScaleRegressor(nn.Module):
+    """The scale regression layer (section 3.2): a convolution to one channel of scale coefficients.
+
+    Initialised as equation (1): weights from ``N(0, sigma^2)`` with a small ``sigma`` and bias 1,
+    so every scale starts at (almost exactly) 1 and SAC starts as the plain convolution. The raw
+    output then passes the non-negative transformation (ReLU) and the clip of section 3.4 to
+    ``[min_scale, max_scale]``; non-finite values are replaced before the clip (NaN by 1, +-inf by
+    the bounds), so they never reach the sampler.
+
+    The default bounds ``[0.25, 4.0]`` let a 3x3 layer of dilation ``d`` shrink its taps to a
+    quarter of ``d`` (finer than one pixel only below ``d = 4``) or spread them four times wider,
+    symmetric in log-scale around the plain convolution.
+
+    Shapes:
+        input ``[N, C, H, W]`` -> scale ``[N, 1, H_out, W_out]``, ``H_out = H`` for the default
+        ``stride=1`` (padding keeps the size).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        dilation: int = 1,
+        min_scale: float = 0.25,
+        max_scale: float = 4.0,
+        init_std: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        if not 0 <= min_scale < max_scale:
+            raise ValueError(f"need 0 <= min_scale < max_scale, got min_scale={min_scale}, max_scale={max_scale}")
+        self.min_scale = float(min_scale)
+        self.max_scale = float(max_scale)
+        self.init_std = float(init_std)
+        self.conv = nn.Conv2d(
+            in_channels, 1, kernel_size, stride=stride, padding=dilation * (kernel_size // 2), dilation=dilation
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.conv.weight, mean=0.0, std=self.init_std)
+        nn.init.constant_(self.conv.bias, 1.0)
+
+    def forward(self, features: Tensor) -> Tensor:
+        raw = self.conv(features)
+        raw = torch.nan_to_num(raw, nan=1.0, posinf=self.max_scale, neginf=self.min_scale)
+        return F.relu(raw).clamp(self.min_scale, self.max_scale)
+
+    def extra_repr(self) -> str:
+        return f"min_scale={self.min_scale}, max_scale={self.max_scale}, init_std={self.init_std}"

@@ -1,0 +1,81 @@
+"""ScaleAdaptiveConv2d and ScaleRegressor: parameters, initialisation, bounds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from sacseg.nn import ScaleAdaptiveConv2d, ScaleRegressor
+
+
+def test_state_dict_moves_between_conv2d_and_sac():
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2)
+    sac = ScaleAdaptiveConv2d(4, 6, 3, stride=2, padding=2, dilation=2)
+    assert {k: v.shape for k, v in sac.state_dict().items()} == {k: v.shape for k, v in conv.state_dict().items()}
+    sac.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 4, 15, 13)
+    ones = torch.ones(2, 1, *conv(x).shape[-2:])
+    torch.testing.assert_close(sac(x, ones), conv(x))
+    conv2 = nn.Conv2d(4, 6, 3)
+    conv2.load_state_dict(sac.state_dict())
+
+
+def test_initialisation_matches_conv2d_statistics():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(64, 64, 3)
+    torch.manual_seed(0)
+    sac = ScaleAdaptiveConv2d(64, 64, 3)
+    torch.testing.assert_close(sac.weight, conv.weight)
+    torch.testing.assert_close(sac.bias, conv.bias)
+
+
+def test_from_conv_copies_geometry_and_rejects_groups():
+    conv = nn.Conv2d(3, 5, (3, 5), stride=(1, 2), padding=(1, 4), dilation=(1, 2), bias=False)
+    sac = ScaleAdaptiveConv2d.from_conv(conv)
+    x = torch.randn(1, 3, 9, 16)
+    torch.testing.assert_close(sac(x, torch.ones(1, 1, *conv(x).shape[-2:])), conv(x))
+    with pytest.raises(ValueError, match="groups=2"):
+        ScaleAdaptiveConv2d.from_conv(nn.Conv2d(4, 4, 3, groups=2))
+
+
+def test_even_kernel_rejected():
+    with pytest.raises(ValueError, match="odd"):
+        ScaleAdaptiveConv2d(3, 3, 2)
+
+
+def test_regressor_starts_at_one_and_is_learnable():
+    reg = ScaleRegressor(32)
+    assert reg.conv.bias.item() == 1.0
+    assert reg.conv.weight.std().item() < 5e-3
+    s = reg(torch.randn(2, 32, 9, 7))
+    assert s.shape == (2, 1, 9, 7)
+    assert (s - 1).abs().max().item() < 0.1
+    s.sum().backward()
+    assert reg.conv.weight.grad.abs().sum() > 0
+
+
+def test_regressor_clips_and_removes_non_finite():
+    reg = ScaleRegressor(1, kernel_size=1, min_scale=0.5, max_scale=2.0)
+    with torch.no_grad():
+        reg.conv.weight.fill_(1.0)
+        reg.conv.bias.zero_()
+    x = torch.tensor([-3.0, 0.2, 1.3, 9.0, float("nan"), float("inf"), -float("inf")]).view(1, 1, 1, 7)
+    s = reg(x)
+    assert torch.isfinite(s).all()
+    torch.testing.assert_close(s.flatten(), torch.tensor([0.5, 0.5, 1.3, 2.0, 1.0, 2.0, 0.5]))
+
+
+def test_regressor_rejects_bad_bounds():
+    with pytest.raises(ValueError, match="min_scale"):
+        ScaleRegressor(4, min_scale=2.0, max_scale=1.0)
+
+
+def test_sac_with_regressor_trains_end_to_end():
+    feats = torch.randn(2, 8, 12, 12)
+    reg = ScaleRegressor(8)
+    sac = ScaleAdaptiveConv2d(8, 3, 3, padding=2, dilation=2)
+    out = sac(feats, reg(feats))
+    out.square().mean().backward()
+    assert reg.conv.weight.grad.abs().sum() > 0 and reg.conv.bias.grad.abs() > 0
+    assert sac.weight.grad.abs().sum() > 0

@@ -1,0 +1,263 @@
+"""Correctness of sac_conv2d: the paper's equations, F.conv2d, deform_conv2d and gradcheck."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.ops import deform_conv2d
+
+from sacseg.ops import SAC_IMPLEMENTATIONS, sac_conv2d
+
+IMPLS = sorted(SAC_IMPLEMENTATIONS)
+
+
+def loop_reference(input, scale, weight, bias, stride, padding, dilation):
+    """Equations (7)-(9) with explicit loops: every tap, every bilinear neighbour."""
+    n_, c_in, h, w = input.shape
+    c_out, _, kh, kw = weight.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    h_out, w_out = scale.shape[-2:]
+    out = torch.zeros(n_, c_out, h_out, w_out, dtype=input.dtype)
+    for n in range(n_):
+        for p in range(h_out):
+            for q in range(w_out):
+                s = float(scale[n, 0, p, q])
+                cy, cx = p * sh - ph + (kh // 2) * dh, q * sw - pw + (kw // 2) * dw
+                acc = torch.zeros(c_out, dtype=input.dtype)
+                for a in range(kh):
+                    for b in range(kw):
+                        y = cy + (a - kh // 2) * dh * s  # eq. (7)
+                        x = cx + (b - kw // 2) * dw * s
+                        z = torch.zeros(c_in, dtype=input.dtype)  # eq. (8)
+                        for m in range(math.floor(y), math.floor(y) + 2):
+                            for k in range(math.floor(x), math.floor(x) + 2):
+                                if 0 <= m < h and 0 <= k < w:
+                                    z += input[n, :, m, k] * max(0.0, 1 - abs(y - m)) * max(0.0, 1 - abs(x - k))
+                        acc += weight[:, :, a, b] @ z  # eq. (9)
+                out[n, :, p, q] = acc + (bias if bias is not None else 0)
+    return out
+
+
+def _out_size(h, w, k, stride, padding, dilation):
+    return tuple((size + 2 * pp - d * (kk - 1) - 1) // s + 1 for size, kk, s, pp, d in zip((h, w), k, stride, padding, dilation))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize(
+    "kernel,stride,padding,dilation",
+    [((3, 3), (1, 1), (1, 1), (1, 1)), ((3, 5), (2, 1), (2, 1), (1, 2)), ((1, 1), (1, 1), (0, 0), (1, 1)), ((5, 5), (1, 2), (4, 3), (2, 1))],
+)
+def test_matches_loop_reference(impl, kernel, stride, padding, dilation):
+    n, c_in, c_out, h, w = 2, 3, 4, 7, 8
+    x = torch.randn(n, c_in, h, w, dtype=torch.float64)
+    weight = torch.randn(c_out, c_in, *kernel, dtype=torch.float64)
+    bias = torch.randn(c_out, dtype=torch.float64)
+    h_out, w_out = _out_size(h, w, kernel, stride, padding, dilation)
+    scale = torch.rand(n, 1, h_out, w_out, dtype=torch.float64) * 2.5 + 0.1  # taps inside and outside
+    expected = loop_reference(x, scale, weight, bias, stride, padding, dilation)
+    got = sac_conv2d(x, scale, weight, bias, stride, padding, dilation, impl=impl)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize(
+    "kernel,stride,padding,dilation",
+    [
+        ((1, 1), 1, 0, 1),
+        ((3, 3), 1, 1, 1),
+        ((3, 3), 2, 0, 3),
+        ((5, 5), 1, 2, 2),
+        ((3, 5), (1, 2), (1, 2), (2, 1)),
+        ((3, 3), 3, 4, 4),
+    ],
+)
+def test_scale_one_is_conv2d(impl, kernel, stride, padding, dilation):
+    x = torch.randn(2, 5, 13, 11)
+    weight = torch.randn(6, 5, *kernel)
+    bias = torch.randn(6)
+    expected = F.conv2d(x, weight, bias, stride, padding, dilation)
+    scale = torch.ones(2, 1, *expected.shape[-2:])
+    got = sac_conv2d(x, scale, weight, bias, stride, padding, dilation, impl=impl)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("m", [2, 3])
+@pytest.mark.parametrize("dilation,padding", [(1, 1), (2, 0), (2, 3)])
+def test_integer_scale_is_dilated_conv(impl, m, dilation, padding):
+    # Scale m is dilation m*d around the same centre: padding grows by (k//2)*d*(m-1) for the same grid.
+    x = torch.randn(1, 4, 17, 15)
+    weight = torch.randn(3, 4, 3, 3)
+    plain = F.conv2d(x, weight, None, 1, padding, dilation)
+    scale = torch.full((1, 1, *plain.shape[-2:]), float(m))
+    got = sac_conv2d(x, scale, weight, None, 1, padding, dilation, impl=impl)
+    expected = F.conv2d(x, weight, None, 1, padding + dilation * (m - 1), dilation * m)
+    assert expected.shape == got.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def _deform_offsets(scale, kernel, dilation):
+    """Offsets making deform_conv2d sample where SAC does: (s - 1) * dil * (a - kh//2, b - kw//2)."""
+    kh, kw = kernel
+    a = torch.arange(kh, dtype=scale.dtype).repeat_interleave(kw) - kh // 2
+    b = torch.arange(kw, dtype=scale.dtype).repeat(kh) - kw // 2
+    dy = (scale - 1) * dilation[0] * a.view(1, -1, 1, 1)
+    dx = (scale - 1) * dilation[1] * b.view(1, -1, 1, 1)
+    # torchvision's layout: channel 2k is dy, 2k+1 is dx of tap k (row-major over the kernel).
+    return torch.stack((dy, dx), dim=2).flatten(1, 2)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize(
+    "kernel,stride,padding,dilation", [((3, 3), (1, 1), (2, 2), (2, 2)), ((3, 5), (2, 1), (1, 3), (1, 2))]
+)
+def test_forward_and_gradients_match_deform_conv2d(impl, kernel, stride, padding, dilation):
+    n, c_in, c_out, h, w = 2, 4, 5, 12, 10
+    x = torch.randn(n, c_in, h, w, dtype=torch.float64)
+    weight = torch.randn(c_out, c_in, *kernel, dtype=torch.float64)
+    bias = torch.randn(c_out, dtype=torch.float64)
+    h_out, w_out = _out_size(h, w, kernel, stride, padding, dilation)
+    scale = torch.rand(n, 1, h_out, w_out, dtype=torch.float64) * 1.6 + 0.3
+    grad_out = torch.randn(n, c_out, h_out, w_out, dtype=torch.float64)
+
+    leaves_sac = [t.clone().requires_grad_() for t in (x, scale, weight, bias)]
+    out_sac = sac_conv2d(leaves_sac[0], leaves_sac[1], leaves_sac[2], leaves_sac[3], stride, padding, dilation, impl=impl)
+    grads_sac = torch.autograd.grad(out_sac, leaves_sac, grad_out)
+
+    leaves_dc = [t.clone().requires_grad_() for t in (x, scale, weight, bias)]
+    offset = _deform_offsets(leaves_dc[1], kernel, dilation)
+    out_dc = deform_conv2d(leaves_dc[0], offset, leaves_dc[2], leaves_dc[3], stride, padding, dilation)
+    grads_dc = torch.autograd.grad(out_dc, leaves_dc, grad_out)
+
+    torch.testing.assert_close(out_sac, out_dc, rtol=1e-9, atol=1e-9)
+    for name, g_sac, g_dc in zip(("input", "scale", "weight", "bias"), grads_sac, grads_dc):
+        torch.testing.assert_close(g_sac, g_dc, rtol=1e-8, atol=1e-8, msg=lambda m: f"grad of {name}: {m}")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("scale_range", [(0.3, 1.7), (1.5, 4.0)])  # the second sends taps outside the input
+def test_gradcheck(impl, scale_range):
+    lo, hi = scale_range
+    x = torch.randn(2, 3, 6, 7, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    scale = (torch.rand(2, 1, 3, 4, dtype=torch.float64) * (hi - lo) + lo).requires_grad_()
+
+    def fn(x, scale, weight, bias):
+        return sac_conv2d(x, scale, weight, bias, stride=2, padding=2, dilation=2, impl=impl)
+
+    assert torch.autograd.gradcheck(fn, (x, scale, weight, bias), eps=1e-6, atol=1e-5)
+
+
+def test_scale_gradient_is_equation_16():
+    """g(s) = sum_ij (i d dZ/dx' + j d dZ/dy')^T g(Z), with eq. (14)'s derivatives, at one output."""
+    x = torch.randn(1, 2, 9, 9, dtype=torch.float64)
+    weight = torch.randn(1, 2, 3, 3, dtype=torch.float64)
+    s0, d = 1.37, 2
+    scale = torch.full((1, 1, 1, 1), s0, dtype=torch.float64, requires_grad=True)
+    # A 9x9 input, kernel 3, dilation 2, padding 0, stride 4 -> 2x2 outputs; take a 1x1 crop of the grid.
+    out = sac_conv2d(x[:, :, :5, :5], scale, weight, None, 1, 0, d)
+    (g,) = torch.autograd.grad(out.sum(), scale)
+    expected = 0.0
+    cy = cx = 2  # centre of the 5x5 window
+    for i in (-1, 0, 1):
+        for j in (-1, 0, 1):
+            y, xx = cy + i * d * s0, cx + j * d * s0
+            y0, x0 = math.floor(y), math.floor(xx)
+            fy, fx = y - y0, xx - x0
+            patch = x[0, :, :5, :5]
+
+            def at(m, k):
+                return patch[:, m, k] if 0 <= m < 5 and 0 <= k < 5 else torch.zeros(2, dtype=torch.float64)
+
+            dz_dy = (at(y0 + 1, x0) - at(y0, x0)) * (1 - fx) + (at(y0 + 1, x0 + 1) - at(y0, x0 + 1)) * fx
+            dz_dx = (at(y0, x0 + 1) - at(y0, x0)) * (1 - fy) + (at(y0 + 1, x0 + 1) - at(y0 + 1, x0)) * fy
+            g_z = weight[0, :, i + 1, j + 1]  # eq. (10) with g(B) = 1
+            expected += float((i * d * dz_dy + j * d * dz_dx) @ g_z)
+    assert g.item() == pytest.approx(expected, rel=1e-10, abs=1e-10)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_batch_size_zero(impl):
+    x = torch.randn(0, 3, 8, 8, requires_grad=True)
+    weight = torch.randn(4, 3, 3, 3, requires_grad=True)
+    scale = torch.ones(0, 1, 8, 8, requires_grad=True)
+    out = sac_conv2d(x, scale, weight, None, padding=1, impl=impl)
+    assert out.shape == (0, 4, 8, 8)
+    out.sum().backward()
+    assert weight.grad is not None and torch.count_nonzero(weight.grad) == 0
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_non_contiguous_inputs(impl):
+    x = torch.randn(2, 9, 10, 3).permute(0, 3, 1, 2)  # channels-last view
+    weight = torch.randn(3, 4, 3, 3).transpose(0, 1)
+    scale = (torch.rand(2, 10, 9, 1) + 0.5).permute(0, 3, 2, 1)
+    bias = torch.randn(8)[::2]
+    assert not (x.is_contiguous() or weight.is_contiguous() or scale.is_contiguous() or bias.is_contiguous())
+    got = sac_conv2d(x, scale, weight, bias, padding=1, impl=impl)
+    expected = sac_conv2d(x.contiguous(), scale.contiguous(), weight.contiguous(), bias.contiguous(), padding=1, impl=impl)
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_autocast_keeps_scale_gradient(impl):
+    x = torch.randn(1, 3, 8, 8)
+    weight = torch.randn(2, 3, 3, 3)
+    scale = (torch.rand(1, 1, 8, 8) * 0.8 + 0.6).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        # A half-precision input, as a previous autocast layer would hand over.
+        out = sac_conv2d(x.bfloat16(), scale, weight, None, padding=2, dilation=2, impl=impl)
+    assert out.dtype == torch.float32
+    (g_auto,) = torch.autograd.grad(out.sum(), scale)
+    out32 = sac_conv2d(x.bfloat16().float(), scale, weight, None, padding=2, dilation=2, impl=impl)
+    (g32,) = torch.autograd.grad(out32.sum(), scale)
+    assert torch.count_nonzero(g_auto) > 0
+    torch.testing.assert_close(g_auto, g32)
+
+
+def test_unknown_impl_lists_valid_ones():
+    x, w = torch.randn(1, 1, 4, 4), torch.randn(1, 1, 3, 3)
+    with pytest.raises(ValueError, match="reference"):
+        sac_conv2d(x, torch.ones(1, 1, 2, 2), w, impl="nope")
+
+
+@pytest.mark.parametrize(
+    "make,error,pattern",
+    [
+        (lambda: (torch.randn(3, 8, 8), torch.ones(1, 1, 6, 6), torch.randn(2, 3, 3, 3), None), ValueError, r"input must be a 4-D.*\(3, 8, 8\)"),
+        (lambda: (torch.randn(1, 3, 8, 8), torch.ones(1, 1, 6, 6), torch.randn(2, 3, 3), None), ValueError, r"weight must be a 4-D.*\(2, 3, 3\)"),
+        (lambda: (torch.randn(1, 3, 8, 8), torch.ones(1, 1, 8, 8), torch.randn(2, 3, 3, 3), None), ValueError, r"scale must have shape \[N, 1, H_out, W_out\] = \[1, 1, 6, 6\].*\(1, 1, 8, 8\)"),
+        (lambda: (torch.randn(1, 3, 8, 8), torch.ones(1, 6, 6), torch.randn(2, 3, 3, 3), None), ValueError, r"scale must have shape.*\(1, 6, 6\)"),
+        (lambda: (torch.randn(1, 3, 8, 8), torch.ones(1, 1, 7, 7), torch.randn(2, 3, 2, 2), None), ValueError, r"odd.*2x2"),
+        (lambda: (torch.randn(1, 3, 8, 8), torch.ones(1, 1, 6, 6), torch.randn(2, 4, 3, 3), None), ValueError, r"channel mismatch.*C_in=3.*expects 4"),
+        (lambda: (torch.randn(1, 3, 8, 8), torch.ones(1, 1, 6, 6), torch.randn(2, 3, 3, 3), torch.randn(3)), ValueError, r"bias must have shape \[2\].*\(3,\)"),
+        (lambda: (torch.randn(1, 3, 8, 8), torch.ones(1, 1, 6, 6, dtype=torch.float64), torch.randn(2, 3, 3, 3), None), RuntimeError, r"one dtype.*scale.*float64"),
+        (lambda: (torch.randn(1, 3, 8, 8), torch.ones(1, 1, 6, 6, device="meta"), torch.randn(2, 3, 3, 3), None), RuntimeError, r"one device.*meta"),
+        (lambda: (torch.randn(1, 3, 2, 2), torch.ones(1, 1, 1, 1), torch.randn(2, 3, 3, 3), None), ValueError, r"\(1, 3, 2, 2\) is too small"),
+    ],
+)
+def test_errors_name_the_fault(make, error, pattern):
+    x, scale, weight, bias = make()
+    with pytest.raises(error, match=pattern):
+        sac_conv2d(x, scale, weight, bias)
+
+
+@pytest.mark.parametrize("kwargs,pattern", [({"stride": 0}, "stride"), ({"padding": -1}, "padding"), ({"dilation": (1, 0)}, "dilation"), ({"stride": (1, 2, 3)}, "stride")])
+def test_bad_geometry(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        sac_conv2d(torch.randn(1, 1, 8, 8), torch.ones(1, 1, 6, 6), torch.randn(1, 1, 3, 3), **kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("impl", IMPLS)
+def test_cuda_matches_cpu(impl):
+    x = torch.randn(2, 4, 11, 9, dtype=torch.float64)
+    weight = torch.randn(3, 4, 3, 3, dtype=torch.float64)
+    scale = torch.rand(2, 1, 11, 9, dtype=torch.float64) + 0.5
+    cpu = sac_conv2d(x, scale, weight, None, padding=2, dilation=2, impl=impl)
+    gpu = sac_conv2d(x.cuda(), scale.cuda(), weight.cuda(), None, padding=2, dilation=2, impl=impl)
+    torch.testing.assert_close(gpu.cpu(), cpu)
