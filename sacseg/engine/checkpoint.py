@@ -1,0 +1,151 @@
+"""Training checkpoints: atomic writes, random-number-generator states, and loading with clear errors."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_torch_save",
+    "capture_rng_state",
+    "restore_rng_state",
+    "save_checkpoint",
+    "load_checkpoint",
+]
+
+
+def _atomic_write(path: str | os.PathLike[str], write: Any) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
+
+    A reader (or a crash at any moment) sees either the old file or the complete new one, never a
+    partial file: ``os.replace`` within one folder is atomic on POSIX and Windows.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make outputs private
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder + ``os.replace``)."""
+    _atomic_write(path, lambda handle: handle.write(data))
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save(obj, path)``, atomically."""
+    _atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The states of Python's, NumPy's and torch's global generators (CPU and every CUDA device).
+
+    Stored as tensors and plain numbers so ``torch.load(weights_only=True)`` accepts them.
+    """
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "python": random.getstate(),
+        "numpy": {
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Put back the generator states saved by ``capture_rng_state``."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]},
+            "has_gauss": np_state["has_gauss"],
+            "gauss": np_state["gauss"],
+        }
+    )
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _non_finite_parameter(model: nn.Module) -> str | None:
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    iteration: int,
+    epoch: int,
+    config: dict[str, Any],
+    best_metric: float,
+    git_revision: str = "unknown",
+) -> None:
+    """Write everything a run needs to continue exactly, atomically.
+
+    ``iteration`` counts completed optimisation steps; ``epoch`` is the epoch they are in. Refuses
+    (ValueError) to write a model whose weights or buffers are not finite, so the previous file
+    at ``path`` stays the last good one.
+    """
+    bad = _non_finite_parameter(model)
+    if bad is not None:
+        raise ValueError(f"not writing {path}: model tensor {bad!r} holds NaN or inf at iteration {iteration}")
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "iteration": int(iteration),
+        "epoch": int(epoch),
+        "config": dict(config),
+        "best_metric": float(best_metric),
+        "rng": capture_rng_state(),
+        "git_revision": git_revision,
+    }
+    atomic_torch_save(state, path)
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by ``save_checkpoint``; FileNotFoundError / ValueError name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a bad file
+        raise ValueError(f"checkpoint {path} is corrupt or not a checkpoint: {err}") from err
+    missing = [key for key in ("model", "iteration") if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}")
+    return state
+

@@ -1,0 +1,130 @@
+"""Tests for checkpoints: atomic writes survive a SIGKILL mid-write, bad files are named, RNG states round-trip."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sacseg.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _parts(value: float = 1.0) -> dict:
+    model = nn.Linear(3, 2)
+    nn.init.constant_(model.weight, value)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    return {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    parts = _parts(2.0)
+    save_checkpoint(tmp_path / "last.pt", **parts, iteration=7, epoch=3, config={"lr": 0.1}, best_metric=0.25)
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["iteration"] == 7 and state["epoch"] == 3 and state["best_metric"] == 0.25
+    assert state["config"] == {"lr": 0.1} and state["git_revision"] == "unknown"
+    assert torch.equal(state["model"]["weight"], torch.full((2, 3), 2.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_rng_states_round_trip() -> None:
+    state = capture_rng_state()
+    expected = (random.random(), np.random.rand(), torch.rand(1))
+    random.random(), np.random.rand(), torch.rand(3)
+    restore_rng_state(state)
+    assert (random.random(), np.random.rand()) == expected[:2] and torch.equal(torch.rand(1), expected[2])
+
+
+def test_missing_and_corrupt_checkpoints_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="absent.pt"):
+        load_checkpoint(tmp_path / "absent.pt")
+    bad = tmp_path / "garbage.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="garbage.pt"):
+        load_checkpoint(bad)
+    parts = _parts()
+    save_checkpoint(tmp_path / "full.pt", **parts, iteration=1, epoch=0, config={}, best_metric=0.0)
+    data = (tmp_path / "full.pt").read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated.pt"):
+        load_checkpoint(tmp_path / "truncated.pt")
+
+
+def test_non_finite_weights_are_not_written(tmp_path: Path) -> None:
+    good = _parts(1.0)
+    save_checkpoint(tmp_path / "last.pt", **good, iteration=1, epoch=0, config={}, best_metric=0.0)
+    bad = _parts(float("nan"))
+    with pytest.raises(ValueError, match="'weight'.*iteration 2"):
+        save_checkpoint(tmp_path / "last.pt", **bad, iteration=2, epoch=0, config={}, best_metric=0.0)
+    assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 1
+
+
+_KILLED_WRITER = textwrap.dedent(
+    """
+    import io, sys, time
+    import torch
+    from torch import nn
+    from sacseg.engine.checkpoint import save_checkpoint
+
+    def parts(value):
+        model = nn.Linear(64, 64)
+        nn.init.constant_(model.weight, value)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        return dict(model=model, optimizer=optimizer,
+                    scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0),
+                    scaler=torch.amp.GradScaler("cpu", enabled=False))
+
+    path = sys.argv[1]
+    save_checkpoint(path, **parts(1.0), iteration=1, epoch=0, config={}, best_metric=0.0)
+    real_save = torch.save
+
+    def slow_save(obj, handle):
+        buffer = io.BytesIO()
+        real_save(obj, buffer)
+        data = buffer.getvalue()
+        handle.write(data[: len(data) // 2])
+        handle.flush()
+        print("half written", flush=True)
+        time.sleep(60)
+        handle.write(data[len(data) // 2 :])
+
+    torch.save = slow_save
+    save_checkpoint(path, **parts(2.0), iteration=2, epoch=0, config={}, best_metric=0.0)
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
+def test_kill_during_write_keeps_previous_checkpoint(tmp_path: Path) -> None:
+    script = tmp_path / "writer.py"
+    script.write_text(_KILLED_WRITER)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "last.pt")], stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "half written"
+        partial = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+        assert len(partial) == 1 and partial[0].stat().st_size > 0  # the new file is mid-write
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["iteration"] == 1
+    assert torch.equal(state["model"]["weight"], torch.ones(64, 64))
+    with pytest.raises(ValueError, match=partial[0].name):
+        load_checkpoint(partial[0])
