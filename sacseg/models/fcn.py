@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from sacseg.models._state import check_state_dict
 from sacseg.models.resnet import DilatedResNet, load_backbone_weights
 from sacseg.nn import FrozenBatchNorm2d, ScaleAdaptiveConv2d, ScaleRegressor
 
@@ -177,21 +178,16 @@ def load_baseline_and_freeze(model: DilatedFCN, checkpoint: str | Path | Mapping
         ``model``, modified in place.
     """
     state, source = _checkpoint_state(checkpoint)
-    expected = set(model.state_dict())
-    regressor_keys = {k for k in expected if k.startswith("scale_regressors.")}
-    if not regressor_keys:
+    baseline = {k: v for k, v in model.state_dict().items() if not k.startswith("scale_regressors.")}
+    if len(baseline) == len(model.state_dict()):
         raise ValueError("the model has no scale regressors: the -only schemes need a sac_single/sac_multiple model")
-    baseline_keys = expected - regressor_keys
-    missing, unexpected = sorted(baseline_keys - set(state)), sorted(set(state) - baseline_keys)
-    if missing or unexpected:
-        raise ValueError(
-            f"{source} is not a baseline checkpoint for this model: missing keys {missing}, unexpected keys "
-            f"{unexpected} (a baseline has every key of the SAC model except scale_regressors.*)"
-        )
-    try:
-        model.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # shape mismatches, e.g. another num_classes or depth
-        raise ValueError(f"{source} does not fit this model: {err}") from err
+    check_state_dict(
+        baseline,
+        state,
+        f"{source} is not a baseline checkpoint for this model (a baseline has every key of the SAC model "
+        "except scale_regressors.*, with the same shapes)",
+    )
+    model.load_state_dict(state, strict=False)
     model.requires_grad_(False)
     model.scale_regressors.requires_grad_(True)
     FrozenBatchNorm2d.convert(model)

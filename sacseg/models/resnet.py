@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from torchvision import models as tvm
 
+from sacseg.models._state import check_state_dict
 from sacseg.nn import ScaleAdaptiveConv2d
 
 __all__ = ["BasicBlock", "Bottleneck", "DilatedResNet", "ResStage", "load_backbone_weights", "stage_geometry"]
@@ -243,7 +244,8 @@ def load_backbone_weights(backbone: DilatedResNet, weights: str | Path) -> None:
     """Load torchvision ResNet weights into ``backbone``: ``"imagenet"`` or the path of a state dict.
 
     The state dict is a torchvision ``resnet*`` one; its ``fc.*`` keys are ignored, any other
-    missing or unexpected key raises ``ValueError`` naming the keys and the source.
+    missing, unexpected or misshapen key raises ``ValueError`` naming the keys and the source
+    (before anything is loaded).
     """
     if weights == "imagenet":
         state, source = _download_imagenet(backbone.depth), IMAGENET_WEIGHTS[backbone.depth].url
@@ -251,14 +253,5 @@ def load_backbone_weights(backbone: DilatedResNet, weights: str | Path) -> None:
         path = Path(weights)
         state, source = _read_state_dict(path), str(path)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    expected = set(backbone.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ValueError(
-            f"{source} does not fit a resnet{backbone.depth} backbone: missing keys {missing}, "
-            f"unexpected keys {unexpected}"
-        )
-    try:
-        backbone.load_state_dict(state)
-    except RuntimeError as err:  # shape mismatches, e.g. the weights of another depth
-        raise ValueError(f"{source} does not fit a resnet{backbone.depth} backbone: {err}") from err
+    check_state_dict(backbone.state_dict(), state, f"{source} does not fit a resnet{backbone.depth} backbone")
+    backbone.load_state_dict(state)
