@@ -21,11 +21,10 @@ __all__ = ["MODELS", "DilatedFCN", "Upsample", "bilinear_kernel", "build_model",
 SacScheme = Literal["none", "single", "multiple"]
 
 
-def bilinear_kernel(size: int) -> Tensor:
-    """The ``[size, size]`` kernel with which a stride-``ceil(size/2)`` deconvolution interpolates bilinearly."""
-    factor = (size + 1) // 2
-    centre = factor - 1 if size % 2 == 1 else factor - 0.5
-    taps = 1 - (torch.arange(size, dtype=torch.float64) - centre).abs() / factor
+def bilinear_kernel(factor: int) -> Tensor:
+    """The ``[2 * factor, 2 * factor]`` kernel of a stride-``factor`` deconvolution that interpolates bilinearly."""
+    centre = factor - 0.5
+    taps = 1 - (torch.arange(2 * factor, dtype=torch.float64) - centre).abs() / factor
     return (taps[:, None] * taps[None, :]).float()
 
 
@@ -51,7 +50,7 @@ class Upsample(nn.Module):
             raise ValueError(f"upsample must be 'deconv' or 'bilinear', got {mode!r}")
         self.channels, self.factor, self.mode = channels, factor, mode
         if mode == "deconv":
-            kernel = bilinear_kernel(2 * factor).expand(channels, 1, -1, -1).clone()
+            kernel = bilinear_kernel(factor).expand(channels, 1, -1, -1).clone()
             self.register_buffer("weight", kernel, persistent=False)
 
     def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
