@@ -171,9 +171,9 @@ def test_only_scheme_refuses_wrong_checkpoints(tmp_path: Path):
     with pytest.raises(ValueError, match=r"unexpected keys \['scale_regressors\.classifier\.conv\.bias'"):
         load_baseline_and_freeze(build_model("sac_single_resnet18", 3), sac_state)
     with pytest.raises(ValueError, match=r"shape mismatches \[.*'classifier\.bias: \(4,\) instead of \(3,\)'"):
-        load_baseline_and_freeze(build_model("sac_single_resnet18", 3), _baseline_state(num_classes=4))
+        load_baseline_and_freeze(build_model("sac_single_resnet18", 3), build_model("fcn_resnet18", 4).state_dict())
     with pytest.raises(ValueError, match="no scale regressors"):
-        load_baseline_and_freeze(build_model("fcn_resnet18", 3), _baseline_state())
+        load_baseline_and_freeze(build_model("fcn_resnet18", 3), build_model("fcn_resnet18", 3).state_dict())
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         load_baseline_and_freeze(build_model("sac_single_resnet18", 3), tmp_path / "missing.pth")
 
