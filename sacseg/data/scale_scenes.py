@@ -49,7 +49,8 @@ class ScaleScenes(Dataset):
     Layout: sky above a random horizon, a row of building blocks standing on it, road below. Objects are
     upright ellipses of the classes "stripes", "checker", "dots" and "rings", textured with that pattern at a
     period of ``radius / periods_per_radius`` so the pattern (and hence the class) is only recognisable with
-    context proportional to the object's size. Object radii are log-uniform in ``radius_range`` and set by
+    context proportional to the object's size. Object radii (pixels) are log-uniform in ``radius_range``
+    (default ``(size / 64, size * 15 / 64)``: 4 to 60 px at size 256, a 15x range) and set by
     perspective: an object's foot lies lower in the image the larger it is (near = low = large, far = small);
     objects are drawn far to near so near ones occlude far ones. With ``distractors``, building facades and
     patches of road carry the same textures at unrelated periods, so texture alone does not tell stuff
@@ -74,7 +75,7 @@ class ScaleScenes(Dataset):
         seed: int = 0,
         transforms: JointTransform | None = None,
         *,
-        radius_range: tuple[float, float] = (4.0, 60.0),
+        radius_range: tuple[float, float] | None = None,
         num_objects: tuple[int, int] = (6, 14),
         periods_per_radius: float = 1.5,
         distractors: bool = True,
@@ -84,6 +85,8 @@ class ScaleScenes(Dataset):
             raise ValueError(f"num_images must be >= 0, got {num_images}")
         if size < 16:
             raise ValueError(f"size must be >= 16, got {size}")
+        if radius_range is None:
+            radius_range = (size / 64, size * 15 / 64)
         r_min, r_max = (float(r) for r in radius_range)
         if not 1.0 <= r_min <= r_max <= size / 2:
             raise ValueError(f"radius_range must satisfy 1 <= min <= max <= size/2 = {size / 2}, got {radius_range}")
