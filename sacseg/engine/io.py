@@ -1,4 +1,4 @@
-"""Atomic file writes, so an interrupted run never leaves a truncated result behind."""
+"""Atomic file writes (JSON, PNG), so an interrupted run never leaves a truncated result behind."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open"]
+import numpy as np
+from PIL import Image
+
+__all__ = ["atomic_open", "save_png"]
 
 
 @contextlib.contextmanager
@@ -37,3 +40,11 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def save_png(array: np.ndarray, path: str | os.PathLike[str]) -> None:
+    """Write a uint8 array ``[H, W]`` (grey / label ids) or ``[H, W, 3]`` (RGB) as a PNG, atomically."""
+    if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
+        raise ValueError(f"expected a uint8 array [H, W] or [H, W, 3] for {path}, got {array.dtype} {array.shape}")
+    with atomic_open(path, "wb") as handle:
+        Image.fromarray(array).save(handle, format="PNG")
