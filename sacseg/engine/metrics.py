@@ -66,7 +66,9 @@ class ConfusionMatrix:
             )
         bad_p = (p < 0) | (p >= k)
         if bool(bad_p.any()):
-            raise ValueError(f"pred holds ids outside [0, {k}) on counted pixels: {torch.unique(p[bad_p])[:10].tolist()}")
+            raise ValueError(
+                f"pred holds ids outside [0, {k}) on counted pixels: {torch.unique(p[bad_p])[:10].tolist()}"
+            )
         self.matrix += torch.bincount(k * t + p, minlength=k * k).reshape(k, k)
 
     def reduce(self) -> None:

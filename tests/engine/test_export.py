@@ -94,7 +94,8 @@ def test_miou_matches_official_cityscapes_evaluator(shared_data: Path, tmp_path:
             target = to_train[torch.from_numpy(np.array(img)).long()]
         pred = _perturb(target, generator)
         cm.update(pred, target)
-        predictions.append(str(export_cityscapes_prediction(pred, image_path, tmp_path / "results", lambda t: to_label[t])))
+        exported = export_cityscapes_prediction(pred, image_path, tmp_path / "results", lambda t: to_label[t])
+        predictions.append(str(exported))
         ground_truths.append(str(gt_path))
 
     try:
