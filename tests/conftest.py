@@ -1,4 +1,4 @@
-"""Shared fixtures: the read-only real-data samples next to the repository."""
+"""Shared test fixtures: the location of the real data samples."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
+SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``<repo>/../shared/data`` (cityscapes_sample, ade20k_sample, camvid); skips when absent."""
-    root = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
-    if not root.is_dir():
-        pytest.skip(f"shared data samples not found at {root}")
-    return root
+    """/work/shared/data (read-only real samples); skips the test when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data samples not found at {SHARED_DATA}")
+    return SHARED_DATA.resolve()
