@@ -97,6 +97,8 @@ def predict(
             raise ValueError("mode='slide' needs crop_size")
         crop = _positive_pair(crop_size, "crop_size")
         step = crop if stride is None else _positive_pair(stride, "stride")
+        if step[0] > crop[0] or step[1] > crop[1]:
+            raise ValueError(f"stride {step} exceeds crop_size {crop}: the windows would leave gaps")
     if not scales or any(not s > 0 for s in scales):
         raise ValueError(f"scales must be a non-empty sequence of positive numbers, got {scales!r}")
 

@@ -146,6 +146,8 @@ def test_bad_arguments_raise() -> None:
         predict(model, x, mode="slide")
     with pytest.raises(ValueError, match="stride"):
         predict(model, x, mode="slide", crop_size=8, stride=0)
+    with pytest.raises(ValueError, match="gaps"):
+        predict(model, x, mode="slide", crop_size=(8, 16), stride=(4, 17))
     with pytest.raises(ValueError, match="scales"):
         predict(model, x, scales=(1.0, 0.0))
     with pytest.raises(ValueError, match=r"\(3, 37, 53\)"):
