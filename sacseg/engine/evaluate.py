@@ -29,11 +29,13 @@ def evaluate(
 ) -> ConfusionMatrix:
     """Confusion matrix of ``model`` over ``loader`` batches ``(images [N, 3, H, W], targets [N, H, W])``.
 
-    Inference options are those of ``predict``. The model runs in eval mode and is put back in
+    Inference options are those of ``predict``; ``device`` defaults to the model's. The model runs in eval mode and is put back in
     its previous mode afterwards. Under torch.distributed (each process given its share of the
     data) the returned matrix is already summed over processes; call ``.compute()`` on it.
     """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if device is None:
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
     matrix = ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device)
     was_training = model.training
     model.eval()
