@@ -1,54 +1,74 @@
-"""The ``sacseg`` command line: one sub-command per job."""
+"""The ``sacseg`` command line: one sub-command per job, each a thin function over ``sacseg.engine``."""
 
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from collections.abc import Callable
 
-import torch
-import torch.nn.functional as F
-
-from sacseg.nn import ScaleAdaptiveConv2d, ScaleRegressor
+# Sub-commands import their engine module when they run: `sacseg --help` and a command that
+# does not train need not load TensorBoard and the training stack.
 
 
-def _demo(args: argparse.Namespace) -> int:
-    """A short real run of the operator: SAC at scale 1 is the plain convolution, and it learns a scale."""
-    torch.manual_seed(args.seed)
-    # Smooth features, as deep feature maps are: white noise would make the loss in s bumpy.
-    x = F.avg_pool2d(torch.randn(2, 16, 39, 39), 7, stride=1, padding=0, count_include_pad=False)
-    x = (x - x.mean()) / x.std()
-    sac = ScaleAdaptiveConv2d(16, 8, 3, padding=2, dilation=2)
-    ones = torch.ones(2, 1, 33, 33)
-    err = (sac(x, ones) - F.conv2d(x, sac.weight, sac.bias, padding=2, dilation=2)).abs().max().item()
-    print(f"scale == 1 vs F.conv2d (dilation 2): max |difference| = {err:.2e}")
+def _cmd_train(args: argparse.Namespace) -> int:
+    from sacseg.engine.config import apply_overrides, load_config
+    from sacseg.engine.train import NonFiniteLossError, train
 
-    # Teach a regressor the scale that turns a dilation-2 layer into a dilation-4 teacher.
-    teacher = F.conv2d(x, sac.weight.detach(), sac.bias.detach(), padding=4, dilation=4)
-    regressor = ScaleRegressor(16)
-    optimizer = torch.optim.Adam(regressor.parameters(), lr=0.05)
-    start = time.perf_counter()
-    for step in range(args.steps):
-        scale = regressor(x)
-        loss = F.mse_loss(sac(x, scale), teacher)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if step % max(1, args.steps // 5) == 0 or step == args.steps - 1:
-            print(f"step {step:3d}  loss {loss.item():.4f}  mean scale {scale.mean().item():.3f}")
-    print(f"learned mean scale {regressor(x).mean().item():.3f} (target 2.0) in {time.perf_counter() - start:.1f}s")
+    overrides = list(args.set) + ([f"out_dir={args.out}"] if args.out is not None else [])
+    cfg = apply_overrides(load_config(args.config), overrides)
+    try:
+        summary = train(cfg, resume=args.resume)
+    except NonFiniteLossError as err:
+        print(f"sacseg train: {err}", file=sys.stderr)
+        return 1
+    print(f"trained {summary['iteration']} iterations, best validation mIoU {summary['best_miou']:.4f}; "
+          f"checkpoints in {summary['out_dir']}")  # fmt: skip
     return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from sacseg.engine.demo import run_demo
+
+    report = run_demo(args.out, iterations=args.iterations, seed=args.seed)
+    print(f"report: {report}")
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("train", help="train a model from a flat YAML config (works under torchrun)")
+    parser.add_argument("--config", required=True, help="a YAML file, e.g. configs/scalescenes_sac_single_r18.yaml")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (value read as YAML); repeatable")  # fmt: skip
+    parser.add_argument("--resume", metavar="PATH|auto", default=None,
+                        help="continue from a checkpoint; 'auto' uses OUT/last.pt when it exists")  # fmt: skip
+    parser.add_argument("--out", default=None, help="output folder (overrides the config's out_dir)")
+    parser.set_defaults(func=_cmd_train)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("demo", help="train baseline and SAC-single on generated ScaleScenes (CPU, minutes)")
+    parser.add_argument("--out", default="demo_output", help="report folder (default: demo_output)")
+    parser.add_argument("--iterations", type=int, default=None, help="training iterations per model")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=_cmd_demo)
+
+
+# One entry per sub-command: adding one (eval, predict, export) is one function here.
+_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_train, _add_demo)
 
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sacseg", description="Scene parsing with scale-adaptive convolutions.")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="a short real example on built-in data")
-    demo.add_argument("--steps", type=int, default=60)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(func=_demo)
+    for add in _COMMANDS:
+        add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
-    return args.func(args)
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        parser.exit(2, f"sacseg {args.command}: error: {err}\n")

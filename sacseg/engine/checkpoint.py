@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from sacseg.engine.io import atomic_open
+
 __all__ = [
-    "atomic_write_bytes",
     "atomic_torch_save",
     "capture_rng_state",
     "restore_rng_state",
@@ -22,36 +22,13 @@ __all__ = [
 ]
 
 
-def _atomic_write(path: str | os.PathLike[str], write: Any) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
-
-    A reader (or a crash at any moment) sees either the old file or the complete new one, never a
-    partial file: ``os.replace`` within one folder is atomic on POSIX and Windows.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make outputs private
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder + ``os.replace``)."""
-    _atomic_write(path, lambda handle: handle.write(data))
-
-
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save(obj, path)``, atomically."""
-    _atomic_write(path, lambda handle: torch.save(obj, handle))
+    """``torch.save(obj, path)`` through a temporary file, fsync and ``os.replace``.
+
+    A reader, or a crash at any moment, sees the old file or the complete new one, never a part.
+    """
+    with atomic_open(path, "wb") as handle:
+        torch.save(obj, handle)
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from sacseg.engine.checkpoint import atomic_write_bytes
+from sacseg.engine.io import atomic_open
 
 __all__ = ["TrainConfig", "config_from_dict", "load_config", "apply_overrides", "save_config"]
 
@@ -156,6 +156,11 @@ def _validate(cfg: TrainConfig, source: str) -> None:
             f"{source}: config keys 'min_scale', 'max_scale' need 0 <= min_scale < max_scale, "
             f"got {cfg.min_scale}, {cfg.max_scale}"
         )
+    if cfg.baseline_checkpoint is not None and cfg.backbone_weights is not None:
+        raise ValueError(
+            f"{source}: config keys 'baseline_checkpoint' and 'backbone_weights' exclude each other "
+            "(the baseline replaces every backbone weight); set backbone_weights: null"
+        )
     if cfg.grad_clip is not None and cfg.grad_clip <= 0:
         raise ValueError(f"{source}: config key 'grad_clip' must be > 0 or null, got {cfg.grad_clip}")
     if cfg.eval_mode == "slide" and cfg.eval_crop_size is None:
@@ -215,5 +220,5 @@ def apply_overrides(cfg: TrainConfig, overrides: Iterable[str]) -> TrainConfig:
 
 def save_config(cfg: TrainConfig, path: str | os.PathLike[str]) -> None:
     """Write the resolved config as flat YAML in field order (atomically)."""
-    text = yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
-    atomic_write_bytes(path, text.encode("utf-8"))
+    with atomic_open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(dataclasses.asdict(cfg), handle, sort_keys=False)
