@@ -29,7 +29,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from sacseg.engine.demo import run_demo
 
-    report = run_demo(args.out, iterations=args.iterations, seed=args.seed)
+    report = run_demo(args.out, iterations=args.iterations, seed=args.seed, test_images=args.test_images)
     print(f"report: {report}")
     return 0
 
@@ -49,6 +49,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("demo", help="train baseline and SAC-single on generated ScaleScenes (CPU, minutes)")
     parser.add_argument("--out", default="demo_output", help="report folder (default: demo_output)")
     parser.add_argument("--iterations", type=int, default=None, help="training iterations per model")
+    parser.add_argument("--test-images", type=int, default=24, help="held-out scenes to evaluate on")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=_cmd_demo)
 

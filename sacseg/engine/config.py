@@ -22,7 +22,8 @@ class TrainConfig:
 
     Lengths (``lr_step``, ``val_every``, ``checkpoint_every``) count epochs when ``epochs > 0`` and
     iterations when ``iterations > 0``; exactly one of the two must be set. ``batch_size`` is the
-    global batch: with N processes each takes ``batch_size / N`` samples per step.
+    global batch: with N processes each takes ``batch_size / N`` samples per step. ``threads``
+    sets torch's CPU threads per process (0 keeps torch's default).
     """
 
     # What to train.
@@ -65,6 +66,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = True
     device: str = "auto"
+    threads: int = 0
     # Bookkeeping and evaluation.
     val_every: int = 1
     checkpoint_every: int = 1
@@ -86,7 +88,7 @@ _POSITIVE = (
     "num_classes", "scale_scenes_train_images", "scale_scenes_val_images", "scale_scenes_size", "crop_size",
     "batch_size", "val_every", "checkpoint_every", "log_every", "lr",
 )  # fmt: skip
-_NON_NEGATIVE = ("epochs", "iterations", "workers", "momentum", "weight_decay", "lr_step", "seed")
+_NON_NEGATIVE = ("epochs", "iterations", "workers", "momentum", "weight_decay", "lr_step", "seed", "threads")
 
 
 def _field_types() -> dict[str, Any]:

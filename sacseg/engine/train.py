@@ -296,6 +296,8 @@ def _train(cfg: TrainConfig, resume: str | None, ctx: DistContext) -> dict[str, 
 
 
 def _fit(cfg: TrainConfig, resume: str | None, ctx: DistContext, out_dir: Path, revision: str) -> dict[str, Any]:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed, cfg.deterministic)
     train_set, val_set = build_datasets(cfg)
     iters_per_epoch = len(train_set) // cfg.batch_size  # type: ignore[arg-type]
