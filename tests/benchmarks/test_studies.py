@@ -1,0 +1,216 @@
+"""The study scripts' core computations (size buckets, restricted scores, scale vs size) and command lines."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from benchmarks import study_camvid, study_scalescenes
+from benchmarks._study import Downscaled, Job, format_table, mean_std, run_jobs, write_json
+from benchmarks.make_results import render
+from benchmarks.study_scalescenes import (
+    bucket_edges,
+    bucket_index,
+    bucket_targets,
+    object_scales,
+    restricted_scores,
+    spearman,
+)
+from sacseg.engine.metrics import ConfusionMatrix
+from sacseg.models import build_model
+
+
+def test_bucket_edges_are_log_terciles() -> None:
+    low, high = 2.0, 30.0
+    e1, e2 = bucket_edges((low, high))
+    assert math.log(e1) - math.log(low) == pytest.approx(math.log(high) - math.log(e2))
+    assert math.log(e2) - math.log(e1) == pytest.approx(math.log(e1) - math.log(low))
+    # Log-uniform draws fall in the three buckets about equally often.
+    sizes = np.exp(np.random.default_rng(0).uniform(math.log(low), math.log(high), 30000))
+    counts = np.bincount([bucket_index(s, (e1, e2)) for s in sizes], minlength=3)
+    assert np.allclose(counts / counts.sum(), 1 / 3, atol=0.02)
+    assert [bucket_index(s, (e1, e2)) for s in (low, e1 - 1e-9, e1, e2 - 1e-9, e2, high)] == [0, 0, 1, 1, 2, 2]
+    with pytest.raises(ValueError, match="radius_range"):
+        bucket_edges((3.0, 3.0))
+
+
+def _scene() -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+    """A 4x6 target with a small (id 1, class 3), a medium (id 2, class 4) and a large object (id 3, class 5)."""
+    instances = torch.tensor(
+        [[1, 0, 2, 2, 3, 3],
+         [0, 0, 2, 2, 3, 3],
+         [0, 0, 0, 0, 3, 3],
+         [0, 0, 0, 0, 3, 3]]
+    )  # fmt: skip
+    target = torch.where(instances == 0, torch.tensor(2), instances + 2)  # road elsewhere
+    records = [{"id": 1, "class": 3, "size": 2.0}, {"id": 2, "class": 4, "size": 7.0}, {"id": 3, "class": 5, "size": 20.0}]
+    return target, instances, records
+
+
+def test_bucket_targets_keep_only_each_buckets_objects() -> None:
+    target, instances, records = _scene()
+    small, medium, large = bucket_targets(target, instances, records, (4.9, 12.2))
+    assert (small != 255).sum() == 1 and small[0, 0] == 3
+    assert (medium != 255).sum() == 4 and set(medium[medium != 255].tolist()) == {4}
+    assert (large != 255).sum() == 8 and set(large[large != 255].tolist()) == {5}
+    with pytest.raises(ValueError, match="differ in shape"):
+        bucket_targets(target, instances[:2], records, (4.9, 12.2))
+
+
+def test_restricted_scores_count_only_the_buckets_pixels() -> None:
+    target, instances, records = _scene()
+    pred = target.clone()
+    pred[0, 0] = 2  # the small object is missed (labelled road)
+    pred[0, 2] = 3  # one medium pixel called "stripes"
+    pred[instances == 0] = 6  # background wrong everywhere: must not matter to any bucket
+    matrices = [ConfusionMatrix(7) for _ in range(3)]
+    for matrix, restricted in zip(matrices, bucket_targets(target, instances, records, (4.9, 12.2))):
+        matrix.update(pred, restricted)
+    small, medium, large = (restricted_scores(m) for m in matrices)
+    assert small["pixel_acc"] == 0.0 and small["miou"] == 0.0
+    assert medium["pixel_acc"] == pytest.approx(3 / 4)
+    # Only class 4 has ground truth in the medium bucket: IoU 3 / (3 + 1 missed), the stray pixel's
+    # class (3) is not averaged in.
+    assert medium["miou"] == pytest.approx(3 / 4)
+    assert large["pixel_acc"] == 1.0 and large["miou"] == 1.0
+
+
+def test_object_scales_and_spearman() -> None:
+    target, instances, records = _scene()
+    records = records + [{"id": 4, "class": 6, "size": 9.0}]  # fully occluded: no visible pixel
+    growing = instances.double() * 0.5 + 0.25  # mean scale grows with the object id (= with size)
+    rows = object_scales(instances, records, growing)
+    assert [(s, a) for s, _, a in rows] == [(2.0, 1), (7.0, 4), (20.0, 8)]
+    assert [c for _, c, _ in rows] == pytest.approx([0.75, 1.25, 1.75])
+    rho = spearman([s for s, _, _ in rows], [c for _, c, _ in rows])
+    assert rho["rho"] == pytest.approx(1.0) and rho["objects"] == 3
+    shrinking = object_scales(instances, records, 4.0 - growing)
+    assert spearman([s for s, _, _ in shrinking], [c for _, c, _ in shrinking])["rho"] == pytest.approx(-1.0)
+    assert spearman([1.0, 2.0], [1.0, 2.0])["rho"] is None  # too few objects
+    assert spearman([1.0, 2.0, 3.0], [1.0, 1.0, 1.0])["rho"] is None  # a constant map has no ranks
+
+
+def test_mean_std_table_and_json(tmp_path: Path) -> None:
+    assert mean_std([0.5, 0.7, float("nan")]) == {"mean": pytest.approx(0.6), "std": pytest.approx(0.1414, abs=1e-4)}
+    assert mean_std([0.5]) == {"mean": 0.5, "std": None}
+    text = format_table(["a", "b"], [["x", "1.0"], ["longer", "22.5"]])
+    assert text.splitlines()[2].startswith("x     ") and text.splitlines()[3].endswith("22.5")
+    write_json({"v": float("nan"), "k": {1: [float("inf"), 2.0]}}, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text()) == {"v": None, "k": {"1": [None, 2.0]}}
+
+
+def test_run_jobs_order_and_errors() -> None:
+    jobs = [Job("a", mean_std, ([1.0, 3.0],)), Job("b", mean_std, ([2.0],), after=("a",))]
+    assert run_jobs(jobs, 1)["a"]["mean"] == 2.0
+    with pytest.raises(ValueError, match="listed before"):
+        run_jobs(jobs[::-1], 1)
+    with pytest.raises(ValueError, match="unknown job"):
+        run_jobs([Job("c", mean_std, ([1.0],), after=("zzz",))], 2)
+    with pytest.raises(ValueError, match="in a cycle"):
+        run_jobs([Job("x", mean_std, ([1.0],), after=("y",)), Job("y", mean_std, ([1.0],), after=("x",))], 2)
+
+
+def test_run_jobs_in_worker_processes() -> None:
+    jobs = [Job("a", mean_std, ([1.0, 3.0],)), Job("b", mean_std, ([2.0, 4.0],), after=("a",))]
+    assert {k: v["mean"] for k, v in run_jobs(jobs, 2).items()} == {"a": 2.0, "b": 3.0}
+
+
+def test_downscaled_runs_the_model_at_the_reduced_size() -> None:
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> dict:
+            seen.append(tuple(x.shape[-2:]))
+            return {"out": x[:, :2], "scales": {}}
+
+    out = Downscaled(Probe(), 0.5)(torch.ones(1, 3, 36, 48))
+    assert seen == [(18, 24)] and out["out"].shape == (1, 2, 36, 48)
+    assert torch.allclose(out["out"], torch.ones(()))
+    with pytest.raises(ValueError, match="factor"):
+        Downscaled(Probe(), 0.0)
+
+
+def test_baseline_and_sac_models_start_from_the_same_weights() -> None:
+    """The studies rely on it: with the same seed, the layers the three models share are drawn alike."""
+    states = []
+    for name in ("fcn_resnet18", "sac_single_resnet18", "sac_multiple_resnet18"):
+        torch.manual_seed(0)
+        states.append(build_model(name, 7).state_dict())
+    for state in states[1:]:
+        shared = [k for k in states[0] if k in state]
+        assert len(shared) == len(states[0])
+        assert all(torch.equal(states[0][k], state[k]) for k in shared)
+
+
+def _fake_camvid(root: Path, splits: dict[str, int], seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for split, count in splits.items():
+        (root / split).mkdir(parents=True)
+        (root / f"{split}annot").mkdir()
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 256, (36, 48, 3), dtype=np.uint8)).save(root / split / f"f{i:03d}.png")
+            Image.fromarray(rng.integers(0, 12, (36, 48), dtype=np.uint8)).save(root / f"{split}annot" / f"f{i:03d}.png")
+    return root
+
+
+def test_camvid_arguments_check_the_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _fake_camvid(tmp_path / "camvid", {"train": 2, "val": 2})
+    tests = _fake_camvid(tmp_path / "held_out", {"test": 2})
+    args = study_camvid.parse_args(["--data-root", str(data), "--test-root", str(tests)])
+    assert args.eval_split == "val" and args.test_root == tests and args.jobs == 2
+    with pytest.raises(SystemExit):
+        study_camvid.parse_args(["--data-root", str(data), "--test-root", str(data)])  # no test/ there
+    assert "--test-root" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        study_camvid.parse_args(["--data-root", str(data), "--eval-split", "test"])
+    assert "test" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        study_camvid.parse_args(["--data-root", str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit):
+        study_camvid.parse_args(["--data-root", str(data), "--backbone-weights", str(tmp_path / "r18.pth")])
+
+
+def test_camvid_reduced_copy(tmp_path: Path) -> None:
+    data = _fake_camvid(tmp_path / "camvid", {"train": 3, "val": 1})
+    dest = study_camvid.reduced_copy(data, ("train", "val"), 0.5, tmp_path / "half", limit=2)
+    assert sorted(p.name for p in (dest / "train").iterdir()) == ["f000.png", "f001.png"]
+    with Image.open(dest / "trainannot" / "f000.png") as label, Image.open(data / "trainannot" / "f000.png") as full:
+        small, big = np.array(label), np.array(full)
+    assert small.shape == (18, 24)
+    assert set(np.unique(small)) <= set(np.unique(big))  # nearest neighbour: no invented label value
+    with Image.open(dest / "val" / "f000.png") as image:
+        assert image.size == (24, 18)
+
+
+@pytest.mark.slow
+def test_camvid_quick_study_evaluates_the_test_root(tmp_path: Path) -> None:
+    data = _fake_camvid(tmp_path / "camvid", {"train": 4, "val": 2})
+    tests = _fake_camvid(tmp_path / "held_out", {"test": 3}, seed=1)
+    doc = study_camvid.main(["--data-root", str(data), "--test-root", str(tests), "--quick", "--jobs", "1",
+                             "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])  # fmt: skip
+    labelled = sum(int((np.array(Image.open(p)) != 11).sum()) for p in (tests / "testannot").iterdir())
+    assert set(doc["runs"]) == {"baseline", "SAC-single-only", "SAC-multiple-only", "SAC-single", "SAC-multiple"}
+    for run in doc["runs"].values():
+        assert run["test"]["single"]["num_pixels"] == labelled
+        assert 0.0 <= run["eval"]["ms_flip"]["pixel_acc"] <= 1.0
+    saved = json.loads((tmp_path / "out" / "camvid.json").read_text())
+    assert saved["quick"] is True and saved["settings"]["test_root"] == str(tests)
+    assert (tmp_path / "out" / "camvid_predictions.png").is_file()
+    assert "SMOKE TEST" in render(tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_scalescenes_quick_study(tmp_path: Path) -> None:
+    doc = study_scalescenes.main(["--quick", "--jobs", "1", "--seeds", "0", "--out", str(tmp_path / "out"),
+                                  "--work", str(tmp_path / "work")])  # fmt: skip
+    run = doc["runs"]["SAC-multiple"][0]
+    assert set(run["spearman"]) == {"classifier", "res5"}
+    assert sum(b["num_pixels"] for b in run["buckets"].values()) > 0
+    assert doc["runs"]["baseline"][0]["spearman"] == {}
+    assert "ScaleScenes" in render(tmp_path / "out")
