@@ -1,10 +1,11 @@
 # Every target bootstraps its own virtual environment in .venv.
 PYTHON ?= python3
+CAMVID ?= ../shared/data/camvid
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-slow demo bench clean
+.PHONY: test test-slow demo bench study-scalescenes study-camvid results clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +24,15 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sac_conv.py
+
+study-scalescenes: $(STAMP)
+	$(BIN)/python -m benchmarks.study_scalescenes --out docs/results
+
+study-camvid: $(STAMP)
+	$(BIN)/python -m benchmarks.study_camvid --data-root $(CAMVID) --out docs/results
+
+results: $(STAMP)
+	$(BIN)/python -m benchmarks.make_results
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -175,6 +175,11 @@ def _settings(model: str, seed: int, p: Mapping[str, Any], work: Path) -> dict[s
         # Nothing is pre-trained and steps are few: a larger lr than the paper's, decayed (poly).
         "lr": 0.02,
         "schedule": "poly",
+        # Without clipping, the first from-scratch steps throw every scale coefficient onto the
+        # regressor's clip bound (0.25 or 4) within a few iterations, where ReLU + clamp pass no
+        # gradient: SAC would train as a fixed-dilation model. Clipping the global gradient norm at 1
+        # (typical norms early on: 6-15) keeps the maps moving; every model gets it (same schedule).
+        "grad_clip": 1.0,
         "seed": seed,
         "workers": 0,
         "amp": False,
