@@ -82,15 +82,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     model, cfg = _trained_model(args, overrides)
     split = args.split if args.split is not None else cfg.val_split
     dataset = build_eval_dataset(cfg, split)
+    classes, count = dataset.classes, len(dataset)  # type: ignore[attr-defined, arg-type]
     options = _inference_options(args, cfg)
     loader = DataLoader(dataset, batch_size=1, num_workers=min(cfg.workers, 2))  # images may differ in size
-    results = evaluate(model, loader, cfg.num_classes, dataset.ignore_index, **options, progress=True).compute()  # type: ignore[attr-defined]
+    results = evaluate(model, loader, cfg.num_classes, **options, progress=True).compute()
     out = Path(args.out) if args.out is not None else Path(args.checkpoint).parent / f"eval_{split}.json"
-    meta = {"checkpoint": str(args.checkpoint), "model": cfg.model, "dataset": cfg.dataset, "data_root": cfg.data_root,
-            "split": split, "images": len(dataset), **options, "scales": list(options["scales"])}  # type: ignore[arg-type]  # fmt: skip
-    save_results_json(results, out, dataset.classes, extra=meta)  # type: ignore[attr-defined]
-    print(f"{cfg.model} on {cfg.dataset} {split} ({len(dataset)} images; {_describe(options)}):")  # type: ignore[arg-type]
-    print(format_results(results, dataset.classes))  # type: ignore[attr-defined]
+    meta = {
+        "checkpoint": str(args.checkpoint), "model": cfg.model, "dataset": cfg.dataset, "data_root": cfg.data_root,
+        "split": split, "images": count, **options, "scales": list(options["scales"]),
+    }  # fmt: skip
+    save_results_json(results, out, classes, extra=meta)
+    print(f"{cfg.model} on {cfg.dataset} {split} ({count} images; {_describe(options)}):")
+    print(format_results(results, classes))
     print(f"results: {out}")
     return 0
 
@@ -115,11 +118,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_set_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (value read as YAML); repeatable")  # fmt: skip
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("train", help="train a model from a flat YAML config (works under torchrun)")
     parser.add_argument("--config", required=True, help="a YAML file, e.g. configs/scalescenes_sac_single_r18.yaml")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key (value read as YAML); repeatable")  # fmt: skip
+    _add_set_arg(parser)
     parser.add_argument("--resume", metavar="PATH|auto", default=None,
                         help="continue from a checkpoint; 'auto' uses OUT/last.pt when it exists")  # fmt: skip
     parser.add_argument("--out", default=None, help="output folder (overrides the config's out_dir)")
@@ -156,8 +163,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     _add_model_args(parser)
     parser.add_argument("--split", default=None, help="default: config key val_split")
     parser.add_argument("--data-root", default=None, help="the dataset's folder (overrides config key data_root)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key (value read as YAML); repeatable")  # fmt: skip
+    _add_set_arg(parser)
     _add_inference_args(parser)
     parser.add_argument("--out", default=None, help="results JSON (default: CHECKPOINT_DIR/eval_SPLIT.json)")
     parser.set_defaults(func=_cmd_eval)
@@ -174,7 +180,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_cmd_predict)
 
 
-# One entry per sub-command: adding one (eval, predict, export) is one function here.
+# One entry per sub-command: adding one (e.g. export) is one function here.
 _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_train, _add_demo, _add_eval, _add_predict)
 
 
