@@ -22,10 +22,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from sacseg.engine.checkpoint import load_checkpoint
+from sacseg.engine.checkpoint import load_checkpoint, load_trained_model
 from sacseg.engine.config import config_from_dict
 from sacseg.engine.io import atomic_open
-from sacseg.engine.train import build_model_from_config, git_revision, train
+from sacseg.engine.train import git_revision, train
 
 __all__ = [
     "Job",
@@ -119,11 +119,8 @@ def _timed(name: str, fn: Callable[..., Any], args: tuple[Any, ...], quiet: bool
 
 def load_trained(settings: Mapping[str, Any], checkpoint: str = "best.pt") -> nn.Module:
     """The model of the training run ``settings`` with the weights of ``<out_dir>/<checkpoint>``, in eval mode."""
-    cfg = config_from_dict(settings, source="study")
-    # The checkpoint holds every weight: no backbone file or baseline to load (or freeze) first.
-    model = build_model_from_config(dataclasses.replace(cfg, baseline_checkpoint=None, backbone_weights=None))
-    model.load_state_dict(load_checkpoint(Path(cfg.out_dir) / checkpoint)["model"])
-    return model.eval()
+    model, _ = load_trained_model(Path(settings["out_dir"]) / checkpoint)
+    return model
 
 
 def train_and_load(settings: Mapping[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
