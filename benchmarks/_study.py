@@ -37,6 +37,8 @@ __all__ = [
     "write_json",
     "format_table",
     "pct",
+    "pct_stat",
+    "number_stat",
     "Downscaled",
 ]
 
@@ -218,6 +220,18 @@ def pct(value: float | None, std: float | None = None) -> str:
         return "n/a"
     text = f"{100 * value:.1f}"
     return text if std is None else f"{text} +- {100 * std:.1f}"
+
+
+def pct_stat(stat: Mapping[str, float | None]) -> str:
+    """A ``mean_std`` result of fractions as ``"mean +- std"`` percentages."""
+    return pct(stat["mean"], stat["std"])
+
+
+def number_stat(stat: Mapping[str, float | None] | None) -> str:
+    """A ``mean_std`` result as ``"mean +- std"`` with two decimals; "-" when missing."""
+    if stat is None or stat["mean"] is None:
+        return "-"
+    return f"{stat['mean']:.2f}" + ("" if stat["std"] is None else f" +- {stat['std']:.2f}")
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool = False) -> str:

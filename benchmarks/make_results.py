@@ -18,7 +18,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks._study import format_table, pct
+from benchmarks._study import format_table, number_stat
+from benchmarks.study_camvid import table as camvid_table
+from benchmarks.study_scalescenes import BUCKETS, summary_table
 from sacseg.engine.io import atomic_open
 
 # The paper's own numbers (Zhang et al., ICCV 2017), ResNet-101 pre-trained on ImageNet; MS: multi-scale fusion.
@@ -42,16 +44,6 @@ def _load(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON: {err}") from err
-
-
-def _pm(stat: Mapping[str, float | None]) -> str:
-    return pct(stat["mean"], stat["std"])
-
-
-def _rho(stat: Mapping[str, float | None] | None) -> str:
-    if stat is None or stat["mean"] is None:
-        return "-"
-    return f"{stat['mean']:.2f}" + ("" if stat["std"] is None else f" +- {stat['std']:.2f}")
 
 
 def _provenance(doc: Mapping[str, Any]) -> str:
@@ -87,7 +79,7 @@ def scatter(doc: Mapping[str, Any], path: Path) -> None:
         ax.set_xlabel("object size (drawn radius, px)")
         ax.set_ylabel("mean scale coefficient over the object")
         rho = doc["summary"].get(title, {}).get("spearman", {}).get(name)
-        ax.set_title(f"{title}, {name} map: Spearman rho {_rho(rho)}", fontsize=9)
+        ax.set_title(f"{title}, {name} map: Spearman rho {number_stat(rho)}", fontsize=9)
         ax.legend(fontsize=7, loc="best")
     with atomic_open(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=100)
@@ -99,15 +91,6 @@ def _scalescenes(doc: Mapping[str, Any] | None, folder: Path, link: str) -> list
         return out + ["Not run yet: `python -m benchmarks.study_scalescenes --out docs/results`.", ""]
     s = doc["settings"]
     edges = doc["bucket_edges_px"]
-    buckets = ("small", "medium", "large")
-    rows = [
-        [title, _pm(e["miou"]), _pm(e["pixel_acc"]), *(_pm(e["buckets"][b]["miou"]) for b in buckets),
-         *(_pm(e["buckets"][b]["pixel_acc"]) for b in buckets), _rho(e["spearman"].get("classifier")),
-         _rho(e["spearman"].get("res5"))]
-        for title, e in doc["summary"].items()
-    ]  # fmt: skip
-    headers = ["model", "mIoU", "pixel acc", "small mIoU", "medium mIoU", "large mIoU", "small acc", "medium acc",
-               "large acc", "Spearman rho (classifier)", "Spearman rho (res5)"]  # fmt: skip
     scatter(doc, folder / SCATTER)
     out += [
         _provenance(doc),
@@ -122,7 +105,14 @@ def _scalescenes(doc: Mapping[str, Any] | None, folder: Path, link: str) -> list
         "that bucket (every other pixel ignored; IoU averaged over the classes present). Spearman rho: "
         "each visible object's size against its mean scale coefficient (map resized to the image).",
         "",
-        format_table(headers, rows, markdown=True),
+        summary_table(doc["summary"], markdown=True),
+        "",
+        "Mean scale coefficient of the objects of each size bucket (mean +- std over seeds):",
+        "",
+        format_table(["model, map", *BUCKETS], [
+            [f"{title}, {name}", *(number_stat(e["mean_scale_by_bucket"][name][b]) for b in BUCKETS)]
+            for title, e in doc["summary"].items() for name in e["mean_scale_by_bucket"]
+        ], markdown=True),
         "",
         f"![scale coefficient against object size]({link}/{SCATTER})",
         "",
@@ -137,15 +127,6 @@ def _camvid(doc: Mapping[str, Any] | None, folder: Path, link: str) -> list[str]
     if doc is None:
         return out + ["Not run yet: `python -m benchmarks.study_camvid --data-root ../shared/data/camvid --out docs/results`.", ""]
     s = doc["settings"]
-    headers = ["model", "mIoU", "pixel acc", "mIoU MS+flip", "pixel acc MS+flip", "best val mIoU (half res, selection)"]
-
-    def rows(key: str) -> list[list[str]]:
-        return [
-            [t, pct(r[key]["single"]["miou"]), pct(r[key]["single"]["pixel_acc"]), pct(r[key]["ms_flip"]["miou"]),
-             pct(r[key]["ms_flip"]["pixel_acc"]), pct(r["train"]["best_val_miou"])]
-            for t, r in doc["runs"].items()
-        ]  # fmt: skip
-
     backbone = s["backbone_weights"] or "none (from scratch)"
     out += [
         _provenance(doc),
@@ -157,11 +138,11 @@ def _camvid(doc: Mapping[str, Any] | None, folder: Path, link: str) -> list[str]
         "",
         f"On `{s['eval_split']}`:",
         "",
-        format_table(headers, rows("eval"), markdown=True),
+        camvid_table(doc["runs"], "eval", markdown=True),
         "",
     ]
     if s.get("test_root"):
-        out += [f"On the test split (`{s['test_root']}`):", "", format_table(headers, rows("test"), markdown=True), ""]
+        out += [f"On the test split (`{s['test_root']}`):", "", camvid_table(doc["runs"], "test", markdown=True), ""]
     if (folder / doc["picture"]).is_file():
         out += [f"![CamVid images, predictions, ground truth, scale maps]({link}/{doc['picture']})", ""]
     return out

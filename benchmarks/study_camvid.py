@@ -18,7 +18,7 @@ the 11 classes, void ignored.
 
 Writes ``<out>/camvid.json`` (every number) and ``<out>/camvid_predictions.png``; prints the table.
 
-    python -m benchmarks.study_camvid --data-root ../shared/data/camvid --out docs/results   # ~80 min, 2 cores
+    python -m benchmarks.study_camvid --data-root ../shared/data/camvid --out docs/results   # ~65 min on 2 cores
     python -m benchmarks.study_camvid --data-root ../shared/data/camvid --quick --out /tmp/cv  # smoke test
 """
 
@@ -58,10 +58,11 @@ VARIANTS: tuple[tuple[str, str, bool], ...] = (
 MS_SCALES: tuple[float, ...] = (0.75, 1.0, 1.25)
 
 # Sized from measured per-iteration costs on one core (batch 8, 176x176 crops, ResNet-18 at output
-# stride 8): baseline 2.8 s, SAC-single 2.6 s, SAC-multiple 3.2 s with the fast SAC path (3.7 s and
-# 9 s with the reference one). On two single-threaded workers: baseline then SAC-single on one,
-# SAC-multiple then the two "-only" runs on the other, about 6 x 600 x 2.8 s = 57 min, validation
-# (101 images every 150 iterations) ~6 min, final evaluation (single + 6-pass multi-scale) ~8 min.
+# stride 8): baseline 2.8 s, SAC-single 2.6-2.8 s, SAC-multiple 3.2 s with the fast SAC path (3.7 s and
+# 9 s with the reference one). On two single-threaded workers: baseline then SAC-single on one (65 min
+# with their validations every 150 iterations and final evaluations), SAC-multiple then the two "-only"
+# runs (300 iterations, regressors only) on the other (~59 min). --test-root adds ~17 min (233 images,
+# single-scale + 6-pass multi-scale per model). With the reference SAC path SAC-multiple alone takes ~95 min.
 FULL: dict[str, Any] = {
     "factor": 0.5,
     "crop": 176,
@@ -174,15 +175,15 @@ def _settings(title: str, model: str, from_baseline: bool, p: Mapping[str, Any],
     }
 
 
-def table(runs: Mapping[str, Mapping[str, Any]], key: str) -> str:
+def table(runs: Mapping[str, Mapping[str, Any]], key: str, markdown: bool = False) -> str:
     """Rows of Table 1: single-scale and multi-scale + flip mIoU and pixel accuracy on ``key`` ("eval"/"test")."""
-    headers = ["model", "mIoU", "pixel acc", "mIoU MS+flip", "pixel acc MS+flip", "best val mIoU (half res)"]
+    headers = ["model", "mIoU", "pixel acc", "mIoU MS+flip", "pixel acc MS+flip", "best val mIoU (half res, selection)"]
     rows = [
         [title, pct(r[key]["single"]["miou"]), pct(r[key]["single"]["pixel_acc"]), pct(r[key]["ms_flip"]["miou"]),
          pct(r[key]["ms_flip"]["pixel_acc"]), pct(r["train"]["best_val_miou"])]
         for title, r in runs.items()
     ]  # fmt: skip
-    return format_table(headers, rows)
+    return format_table(headers, rows, markdown)
 
 
 def _picture(settings: Mapping[str, Mapping[str, Any]], root: Path, split: str, factor: float, path: Path) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from scipy import stats
 from torch.utils.data import DataLoader
 
 from benchmarks._study import (
-    Job, format_table, load_trained, mean_std, pct, run_jobs, run_record, train_and_load, write_json,
+    Job, format_table, load_trained, mean_std, number_stat, pct_stat, run_jobs, run_record, train_and_load, write_json,
 )  # fmt: skip
 from sacseg.data import ScaleScenes
 from sacseg.engine.inference import predict_with_scales
@@ -249,36 +249,28 @@ def _aggregate(runs: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dict[str,
             "spearman": {
                 name: mean_std([r["spearman"][name]["rho"] for r in seeds]) for name in seeds[0]["spearman"]
             },
+            "mean_scale_by_bucket": {
+                name: {b: mean_std([r["mean_scale_by_bucket"][name][b] for r in seeds]) for b in BUCKETS}
+                for name in seeds[0]["mean_scale_by_bucket"]
+            },
         }
         summary[title] = entry
     return summary
 
 
-def _pm(stat: Mapping[str, float | None]) -> str:
-    return pct(stat["mean"], stat["std"])
-
-
-def print_table(summary: Mapping[str, Any]) -> str:
+def summary_table(summary: Mapping[str, Any], markdown: bool = False) -> str:
     """The study's table (percentages, mean +- std over seeds; Spearman's rho as a number)."""
     headers = ["model", "mIoU", "pixel acc", *(f"{b} mIoU" for b in BUCKETS), *(f"{b} acc" for b in BUCKETS),
                "rho classifier", "rho res5"]  # fmt: skip
     rows = []
     for title, entry in summary.items():
-        rho = entry["spearman"]
-
-        def r(name: str) -> str:
-            if name not in rho or rho[name]["mean"] is None:
-                return "-"
-            std = rho[name]["std"]
-            return f"{rho[name]['mean']:.2f}" + ("" if std is None else f" +- {std:.2f}")
-
         rows.append([
-            title, _pm(entry["miou"]), _pm(entry["pixel_acc"]),
-            *(_pm(entry["buckets"][b]["miou"]) for b in BUCKETS),
-            *(_pm(entry["buckets"][b]["pixel_acc"]) for b in BUCKETS),
-            r("classifier"), r("res5"),
+            title, pct_stat(entry["miou"]), pct_stat(entry["pixel_acc"]),
+            *(pct_stat(entry["buckets"][b]["miou"]) for b in BUCKETS),
+            *(pct_stat(entry["buckets"][b]["pixel_acc"]) for b in BUCKETS),
+            number_stat(entry["spearman"].get("classifier")), number_stat(entry["spearman"].get("res5")),
         ])  # fmt: skip
-    return format_table(headers, rows)
+    return format_table(headers, rows, markdown)
 
 
 def _picture(work: Path, seed: int, p: Mapping[str, Any], path: Path) -> None:
@@ -343,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "runs": runs,
     }
     write_json(doc, args.out / "scalescenes.json")
-    print(print_table(summary))
+    print(summary_table(summary))
     print(f"size buckets (radius, px): small < {edges[0]:.1f} <= medium < {edges[1]:.1f} <= large")
     print(f"wrote {args.out / 'scalescenes.json'} and {picture} in {doc['wall_seconds']:.0f} s")
     return doc
