@@ -21,6 +21,7 @@ TEXTURES: tuple[str, ...] = CLASSES[3:]
 OBJECT_CLASSES: tuple[int, ...] = tuple(range(3, len(CLASSES)))
 # Shorter periods alias on the pixel grid (stripes and checker become indistinguishable noise).
 MIN_PERIOD = 3.0
+MIN_CONTRAST = 100.0
 
 
 def _texture(kind: str, dx: np.ndarray, dy: np.ndarray, period: float, angle: float, phase: float) -> np.ndarray:
@@ -57,8 +58,9 @@ class ScaleScenes(Dataset):
     far = small); objects are drawn far to near, so near ones occlude far ones. ``num_objects`` bounds
     the object count per scene. With ``distractors``, building facades and patches of road carry the same
     textures at periods from the objects' range but unrelated to the region's size, so texture alone does
-    not tell stuff from objects. All colours are random per region (colour does not identify a class), and
-    Gaussian pixel noise of std ``noise`` (0..255 scale) is added.
+    not tell stuff from objects. All colours are random per region (colour does not identify a class; the
+    two colours of a texture differ by at least 100 in RGB distance), and Gaussian pixel noise of std
+    ``noise`` (0..255 scale) is added.
 
     Image ``i`` is generated from ``numpy.random.default_rng([seed, i])``, so ``ds[i]`` does not depend on the
     access order. Convention for held-out sets: train ``seed=0``, validation ``seed=1``, test ``seed=2``
@@ -165,7 +167,7 @@ class ScaleScenes(Dataset):
             region = (slice(y0, y1), slice(x0, x1))
             inside = (xs[region] >= left) & (xs[region] < right) & (ys[region] >= roof) & (ys[region] < base)
             label[region][inside] = BUILDING
-            c1, c2 = _colour(rng), _colour(rng)
+            c1, c2 = _colour_pair(rng)
             if self.distractors and rng.random() < 0.8:
                 w = _texture(
                     TEXTURES[rng.integers(len(TEXTURES))],
@@ -193,7 +195,7 @@ class ScaleScenes(Dataset):
             if x1 <= x0 or y1 <= y0:
                 continue
             region = (slice(y0, y1), slice(x0, x1))
-            c1, c2 = _colour(rng), _colour(rng)
+            c1, c2 = _colour_pair(rng)
             w = _texture(
                 TEXTURES[rng.integers(len(TEXTURES))], xs[region] - cx, ys[region] - cy,
                 period=self._distractor_period(rng), angle=rng.uniform(0, math.pi), phase=rng.uniform(0, 2 * math.pi),
@@ -222,7 +224,7 @@ class ScaleScenes(Dataset):
             region = (slice(y0, y1), slice(x0, x1))
             dx, dy = xs[region] - cx, ys[region] - cy
             inside = (dx / a) ** 2 + (dy / b) ** 2 <= 1.0
-            c1, c2 = _colour(rng), _colour(rng)
+            c1, c2 = _colour_pair(rng)
             w = _texture(
                 TEXTURES[cls - OBJECT_CLASSES[0]], dx, dy, period=max(radius / self.periods_per_radius, MIN_PERIOD),
                 angle=rng.uniform(0, math.pi), phase=rng.uniform(0, 2 * math.pi),
@@ -244,6 +246,15 @@ class ScaleScenes(Dataset):
 
 def _colour(rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(0, 255, size=3).astype(np.float32)
+
+
+def _colour_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two random colours at least MIN_CONTRAST apart (RGB distance), so every texture is visible above the noise."""
+    first = _colour(rng)
+    while True:
+        second = _colour(rng)
+        if np.linalg.norm(second - first) >= MIN_CONTRAST:
+            return first, second
 
 
 def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
