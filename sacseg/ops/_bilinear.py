@@ -168,9 +168,9 @@ def sample_rows_backward(
         threads = torch.get_num_threads()
         gy = table.new_empty(m) if want_positions else None
         gx = table.new_empty(m) if want_positions else None
-        dots = table.new_zeros(threads, m, 4) if want_positions else None  # per-thread partial dot products
+        partial = table.new_zeros(threads, m, 2) if want_positions else None  # per-thread partial sums
         fn = lib.sac_sample_backward_f32 if table.dtype == torch.float32 else lib.sac_sample_backward_f64
-        fn(_ptr(table), h, w, c, taps, _ptr(y), _ptr(x), m, _ptr(grad), _ptr(grad_table), _ptr(gy), _ptr(gx), _ptr(dots), threads)
+        fn(_ptr(table), h, w, c, taps, _ptr(y), _ptr(x), m, _ptr(grad), _ptr(grad_table), _ptr(gy), _ptr(gx), _ptr(partial), threads)
         return (gy, gx) if want_positions else None  # type: ignore[return-value]
     rows, weights, insides = _corners(y, x, h, w, taps)
     if grad_table is not None:

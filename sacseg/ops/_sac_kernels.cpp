@@ -64,12 +64,12 @@ void sample(const T* table, int64_t h, int64_t w, int64_t c, int64_t taps, const
 }
 
 // grad_table (optional) += adjoint of the sampling applied to grad [M, C]; grad_y/grad_x
-// (optional) [M] = derivative of the samples in the position, dotted with grad, using `dots`
-// ([threads, M, 4] zeros) for per-thread partial sums. Threads split the channels, so the
+// (optional) [M] = derivative of the samples in the position, dotted with grad, using `partial`
+// ([threads, M, 2] zeros) for per-thread partial sums. Threads split the channels, so the
 // scatter into grad_table needs no atomics.
 template <typename T>
 void sample_backward(const T* table, int64_t h, int64_t w, int64_t c, int64_t taps, const T* ys, const T* xs,
-                     int64_t m, const T* grad, T* grad_table, T* grad_y, T* grad_x, T* dots, int threads) {
+                     int64_t m, const T* grad, T* grad_table, T* grad_y, T* grad_x, T* partial, int threads) {
   const bool want_pos = grad_y != nullptr;
   // Below 16 channels a thread's share is too small to pay for the split.
   const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, c / 16)));
@@ -77,39 +77,52 @@ void sample_backward(const T* table, int64_t h, int64_t w, int64_t c, int64_t ta
   {
     const int tid = omp_get_thread_num(), n = omp_get_num_threads();
     const int64_t c0 = c * tid / n, c1 = c * (tid + 1) / n;
-    T* my_dots = want_pos ? dots + static_cast<size_t>(tid) * 4 * m : nullptr;
+    T* mine = want_pos ? partial + static_cast<size_t>(tid) * 2 * m : nullptr;
     for (int64_t r = 0; r < m; ++r) {
       const Corners<T> k = corners(ys[r], xs[r], h, w, taps, r);
       const T* g = grad + r * c;
-      for (int i = 0; i < 4; ++i) {
-        if (!k.inside[i]) continue;
-        if (grad_table != nullptr) {
+      if (grad_table != nullptr) {
+        // One loop per corner: outside corners share row 0, so the four must not be fused.
+        for (int i = 0; i < 4; ++i) {
+          if (!k.inside[i]) continue;
           T* gt = grad_table + k.row[i] * c;
           const T wi = k.weight[i];
 #pragma omp simd
           for (int64_t j = c0; j < c1; ++j) gt[j] += wi * g[j];
         }
-        if (want_pos) {
-          const T* a = table + k.row[i] * c;
-          T s = 0;
-#pragma omp simd reduction(+ : s)
-          for (int64_t j = c0; j < c1; ++j) s += g[j] * a[j];
-          my_dots[4 * r + i] = s;
+      }
+      if (want_pos) {
+        // Equation (14) and its y twin: the right-hand derivative of the bilinear sample,
+        // as coefficients of the (masked) corner values.
+        const T m0 = k.inside[0], m1 = k.inside[1], m2 = k.inside[2], m3 = k.inside[3];
+        const T y0 = -(1 - k.fx) * m0, y1 = -k.fx * m1, y2 = (1 - k.fx) * m2, y3 = k.fx * m3;
+        const T x0 = -(1 - k.fy) * m0, x1 = (1 - k.fy) * m1, x2 = -k.fy * m2, x3 = k.fy * m3;
+        const T* a0 = table + k.row[0] * c;
+        const T* a1 = table + k.row[1] * c;
+        const T* a2 = table + k.row[2] * c;
+        const T* a3 = table + k.row[3] * c;
+        T sy = 0, sx = 0;
+#pragma omp simd reduction(+ : sy, sx)
+        for (int64_t j = c0; j < c1; ++j) {
+          const T v0 = a0[j], v1 = a1[j], v2 = a2[j], v3 = a3[j];
+          sy += g[j] * (y0 * v0 + y1 * v1 + y2 * v2 + y3 * v3);
+          sx += g[j] * (x0 * v0 + x1 * v1 + x2 * v2 + x3 * v3);
         }
+        mine[2 * r] = sy;
+        mine[2 * r + 1] = sx;
       }
     }
   }
   if (!want_pos) return;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t r = 0; r < m; ++r) {
-    T d[4] = {0, 0, 0, 0};
-    for (int t = 0; t < nt; ++t)  // threads that did not run left zeros
-      for (int i = 0; i < 4; ++i) d[i] += dots[(static_cast<size_t>(t) * m + r) * 4 + i];
-    const T y0 = std::floor(ys[r]), x0 = std::floor(xs[r]);
-    const T fy = ys[r] - y0, fx = xs[r] - x0;
-    // Equation (14) and its y twin: the right-hand derivative of the bilinear sample.
-    grad_y[r] = (d[2] - d[0]) * (1 - fx) + (d[3] - d[1]) * fx;
-    grad_x[r] = (d[1] - d[0]) * (1 - fy) + (d[3] - d[2]) * fy;
+    T sy = 0, sx = 0;
+    for (int t = 0; t < nt; ++t) {  // threads that did not run left zeros
+      sy += partial[(static_cast<size_t>(t) * m + r) * 2];
+      sx += partial[(static_cast<size_t>(t) * m + r) * 2 + 1];
+    }
+    grad_y[r] = sy;
+    grad_x[r] = sx;
   }
 }
 
@@ -129,13 +142,13 @@ void sac_sample_f64(const double* table, int64_t h, int64_t w, int64_t c, int64_
 
 void sac_sample_backward_f32(const float* table, int64_t h, int64_t w, int64_t c, int64_t taps, const float* ys,
                              const float* xs, int64_t m, const float* grad, float* grad_table, float* grad_y,
-                             float* grad_x, float* dots, int threads) {
-  sample_backward(table, h, w, c, taps, ys, xs, m, grad, grad_table, grad_y, grad_x, dots, threads);
+                             float* grad_x, float* partial, int threads) {
+  sample_backward(table, h, w, c, taps, ys, xs, m, grad, grad_table, grad_y, grad_x, partial, threads);
 }
 
 void sac_sample_backward_f64(const double* table, int64_t h, int64_t w, int64_t c, int64_t taps,
                              const double* ys, const double* xs, int64_t m, const double* grad,
-                             double* grad_table, double* grad_y, double* grad_x, double* dots, int threads) {
-  sample_backward(table, h, w, c, taps, ys, xs, m, grad, grad_table, grad_y, grad_x, dots, threads);
+                             double* grad_table, double* grad_y, double* grad_x, double* partial, int threads) {
+  sample_backward(table, h, w, c, taps, ys, xs, m, grad, grad_table, grad_y, grad_x, partial, threads);
 }
 }

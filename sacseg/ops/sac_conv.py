@@ -209,6 +209,13 @@ def _linear(a: Tensor, b: Tensor) -> Tensor:
     return a @ b.t()
 
 
+def _stack(items: list[Tensor], empty_shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """``torch.stack(items)`` without a copy for one item, and of shape ``empty_shape`` for none."""
+    if not items:
+        return like.new_empty(empty_shape)
+    return items[0][None] if len(items) == 1 else torch.stack(items)
+
+
 def _row_chunks(rows: int, bytes_per_row: int) -> list[tuple[int, int]]:
     step = max(1, _CHUNK_BYTES // max(1, bytes_per_row))
     return [(p0, min(rows, p0 + step)) for p0 in range(0, rows, step)]
@@ -259,11 +266,15 @@ class _SacFastFunction(torch.autograd.Function):
         taps = kh * kw
         h_out, w_out = scale.shape[-2:]
         project = _project_first(c_in, c_out, taps, h * w, h_out * w_out)
-        pixels = input.permute(0, 2, 3, 1).contiguous().view(n, h * w, c_in)  # channels-last: corners are contiguous rows
         if project:
-            tables = _linear(pixels.reshape(n * h * w, c_in), _projection_weight(weight)).view(n, h * w * taps, c_out)
+            # [H*W, taps*C_out] per image straight from the NCHW input: the GEMM transposes for free.
+            planes, projection = input.reshape(n, c_in, h * w), _projection_weight(weight)
+            tables = _stack([_linear(planes[i].t(), projection) for i in range(n)], (0, h * w, taps * c_out), input)
+            tables = tables.view(n, h * w * taps, c_out)
         else:
-            tables, matrix = pixels, _column_weight(weight)
+            # Channels-last, so that the four corners of a tap are contiguous rows.
+            tables = input.permute(0, 2, 3, 1).contiguous().view(n, h * w, c_in)
+            matrix = _column_weight(weight)
         sampled = c_out if project else c_in
         out = input.new_empty(n, h_out, w_out, c_out)
         for i in range(n):
@@ -292,8 +303,7 @@ class _SacFastFunction(torch.autograd.Function):
         opts = {"dtype": scale.dtype, "device": scale.device}
         oy = ((torch.arange(kh, **opts) - kh // 2) * dilation[0]).repeat_interleave(kw)  # d position / d scale
         ox = ((torch.arange(kw, **opts) - kw // 2) * dilation[1]).repeat(kh)
-        pixels = input.permute(0, 2, 3, 1).contiguous().view(n, h * w, c_in)
-        tables = projected if project else pixels
+        tables = projected if project else input.permute(0, 2, 3, 1).contiguous().view(n, h * w, c_in)
         matrix_t = None if project else _column_weight(weight).t().contiguous()
         grad_tables = torch.zeros_like(tables) if need_input or (need_weight and project) else None
         grad_matrix = input.new_zeros(c_out, taps * c_in) if need_weight and not project else None
@@ -331,13 +341,16 @@ class _SacFastFunction(torch.autograd.Function):
                         grad_scale[i, 0, p0:p1] = ds.view(p1 - p0, w_out)
         grad_input = grad_weight = None
         if project and grad_tables is not None:
-            grad_proj = grad_tables.view(n * h * w, taps * c_out)
+            grad_proj = grad_tables.view(n, h * w, taps * c_out)
+            planes, projection = input.reshape(n, c_in, h * w), _projection_weight(weight)
             if need_input:
-                projection = _projection_weight(weight).t().contiguous()
-                grad_input = _linear(grad_proj, projection).view(n, h, w, c_in).permute(0, 3, 1, 2)
+                grad_input = _stack([_linear(projection.t(), grad_proj[i]) for i in range(n)], (0, c_in, h * w), input)
+                grad_input = grad_input.view(n, c_in, h, w)
             if need_weight:
-                grad_proj_t = grad_proj.t()
-                grad_weight = _linear(grad_proj_t, pixels.reshape(n * h * w, c_in).t()).view(kh, kw, c_out, c_in).permute(2, 3, 0, 1)
+                grad_projection = weight.new_zeros(taps * c_out, c_in)
+                for i in range(n):
+                    grad_projection += _linear(grad_proj[i].t(), planes[i])
+                grad_weight = grad_projection.view(kh, kw, c_out, c_in).permute(2, 3, 0, 1)
         else:
             if need_input and grad_tables is not None:
                 grad_input = grad_tables.view(n, h, w, c_in).permute(0, 3, 1, 2)
