@@ -276,15 +276,17 @@ class _SacFastFunction(torch.autograd.Function):
             tables = input.permute(0, 2, 3, 1).contiguous().view(n, h * w, c_in)
             matrix = _column_weight(weight)
         sampled = c_out if project else c_in
-        out = input.new_empty(n, h_out, w_out, c_out)
+        out = input.new_empty(n, c_out, h_out, w_out)
         for i in range(n):
             for p0, p1 in _row_chunks(h_out, w_out * taps * sampled * input.element_size()):
                 y, x = _chunk_positions(scale[i : i + 1], (p0, p1), (kh, kw), stride, padding, dilation)
                 z = sample_rows(tables[i], h, w, taps if project else 1, y, x, native=native)
                 length = (p1 - p0) * w_out
-                res = z.view(length, taps, c_out).sum(1) if project else _linear(z.view(length, taps * c_in), matrix)
-                out[i, p0:p1] = res.view(p1 - p0, w_out, c_out)
-        out = out.permute(0, 3, 1, 2).contiguous()
+                if project:
+                    res = z.view(length, taps, c_out).sum(1).t()
+                else:
+                    res = _linear(matrix, z.view(length, taps * c_in))  # [C_out, length]: NCHW without a transpose
+                out[i, :, p0:p1] = res.view(c_out, p1 - p0, w_out)
         if bias is not None:
             out += bias.view(1, c_out, 1, 1)
         ctx.geometry = (stride, padding, dilation, native, project)
@@ -319,10 +321,12 @@ class _SacFastFunction(torch.autograd.Function):
                     if project:
                         grad_z = g[:, None, :].expand(length, taps, c_out).reshape(length * taps, c_out)
                     else:
-                        grad_z = _linear(g, matrix_t).view(length * taps, c_in)
                         if grad_matrix is not None:
+                            # Recomputed rather than saved; freed before grad_z exists to halve the chunk memory.
                             z = sample_rows(tables[i], h, w, 1, y, x, native=native)
                             grad_matrix.addmm_(g.t(), z.view(length, taps * c_in))
+                            del z
+                        grad_z = _linear(g, matrix_t).view(length * taps, c_in)
                     positions = sample_rows_backward(
                         tables[i],
                         h,
@@ -440,7 +444,11 @@ def sac_conv2d(
         bias: ``[C_out]`` or ``None``.
         stride, padding, dilation: an int or a ``(h, w)`` pair, as in ``F.conv2d``.
         impl: ``"auto"`` (the fastest implementation for the call) or a key of
-            :data:`SAC_IMPLEMENTATIONS` (``"reference"`` is the direct transcription of the paper).
+            :data:`SAC_IMPLEMENTATIONS`: ``"reference"`` is the direct transcription of the paper
+            (autograd through the whole sampled tensor); ``"fast"`` is a chunked sampled im2col +
+            GEMM with a hand-written backward, whose bilinear sampling runs in C++ kernels on CPU
+            (compiled on first use and cached, see ``sacseg.ops._bilinear.native_library``) and in
+            torch ops elsewhere; ``"fast_torch"`` is the same path with torch ops only.
 
     Returns:
         ``[N, C_out, H_out, W_out]``. Under autocast the operator runs in float32 (sample
