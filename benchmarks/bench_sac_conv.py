@@ -1,10 +1,12 @@
 """Time and peak memory of sac_conv2d's paths against F.conv2d and deform_conv2d at segmentation shapes.
 
-Every operator runs at the same geometry (3x3 kernel, padding = dilation, stride 1), in one
-process, after one warm-up call; times are medians of ``--repeats`` calls. Scales are uniform in
-[0.5, 2]; deform_conv2d gets the offsets ``(s - 1) * dil * (a - kh//2, b - kw//2)`` that make it
-sample where SAC does. Ratios are to F.conv2d of the same shape, so run-to-run machine noise
-partly cancels.
+Every operator runs at the same geometry (3x3 kernel, dilation 4, padding 4, stride 1), in one
+process, after one warm-up call; times are medians of ``--repeats`` calls (at most 3 for an
+operator whose warm-up call took over a second). Scales are uniform in [0.5, 2]; deform_conv2d
+gets the offsets ``(s - 1) * dil * (a - kh//2, b - kw//2)`` that make it sample where SAC does.
+Ratios are to F.conv2d of the same shape in the same run, so machine noise partly cancels.
+Shapes (see ``SHAPES``): res5 512->512 at 64x64; classifiers 2048->19 and 2048->150 at 64x64;
+res5 512->512 on a batch of two 97x97 maps. The reference path is skipped on the last by default.
 
 Peak memory is the highest number of bytes allocated during one forward+backward call above what
 was allocated before it (inputs and weights are not counted; outputs and gradients are). On CUDA
@@ -81,7 +83,13 @@ def _sync(device: torch.device) -> None:
 
 
 def _median_time(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
     fn()  # warm-up: kernel selection, JIT, native build, allocator
+    _sync(device)
+    warm_up = time.perf_counter() - start
+    # Multi-second calls (deform_conv2d, the reference path) vary little relative to their length.
+    repeats = min(repeats, 3) if warm_up > 1.0 else repeats
     times = []
     for _ in range(repeats):
         _sync(device)

@@ -6,6 +6,7 @@ from typing import Any, Callable, Literal
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from sacseg.ops._bilinear import sample_rows, sample_rows_backward
 
@@ -294,6 +295,7 @@ class _SacFastFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # a hand-written backward: double backward raises instead of going wrong
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         input, scale, weight, projected = ctx.saved_tensors
         stride, padding, dilation, native, project = ctx.geometry
