@@ -179,8 +179,9 @@ def _sac_reference(
 #: Bytes of sampled values one chunk of output rows may hold: keeps the fast path's extra memory
 #: near F.conv2d's while the GEMMs stay large enough to run at full speed.
 _CHUNK_BYTES = 8 << 20
-#: Cost of one sampled value in multiply-adds, for choosing the order of sampling and GEMM.
-_SAMPLE_COST = 32
+#: Cost of one sampled value in GEMM multiply-adds (memory-bound gather vs compute-bound GEMM;
+#: measured about 80 on a 2-core AVX-512 machine), for choosing the order of sampling and GEMM.
+_SAMPLE_COST = 64
 
 
 def _project_first(c_in: int, c_out: int, taps: int, in_pixels: int, out_pixels: int) -> bool:
@@ -203,7 +204,7 @@ def _linear(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b.T``, ``[M, K] x [N, K] -> [M, N]``.
 
     On CPU float32 this is oneDNN's matmul, the kernels F.conv2d runs on: MKL's sgemm measured
-    1.3-1.7x slower on this project's (AMD) machine.
+    up to 1.5x slower at these shapes on this project's (AMD) machine.
     """
     if _ONEDNN_LINEAR and a.device.type == "cpu" and a.dtype == torch.float32 and a.numel() > 0 and b.numel() > 0:
         return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
@@ -247,7 +248,8 @@ class _SacFastFunction(torch.autograd.Function):
 
     Sampling reads a channels-last table (``[H*W, C_in]``, or the projection ``[H*W*taps, C_out]``
     when multiplying first), so the four corners of a tap are contiguous rows. Backward recomputes
-    the samples instead of saving them.
+    the samples instead of saving them. The gradients of input and weight may come back with
+    channels-last strides (no copy is spent on transposing them).
     """
 
     @staticmethod
@@ -328,6 +330,8 @@ class _SacFastFunction(torch.autograd.Function):
                             z = sample_rows(tables[i], h, w, 1, y, x, native=native)
                             grad_matrix.addmm_(g.t(), z.view(length, taps * c_in))
                             del z
+                        if grad_tables is None and not need_scale:
+                            continue  # only the weight wanted a gradient: no adjoint sampling needed
                         grad_z = _linear(g, matrix_t).view(length * taps, c_in)
                     positions = sample_rows_backward(
                         tables[i],

@@ -100,15 +100,17 @@ def test_float64_agrees_tightly(impl):
 
 @pytest.mark.parametrize("impl", FAST)
 @pytest.mark.parametrize("c_in,c_out", [(6, 5), (48, 2)])
-def test_only_scale_needs_grad(impl, c_in, c_out):
-    # The "-only" variants freeze the network and train the scale regressor: input and weight need no grad.
-    x, scale, weight, bias, stride, padding, dilation, grad_out = _case(6, c_in, c_out, (3, 3), (1, 1), (2, 2), (2, 2))
-    grads = []
+@pytest.mark.parametrize("wanted", [(1,), (2,), (0, 3)], ids=["scale", "weight", "input+bias"])
+def test_gradients_of_a_subset(impl, c_in, c_out, wanted):
+    # E.g. the "-only" variants freeze the network and train the scale regressor alone.
+    tensors = _case(6, c_in, c_out, (3, 3), (1, 1), (2, 2), (2, 2))
+    grad_out = tensors[-1]
+    results = []
     for name in (impl, "reference"):
-        s = scale.clone().requires_grad_()
-        out = sac_conv2d(x, s, weight, bias, stride, padding, dilation, impl=name)
-        grads.append(torch.autograd.grad(out, s, grad_out))
-    _assert_agree(grads[0], grads[1], names=("scale",))
+        args = [t.clone().requires_grad_(k in wanted) if k < 4 else t for k, t in enumerate(tensors[:-1])]
+        out = sac_conv2d(*args, impl=name)
+        results.append(torch.autograd.grad(out, [args[k] for k in wanted], grad_out))
+    _assert_agree(results[0], results[1], names=[str(k) for k in wanted])
 
 
 def test_auto_uses_the_fast_path():
