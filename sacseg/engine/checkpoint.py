@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -13,12 +14,16 @@ from torch import nn
 
 from sacseg.engine.io import atomic_open
 
+if TYPE_CHECKING:
+    from sacseg.engine.config import TrainConfig
+
 __all__ = [
     "atomic_torch_save",
     "capture_rng_state",
     "restore_rng_state",
     "save_checkpoint",
     "load_checkpoint",
+    "load_trained_model",
 ]
 
 
@@ -112,17 +117,54 @@ def save_checkpoint(
     atomic_torch_save(state, path)
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by ``save_checkpoint``; FileNotFoundError / ValueError name the file."""
-    path = Path(path)
+def _read(path: Path, map_location: str | torch.device, required: tuple[str, ...]) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a bad file
         raise ValueError(f"checkpoint {path} is corrupt or not a checkpoint: {err}") from err
-    missing = [key for key in ("model", "iteration") if not isinstance(state, dict) or key not in state]
+    missing = [key for key in required if not isinstance(state, dict) or key not in state]
     if missing:
         raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}")
     return state
 
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by ``save_checkpoint``; FileNotFoundError / ValueError name the file."""
+    return _read(Path(path), map_location, ("model", "iteration"))
+
+
+def load_trained_model(
+    path: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
+    default_config: TrainConfig | None = None,
+) -> tuple[nn.Module, TrainConfig]:
+    """The trained model of a checkpoint, in eval mode on ``device``, and the config it was built from.
+
+    Reads any file holding ``{"model": state_dict, "config": {...}}`` (``save_checkpoint`` writes
+    both), rebuilds the model with ``build_model_from_config`` and loads the weights strictly.
+    ``default_config`` is used only when the checkpoint stores no config. The config's
+    ``backbone_weights`` and ``baseline_checkpoint`` are not read: the checkpoint already holds
+    every weight, so neither an ImageNet download nor the baseline file of a "-only" run is needed.
+    FileNotFoundError / ValueError name the file (missing, corrupt, no config, weights that do not
+    fit the model).
+    """
+    # Imported here: train.py imports this module (and is heavy: TensorBoard).
+    from sacseg.engine.config import config_from_dict
+    from sacseg.engine.train import build_model_from_config
+
+    path = Path(path)
+    state = _read(path, "cpu", ("model",))
+    if state.get("config") is not None:
+        cfg = config_from_dict(state["config"], source=f"config stored in checkpoint {path}")
+    elif default_config is not None:
+        cfg = default_config
+    else:
+        raise ValueError(f"checkpoint {path} stores no config: give the training config (--config)")
+    model = build_model_from_config(dataclasses.replace(cfg, backbone_weights=None, baseline_checkpoint=None))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise ValueError(f"checkpoint {path}: its weights do not fit model {cfg.model!r} of its config: {err}") from err
+    return model.to(device).eval(), cfg

@@ -8,16 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 from sacseg.data import ScaleScenes
-from sacseg.engine.checkpoint import load_checkpoint
+from sacseg.engine.checkpoint import load_trained_model
 from sacseg.engine.io import atomic_open
 from sacseg.engine.config import TrainConfig, config_from_dict
 from sacseg.engine.inference import predict_with_scales
 from sacseg.engine.metrics import ConfusionMatrix
-from sacseg.engine.train import build_model_from_config, train
+from sacseg.engine.train import train
 from sacseg.viz import colorize, denormalize, save_report_grid
 
 __all__ = ["DEMO_SETTINGS", "demo_config", "run_demo"]
@@ -65,12 +64,6 @@ def demo_config(model: str, out_dir: Path, iterations: int, seed: int) -> TrainC
     return config_from_dict(values, source="demo")
 
 
-def _load_trained(cfg: TrainConfig) -> nn.Module:
-    model = build_model_from_config(cfg)
-    model.load_state_dict(load_checkpoint(Path(cfg.out_dir) / "last.pt")["model"])
-    return model.eval()
-
-
 def _markdown_table(results: dict[str, dict[str, Any]], classes: tuple[str, ...]) -> str:
     def pct(value: float) -> str:
         return "n/a" if math.isnan(value) else f"{100 * value:.1f}"
@@ -104,7 +97,7 @@ def run_demo(
     if test_images < 1:
         raise ValueError(f"test_images must be >= 1, got {test_images}")
     test_set = ScaleScenes(test_images, size=DEMO_SETTINGS["scale_scenes_size"], seed=2)  # held out: seed 2
-    models = {title: _load_trained(cfg) for title, cfg in configs.items()}
+    models = {title: load_trained_model(Path(cfg.out_dir) / "last.pt")[0] for title, cfg in configs.items()}
     matrices = {title: ConfusionMatrix(len(test_set.classes)) for title in models}
     rows: list[list[Any]] = []
     with torch.no_grad():

@@ -40,9 +40,11 @@ from sacseg.models import build_model, load_baseline_and_freeze
 __all__ = [
     "NonFiniteLossError",
     "seed_everything",
+    "dataset_class",
+    "build_eval_dataset",
     "build_datasets",
     "build_model_from_config",
-        "build_optimizer",
+    "build_optimizer",
     "build_scheduler",
     "make_train_loader",
     "segmentation_loss",
@@ -84,23 +86,39 @@ def _scale_scenes(cfg: TrainConfig, split: str, num_images: int, transforms: Any
     return ScaleScenes(num_images, size=cfg.scale_scenes_size, seed=_SCALE_SCENES_SEEDS[split], transforms=transforms)
 
 
+def dataset_class(cfg: TrainConfig) -> type[Dataset]:
+    """The ``sacseg.data`` class the config's ``dataset`` names (its ``classes`` and ``palette``)."""
+    if cfg.dataset not in DATASETS or cfg.dataset == "folder":
+        valid = ", ".join(sorted(name for name in DATASETS if name != "folder"))
+        raise ValueError(f"config key 'dataset': {cfg.dataset!r} is not a dataset a config can name; valid: {valid}")
+    return DATASETS[cfg.dataset]
+
+
+def _check_num_classes(cfg: TrainConfig, dataset: Dataset) -> Dataset:
+    num_classes = len(dataset.classes)  # type: ignore[attr-defined]
+    if num_classes != cfg.num_classes:
+        raise ValueError(f"config key 'num_classes' is {cfg.num_classes} but dataset {cfg.dataset!r} has {num_classes} classes")
+    return dataset
+
+
+def build_eval_dataset(cfg: TrainConfig, split: str | None = None) -> Dataset:
+    """The config's dataset, split ``split`` (default ``val_split``), with eval transforms only."""
+    split = cfg.val_split if split is None else split
+    if cfg.dataset == "scale_scenes":
+        dataset = _scale_scenes(cfg, split, cfg.scale_scenes_val_images, eval_transforms())
+    else:
+        dataset = dataset_class(cfg)(cfg.data_root, split, transforms=eval_transforms())
+    return _check_num_classes(cfg, dataset)
+
+
 def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
     """The training set (with the paper's augmentation) and the validation set (eval transforms)."""
     train_tf = train_transforms(cfg.crop_size, (cfg.scale_min, cfg.scale_max), cfg.flip)
     if cfg.dataset == "scale_scenes":
         train_set = _scale_scenes(cfg, cfg.train_split, cfg.scale_scenes_train_images, train_tf)
-        val_set = _scale_scenes(cfg, cfg.val_split, cfg.scale_scenes_val_images, eval_transforms())
-    elif cfg.dataset in DATASETS and cfg.dataset != "folder":
-        dataset_cls = DATASETS[cfg.dataset]
-        train_set = dataset_cls(cfg.data_root, cfg.train_split, transforms=train_tf)
-        val_set = dataset_cls(cfg.data_root, cfg.val_split, transforms=eval_transforms())
     else:
-        valid = ", ".join(sorted(name for name in DATASETS if name != "folder"))
-        raise ValueError(f"config key 'dataset': {cfg.dataset!r} is not a dataset a config can name; valid: {valid}")
-    num_classes = len(train_set.classes)  # type: ignore[attr-defined]
-    if num_classes != cfg.num_classes:
-        raise ValueError(f"config key 'num_classes' is {cfg.num_classes} but dataset {cfg.dataset!r} has {num_classes} classes")
-    return train_set, val_set
+        train_set = dataset_class(cfg)(cfg.data_root, cfg.train_split, transforms=train_tf)
+    return _check_num_classes(cfg, train_set), build_eval_dataset(cfg)
 
 
 def build_model_from_config(cfg: TrainConfig) -> nn.Module:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import signal
@@ -15,7 +16,17 @@ import pytest
 import torch
 from torch import nn
 
-from sacseg.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from sacseg.engine.checkpoint import (
+    atomic_torch_save,
+    capture_rng_state,
+    load_checkpoint,
+    load_trained_model,
+    restore_rng_state,
+    save_checkpoint,
+)
+from sacseg.engine.train import build_model_from_config
+from sacseg.models import load_baseline_and_freeze
+from train_helpers import tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -128,3 +139,48 @@ def test_kill_during_write_keeps_previous_checkpoint(tmp_path: Path) -> None:
     assert torch.equal(state["model"]["weight"], torch.ones(64, 64))
     with pytest.raises(ValueError, match=partial[0].name):
         load_checkpoint(partial[0])
+
+
+def test_load_trained_model_of_an_only_run_needs_no_baseline_file(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    baseline = build_model_from_config(tiny_config(tmp_path))
+    atomic_torch_save({"model": baseline.state_dict(), "iteration": 4}, tmp_path / "baseline.pt")
+    cfg = tiny_config(tmp_path, model="sac_single_resnet18", baseline_checkpoint=str(tmp_path / "baseline.pt"))
+    trained = build_model_from_config(cfg)  # what a "-only" run starts from: frozen batch norm included
+    nn.init.normal_(trained.scale_regressors["classifier"].conv.weight, std=0.1)  # as if trained
+    save_checkpoint(tmp_path / "last.pt", model=trained, **{k: v for k, v in _parts().items() if k != "model"},
+                    iteration=3, epoch=0, config=dataclasses.asdict(cfg), best_metric=0.0)  # fmt: skip
+    (tmp_path / "baseline.pt").unlink()
+
+    model, loaded_cfg = load_trained_model(tmp_path / "last.pt")
+    assert loaded_cfg == cfg and not model.training
+    images = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        expected, got = trained.eval()(images), model(images)
+    torch.testing.assert_close(got["out"], expected["out"])
+    torch.testing.assert_close(got["scales"]["classifier"], expected["scales"]["classifier"])
+
+
+def test_load_trained_model_does_not_read_backbone_weights(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path)
+    atomic_torch_save({"model": build_model_from_config(cfg).state_dict(),
+                       "config": dict(dataclasses.asdict(cfg), backbone_weights=str(tmp_path / "absent.pth"))},
+                      tmp_path / "model.pt")  # fmt: skip
+    model, loaded_cfg = load_trained_model(tmp_path / "model.pt")
+    assert loaded_cfg.backbone_weights == str(tmp_path / "absent.pth") and not model.training
+
+
+def test_load_trained_model_errors_name_the_file(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path)
+    weights = build_model_from_config(cfg).state_dict()
+    atomic_torch_save({"model": weights}, tmp_path / "bare.pt")
+    with pytest.raises(ValueError, match=f"checkpoint {tmp_path / 'bare.pt'} stores no config"):
+        load_trained_model(tmp_path / "bare.pt")
+    model, used = load_trained_model(tmp_path / "bare.pt", default_config=cfg)
+    assert used is cfg
+    other = dict(dataclasses.asdict(cfg), model="sac_single_resnet18")
+    atomic_torch_save({"model": weights, "config": other}, tmp_path / "mismatch.pt")
+    with pytest.raises(ValueError, match=f"checkpoint {tmp_path / 'mismatch.pt'}: its weights do not fit model 'sac_single_resnet18'"):
+        load_trained_model(tmp_path / "mismatch.pt")
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_trained_model(tmp_path / "none.pt")
