@@ -410,8 +410,8 @@ def _fit(cfg: TrainConfig, resume: str | None, ctx: DistContext, out_dir: Path, 
                     _log.info("iteration %d/%d loss %.4f lr %.3e %.1f img/s", iteration, total, loss, lr, throughput)
                 if iteration % (cfg.val_every * iters_per_unit) == 0 or iteration == total:
                     last_metrics = evaluate(
-                        unwrap(model), val_loader, cfg.num_classes, IGNORE_INDEX, ctx.device, cfg.eval_mode,
-                        cfg.eval_crop_size, cfg.eval_stride,
+                        unwrap(model), val_loader, cfg.num_classes, ignore_index=IGNORE_INDEX, device=ctx.device,
+                        mode=cfg.eval_mode, crop_size=cfg.eval_crop_size, stride=cfg.eval_stride,
                     ).compute()  # fmt: skip
                     miou = last_metrics["miou"]
                     _log.info("iteration %d validation mIoU %.4f pixel acc %.4f", iteration, miou, last_metrics["pixel_acc"])
