@@ -109,6 +109,9 @@ def _timed(name: str, fn: Callable[..., Any], args: tuple[Any, ...], quiet: bool
     start = time.perf_counter()
     print(f"[{time.strftime('%H:%M:%S')}] start {name}", flush=True)
     if quiet:
+        # One thread per worker for evaluation too (training sets it from its config, then puts
+        # the default back): two workers with two OpenMP threads each would fight over two cores.
+        torch.set_num_threads(1)
         # Progress bars (stderr) of parallel workers garble each other; each run's train.log keeps
         # the progress, and an exception still reaches the parent through the future.
         with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):

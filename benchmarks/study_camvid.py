@@ -57,19 +57,20 @@ VARIANTS: tuple[tuple[str, str, bool], ...] = (
 )
 MS_SCALES: tuple[float, ...] = (0.75, 1.0, 1.25)
 
-# Sized from measured per-iteration costs on one core (batch 8, 176x176 crops, ResNet-18 at output
-# stride 8): baseline 2.8 s, SAC-single 2.6-2.8 s, SAC-multiple 3.2 s with the fast SAC path (3.7 s and
-# 9 s with the reference one). On two single-threaded workers: baseline then SAC-single on one (65 min
-# with their validations every 150 iterations and final evaluations), SAC-multiple then the two "-only"
-# runs (300 iterations, regressors only) on the other (~59 min). --test-root adds ~17 min (233 images,
-# single-scale + 6-pass multi-scale per model). With the reference SAC path SAC-multiple alone takes ~95 min.
+# Sized from measured per-iteration costs on one core of this machine (batch 8, 176x176 crops,
+# ResNet-18 at output stride 8, the default fast SAC path): baseline 2.45 s, SAC-single 2.45 s,
+# SAC-multiple 3.2 s; two threads in one process are slower than one (3.8-5.4 s), so two
+# single-threaded workers run side by side, assumed each at its single-process speed on a quiet
+# machine. Worker 1: baseline then SAC-single (~63 min with validations every 175 iterations and the
+# final single + 6-pass multi-scale evaluations); worker 2: SAC-multiple, then the two "-only" runs
+# (350 iterations of the regressors only: 0.9 s and 1.85 s; ~62 min). --test-root adds ~11 min (233 images, every model).
 FULL: dict[str, Any] = {
     "factor": 0.5,
     "crop": 176,
     "batch": 8,
-    "iterations": 600,
-    "only_iterations": 300,
-    "val_every": 150,
+    "iterations": 700,
+    "only_iterations": 350,
+    "val_every": 175,
     "lr": 0.02,
     "limit": None,
 }

@@ -20,7 +20,7 @@ for a given seed the three start from the same backbone and classifier weights) 
 Writes ``<out>/scalescenes.json`` (every number, per seed, and the per-object (size, scale) pairs) and
 ``<out>/scalescenes_predictions.png``; prints the table. Training runs go to ``--work``.
 
-    python -m benchmarks.study_scalescenes --out docs/results          # full study (~50 min, 2 cores)
+    python -m benchmarks.study_scalescenes --out docs/results          # full study (~45 min, 2 cores)
     python -m benchmarks.study_scalescenes --quick --out /tmp/ss_quick  # smoke test (~1-2 min)
 """
 
@@ -55,10 +55,11 @@ MODELS: dict[str, str] = {
 BUCKETS: tuple[str, ...] = ("small", "medium", "large")
 TEST_SEED = 2  # train/val/test scenes come from seeds 0/1/2 (sacseg.engine.train's convention)
 
-# Full study, sized from measured per-iteration costs on one core (batch 8, 96x96 crops, ResNet-18 at
-# output stride 8): baseline 0.68 s, SAC-single 0.71 s, SAC-multiple 1.05 s with the fast SAC path
-# (0.72 / 0.85 / 1.48 s with the reference one). 9 runs x 700 iterations on two single-threaded
-# workers: about 43 min of training (53 min with the reference path), evaluation ~1 min.
+# Full study, sized from measured per-iteration costs on one core of this machine (batch 8, 96x96
+# crops, ResNet-18 at output stride 8, the default fast SAC path): baseline 0.65 s, SAC-single 0.65 s,
+# SAC-multiple 1.02 s, plus ~0.04 s of scene generation. 9 runs x 700 iterations on two
+# single-threaded workers (assumed each at its single-process speed on a quiet machine): ~45 min;
+# evaluation ~1 min.
 FULL: dict[str, Any] = {
     "seeds": (0, 1, 2),
     "iterations": 700,
