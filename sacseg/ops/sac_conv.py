@@ -181,6 +181,11 @@ SAC_IMPLEMENTATIONS: dict[str, SacImpl] = {"reference": _sac_reference}
 
 
 def _choose_impl(input: Tensor, weight: Tensor) -> SacImpl:
+    # Graph capture for ONNX (both exporters) and torch.jit.trace records whatever ops run: the
+    # reference is built from standard ops only (floor, gather, arithmetic, matmul), so it exports
+    # with the default ONNX domain, where a faster kernel may not. Keep this check first.
+    if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
+        return _sac_reference
     return _sac_reference
 
 
