@@ -1,0 +1,175 @@
+"""Shared machinery of the file-based data sets: pairing image and label files, checked reading, id mapping."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .transforms import IGNORE_INDEX, JointTransform, eval_transforms
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def require_dir(path: Path, what: str) -> Path:
+    """Return ``path`` if it is a directory, else raise FileNotFoundError naming it."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} folder not found: {path}")
+    return path
+
+
+def list_files(folder: Path, key: Callable[[Path], str | None], recursive: bool = False) -> dict[str, Path]:
+    """Map ``key(path)`` -> path for the files of ``folder`` whose key is not None (sorted by key)."""
+    paths = folder.rglob("*") if recursive else folder.iterdir()
+    found: dict[str, Path] = {}
+    for path in paths:
+        if not path.is_file():
+            continue
+        k = key(path)
+        if k is None:
+            continue
+        if k in found:
+            raise ValueError(f"two files share the key {k!r}: {found[k]} and {path}")
+        found[k] = path
+    return dict(sorted(found.items()))
+
+
+def suffix_key(suffix: str) -> Callable[[Path], str | None]:
+    """Key function: the path name without ``suffix`` (None for names not ending in it)."""
+
+    def key(path: Path) -> str | None:
+        return path.name[: -len(suffix)] if path.name.endswith(suffix) else None
+
+    return key
+
+
+def image_stem_key(path: Path) -> str | None:
+    """Key function: the file stem for files with a known image suffix."""
+    return path.stem if path.suffix.lower() in IMAGE_SUFFIXES else None
+
+
+def pair_files(
+    images: Mapping[str, Path], labels: Mapping[str, Path], image_dir: Path, label_dir: Path
+) -> list[tuple[Path, Path]]:
+    """Pair image and label files by key; raise ValueError naming unpaired files (either way) or no files."""
+    missing_labels = [images[k] for k in images if k not in labels]
+    missing_images = [labels[k] for k in labels if k not in images]
+    problems = []
+    if missing_labels:
+        problems.append(f"{len(missing_labels)} image(s) without a label in {label_dir}, e.g. {_some(missing_labels)}")
+    if missing_images:
+        problems.append(f"{len(missing_images)} label(s) without an image in {image_dir}, e.g. {_some(missing_images)}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    if not images:
+        raise ValueError(f"no image files found in {image_dir}")
+    return [(images[k], labels[k]) for k in images]
+
+
+def _some(paths: Sequence[Path], n: int = 3) -> str:
+    return ", ".join(str(p) for p in paths[:n]) + (", ..." if len(paths) > n else "")
+
+
+def read_image(path: Path) -> Image.Image:
+    """Decode an RGB image fully (so truncation is detected here); errors name the file."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ValueError(f"cannot read image file {path}: {exc}") from exc
+
+
+def read_label(path: Path) -> np.ndarray:
+    """Decode a single-channel label image to an integer array [H, W]; errors name the file."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            array = np.array(img)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ValueError(f"cannot read label file {path}: {exc}") from exc
+    if array.ndim != 2 or array.dtype.kind not in "ui":
+        raise ValueError(f"label file {path} must be a single-channel integer image, got shape {array.shape} {array.dtype}")
+    return array
+
+
+def make_lut(mapping: Mapping[int, int]) -> np.ndarray:
+    """Lookup table int64 [256]: raw label value -> target value, -1 for values outside ``mapping``."""
+    lut = np.full(256, -1, dtype=np.int64)
+    for raw, target in mapping.items():
+        lut[raw] = target
+    return lut
+
+
+def map_label(array: np.ndarray, lut: np.ndarray, path: Path) -> torch.Tensor:
+    """Map raw label values through ``lut`` -> uint8 tensor [H, W]; raise ValueError naming ``path`` on unknown values."""
+    if array.min() < 0 or array.max() >= len(lut):
+        bad = np.unique(array[(array < 0) | (array >= len(lut))])
+        raise ValueError(f"label file {path} has values outside the known set: {bad[:10].tolist()}")
+    mapped = lut[array]
+    if (mapped < 0).any():
+        bad = np.unique(array[mapped < 0])
+        raise ValueError(f"label file {path} has values outside the known set: {bad[:10].tolist()}")
+    return torch.from_numpy(mapped.astype(np.uint8))
+
+
+def index_palette(num_classes: int) -> torch.Tensor:
+    """Distinct colours uint8 [num_classes, 3] by the PASCAL VOC bit-interleaving scheme (for class lists without one)."""
+    ids = np.arange(num_classes)
+    palette = np.zeros((num_classes, 3), dtype=np.int64)
+    for shift in range(8):
+        for channel in range(3):
+            palette[:, channel] |= ((ids >> (3 * shift + channel)) & 1) << (7 - shift)
+    return torch.from_numpy(palette.astype(np.uint8))
+
+
+class PairedSegmentation(Dataset):
+    """Base of the file-based data sets: ``ds[i] -> (image float [3, H, W], target long [H, W])``.
+
+    Subclasses supply the ``(image path, label path)`` pairs and a lookup table from raw label values to
+    targets (class index or 255); values missing from the table are an error naming the label file.
+    """
+
+    ignore_index: int = IGNORE_INDEX
+
+    def __init__(
+        self,
+        pairs: Sequence[tuple[Path, Path]],
+        lut: np.ndarray,
+        classes: Iterable[str],
+        palette: torch.Tensor,
+        transforms: JointTransform | None = None,
+    ) -> None:
+        self.pairs = list(pairs)
+        self.lut = lut
+        self.classes = tuple(classes)
+        self.palette = palette
+        self.transforms = transforms if transforms is not None else eval_transforms()
+        if palette.shape != (len(self.classes), 3) or palette.dtype != torch.uint8:
+            raise ValueError(f"palette must be uint8 [{len(self.classes)}, 3], got {palette.dtype} {tuple(palette.shape)}")
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, index: int) -> tuple[Image.Image, torch.Tensor]:
+        """Untransformed sample: (RGB PIL image, target uint8 tensor [H, W] of class indices and 255)."""
+        image_path, label_path = self.pairs[index]
+        image = read_image(image_path)
+        label = read_label(label_path)
+        if label.shape != (image.height, image.width):
+            raise ValueError(
+                f"image {image_path} is {image.width}x{image.height} but label {label_path} is "
+                f"{label.shape[1]}x{label.shape[0]} (W x H)"
+            )
+        return image, map_label(label, self.lut, label_path)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, target = self.load(index)
+        return self.transforms(image, target)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self)} images, {len(self.classes)} classes)"

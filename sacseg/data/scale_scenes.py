@@ -1,0 +1,242 @@
+"""ScaleScenes: procedurally generated street-like scenes whose object classes need context at the object's own scale."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .transforms import IGNORE_INDEX, JointTransform, eval_transforms
+
+CLASSES: tuple[str, ...] = ("sky", "building", "road", "stripes", "checker", "dots", "rings")
+PALETTE = torch.tensor(
+    [(70, 130, 180), (70, 70, 70), (128, 64, 128), (220, 20, 60), (0, 0, 142), (250, 170, 30), (107, 142, 35)],
+    dtype=torch.uint8,
+)
+SKY, BUILDING, ROAD = 0, 1, 2
+TEXTURES: tuple[str, ...] = CLASSES[3:]
+OBJECT_CLASSES: tuple[int, ...] = tuple(range(3, len(CLASSES)))
+
+
+def _texture(kind: str, dx: np.ndarray, dy: np.ndarray, period: float, angle: float, phase: float) -> np.ndarray:
+    """Soft two-colour pattern weight in [0, 1] at offsets (dx, dy) [h, w] from the pattern centre.
+
+    Every pattern has spatial period ``period`` (pixels); stripes/checker/dots are rotated by ``angle``,
+    rings are concentric about the centre. Soft edges (a steep sigmoid) keep short periods from aliasing.
+    """
+    u = dx * math.cos(angle) + dy * math.sin(angle)
+    v = -dx * math.sin(angle) + dy * math.cos(angle)
+    k = 2 * math.pi / period
+    if kind == "stripes":
+        s = np.sin(k * u + phase)
+    elif kind == "checker":
+        s = 2.0 * np.sin(k * u + phase) * np.sin(k * v + phase)
+    elif kind == "dots":
+        s = 2.0 * (np.cos(k * u + phase) + np.cos(k * v + phase)) / 2.0 - 1.0
+    elif kind == "rings":
+        s = np.sin(k * np.sqrt(dx * dx + dy * dy) + phase)
+    else:
+        raise ValueError(f"unknown texture {kind!r}; valid: {', '.join(TEXTURES)}")
+    return 1.0 / (1.0 + np.exp(-4.0 * s))
+
+
+class ScaleScenes(Dataset):
+    """Deterministic synthetic street scenes with a perspective: ``ds[i] -> (image float [3, S, S], target long [S, S])``.
+
+    Layout: sky above a random horizon, a row of building blocks standing on it, road below. Objects are
+    upright ellipses of the classes "stripes", "checker", "dots" and "rings", textured with that pattern at a
+    period of ``radius / periods_per_radius`` so the pattern (and hence the class) is only recognisable with
+    context proportional to the object's size. Object radii (pixels) are log-uniform in ``radius_range``
+    (default ``(size / 64, size * 15 / 64)``: 4 to 60 px at size 256, a 15x range) and set by
+    perspective: an object's foot lies lower in the image the larger it is (near = low = large, far = small);
+    objects are drawn far to near so near ones occlude far ones. With ``distractors``, building facades and
+    patches of road carry the same textures at unrelated periods, so texture alone does not tell stuff
+    from objects. All colours are drawn at random per region, so colour does not identify a class.
+
+    Image ``i`` is generated from ``numpy.random.default_rng([seed, i])``, so ``ds[i]`` does not depend on the
+    access order. Convention for held-out sets: train ``seed=0``, validation ``seed=1``, test ``seed=2``
+    (different seeds give independent scenes).
+
+    Object size (``objects(i)``): ``"size"`` is the drawn radius in pixels, ``sqrt(a * b)`` of the ellipse's
+    semi-axes; an object that is neither occluded nor cut by the border covers about ``pi * size**2`` pixels.
+    """
+
+    ignore_index: int = IGNORE_INDEX
+    classes: tuple[str, ...] = CLASSES
+    palette: torch.Tensor = PALETTE
+
+    def __init__(
+        self,
+        num_images: int,
+        size: int = 256,
+        seed: int = 0,
+        transforms: JointTransform | None = None,
+        *,
+        radius_range: tuple[float, float] | None = None,
+        num_objects: tuple[int, int] = (6, 14),
+        periods_per_radius: float = 1.5,
+        distractors: bool = True,
+        noise: float = 8.0,
+    ) -> None:
+        if num_images < 0:
+            raise ValueError(f"num_images must be >= 0, got {num_images}")
+        if size < 16:
+            raise ValueError(f"size must be >= 16, got {size}")
+        if radius_range is None:
+            radius_range = (size / 64, size * 15 / 64)
+        r_min, r_max = (float(r) for r in radius_range)
+        if not 1.0 <= r_min <= r_max <= size / 2:
+            raise ValueError(f"radius_range must satisfy 1 <= min <= max <= size/2 = {size / 2}, got {radius_range}")
+        if not 0 <= num_objects[0] <= num_objects[1]:
+            raise ValueError(f"num_objects must be (low, high) with 0 <= low <= high, got {num_objects}")
+        if periods_per_radius <= 0 or noise < 0:
+            raise ValueError(f"periods_per_radius must be > 0 and noise >= 0, got {periods_per_radius}, {noise}")
+        self.num_images, self.size, self.seed = int(num_images), int(size), int(seed)
+        self.radius_range = (r_min, r_max)
+        self.num_objects = (int(num_objects[0]), int(num_objects[1]))
+        self.periods_per_radius = float(periods_per_radius)
+        self.distractors = bool(distractors)
+        self.noise = float(noise)
+        self.transforms = transforms if transforms is not None else eval_transforms()
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, target = self.load(index)
+        return self.transforms(image, target)
+
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Untransformed scene: (image uint8 [3, S, S], target uint8 [S, S])."""
+        image, label, _, _ = self._render(index)
+        return torch.from_numpy(image), torch.from_numpy(label)
+
+    def objects(self, index: int) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        """Objects of the untransformed scene ``index``: (instance ids long [S, S], 0 = no object; records).
+
+        Each record: ``{"id", "class", "size" (drawn radius, px), "area" (visible pixels in the id map),
+        "drawn_area" (pixels of the whole ellipse inside the image, before occlusion), "center" (x, y)}``.
+        """
+        _, _, instances, records = self._render(index)
+        return torch.from_numpy(instances).long(), records
+
+    def _render(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        if not 0 <= index < self.num_images:
+            raise IndexError(f"index {index} out of range for {self.num_images} scenes")
+        rng = np.random.default_rng([self.seed, index])
+        s = self.size
+        ys, xs = np.mgrid[0:s, 0:s].astype(np.float32)
+        image = np.empty((s, s, 3), dtype=np.float32)
+        label = np.empty((s, s), dtype=np.uint8)
+        horizon = rng.uniform(0.3, 0.45) * s
+
+        sky = ys < horizon
+        label[sky], label[~sky] = SKY, ROAD
+        for region in (sky, ~sky):  # sky and road: smooth vertical gradients of their own colours
+            top, bottom = _colour(rng), _colour(rng)
+            image[region] = (top + (bottom - top) * (ys / s)[..., None])[region]
+        self._buildings(rng, image, label, xs, ys, horizon)
+        if self.distractors:
+            self._road_patches(rng, image, label, xs, ys, horizon)
+        instances, records = self._objects(rng, image, label, xs, ys, horizon)
+
+        image += rng.normal(0.0, self.noise, size=image.shape).astype(np.float32)
+        image = np.clip(image, 0, 255).round().astype(np.uint8).transpose(2, 0, 1).copy()
+        return image, label, instances, records
+
+    def _buildings(self, rng: np.random.Generator, image: np.ndarray, label: np.ndarray, xs: np.ndarray, ys: np.ndarray, horizon: float) -> None:
+        """A row of blocks standing on the horizon, some gaps; textured facades at random periods."""
+        s = self.size
+        edges = np.sort(rng.uniform(0, s, size=rng.integers(2, 6)))
+        edges = np.concatenate([[0.0], edges, [float(s)]])
+        for left, right in zip(edges[:-1], edges[1:]):
+            if rng.random() < 0.2:
+                continue
+            roof = horizon * rng.uniform(0.05, 0.8)
+            base = horizon + rng.uniform(0.0, 0.05) * s
+            x0, x1, y0, y1 = int(left), int(math.ceil(right)), int(roof), int(math.ceil(base))
+            region = (slice(y0, y1), slice(x0, x1))
+            inside = (xs[region] >= left) & (xs[region] < right) & (ys[region] >= roof) & (ys[region] < base)
+            label[region][inside] = BUILDING
+            c1, c2 = _colour(rng), _colour(rng)
+            if self.distractors and rng.random() < 0.8:
+                w = _texture(
+                    TEXTURES[rng.integers(len(TEXTURES))],
+                    xs[region] - rng.uniform(left, right), ys[region] - rng.uniform(roof, base),
+                    period=_log_uniform(rng, 2.5, 40.0), angle=rng.choice([0.0, math.pi / 2, rng.uniform(0, math.pi)]),
+                    phase=rng.uniform(0, 2 * math.pi),
+                )[..., None]
+                image[region][inside] = (c1 + (c2 - c1) * w)[inside]
+            else:
+                image[region][inside] = c1
+
+    def _road_patches(self, rng: np.random.Generator, image: np.ndarray, label: np.ndarray, xs: np.ndarray, ys: np.ndarray, horizon: float) -> None:
+        """Textured rectangles on the road (markings, manholes...) at periods unrelated to their size; label road."""
+        s = self.size
+        for _ in range(rng.integers(0, 4)):
+            cy = rng.uniform(horizon, s)
+            extent = max(3.0, (cy - horizon) / (s - horizon) * rng.uniform(0.2, 0.6) * s)
+            cx = rng.uniform(0, s)
+            x0, x1 = int(max(0, cx - extent)), int(min(s, cx + extent))
+            y0, y1 = int(max(horizon, cy - extent * 0.4)), int(min(s, cy + extent * 0.4))
+            if x1 <= x0 or y1 <= y0:
+                continue
+            region = (slice(y0, y1), slice(x0, x1))
+            c1, c2 = _colour(rng), _colour(rng)
+            w = _texture(
+                TEXTURES[rng.integers(len(TEXTURES))], xs[region] - cx, ys[region] - cy,
+                period=_log_uniform(rng, 2.5, 40.0), angle=rng.uniform(0, math.pi), phase=rng.uniform(0, 2 * math.pi),
+            )[..., None]
+            image[region] = c1 + (c2 - c1) * w
+            label[region] = ROAD
+
+    def _objects(self, rng: np.random.Generator, image: np.ndarray, label: np.ndarray, xs: np.ndarray, ys: np.ndarray, horizon: float) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Draw textured ellipses far to near; return the instance id map int32 [S, S] and the records."""
+        s = self.size
+        r_min, r_max = self.radius_range
+        count = int(rng.integers(self.num_objects[0], self.num_objects[1] + 1))
+        radii = np.sort(np.exp(rng.uniform(math.log(r_min), math.log(r_max), size=count)))  # far (small) first
+        instances = np.zeros((s, s), dtype=np.int32)
+        drawn_areas = []
+        records = []
+        for number, radius in enumerate(radii, start=1):
+            cls = int(rng.choice(OBJECT_CLASSES))
+            aspect = rng.uniform(0.6, 1.6)
+            a, b = radius * math.sqrt(aspect), radius / math.sqrt(aspect)  # horizontal, vertical semi-axes
+            # Perspective: the foot's height below the horizon grows linearly with the object's size.
+            foot = horizon + (s - horizon) * (radius / r_max) * rng.uniform(0.85, 1.1)
+            cx, cy = rng.uniform(0, s), foot - b
+            x0, x1 = max(0, int(cx - a)), min(s, int(math.ceil(cx + a)) + 1)
+            y0, y1 = max(0, int(cy - b)), min(s, int(math.ceil(cy + b)) + 1)
+            region = (slice(y0, y1), slice(x0, x1))
+            dx, dy = xs[region] - cx, ys[region] - cy
+            inside = (dx / a) ** 2 + (dy / b) ** 2 <= 1.0
+            c1, c2 = _colour(rng), _colour(rng)
+            w = _texture(
+                TEXTURES[cls - OBJECT_CLASSES[0]], dx, dy, period=radius / self.periods_per_radius,
+                angle=rng.uniform(0, math.pi), phase=rng.uniform(0, 2 * math.pi),
+            )[..., None]
+            image[region][inside] = (c1 + (c2 - c1) * w)[inside]
+            label[region][inside] = cls
+            instances[region][inside] = number
+            drawn_areas.append(int(inside.sum()))
+            records.append({"id": number, "class": cls, "size": float(radius), "center": (float(cx), float(cy))})
+        visible = np.bincount(instances.ravel(), minlength=count + 1)
+        for record, drawn in zip(records, drawn_areas):
+            record["area"] = int(visible[record["id"]])
+            record["drawn_area"] = drawn
+        return instances, records
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.num_images} scenes, size={self.size}, seed={self.seed})"
+
+
+def _colour(rng: np.random.Generator) -> np.ndarray:
+    return rng.uniform(0, 255, size=3).astype(np.float32)
+
+
+def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    return float(math.exp(rng.uniform(math.log(low), math.log(high))))

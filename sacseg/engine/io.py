@@ -1,0 +1,50 @@
+"""Atomic file writes (JSON, PNG), so an interrupted run never leaves a truncated result behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["atomic_open", "save_png"]
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+    """Open a temporary file next to ``path``; on a clean exit it replaces ``path`` in one step.
+
+    The parent folder is created when missing. ``mode`` is ``"w"`` (text) or ``"wb"`` (binary);
+    extra keyword arguments go to ``open`` (e.g. ``encoding``). On an exception the temporary
+    file is removed and ``path`` is left as it was.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        # mkstemp makes the file private (0600); results are meant to be shared like any output.
+        os.chmod(tmp, 0o644)
+        with os.fdopen(fd, mode, **kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def save_png(array: np.ndarray, path: str | os.PathLike[str]) -> None:
+    """Write a uint8 array ``[H, W]`` (grey / label ids) or ``[H, W, 3]`` (RGB) as a PNG, atomically."""
+    if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
+        raise ValueError(f"expected a uint8 array [H, W] or [H, W, 3] for {path}, got {array.dtype} {array.shape}")
+    with atomic_open(path, "wb") as handle:
+        Image.fromarray(array).save(handle, format="PNG")
