@@ -8,7 +8,8 @@ import torchvision
 from torch import nn
 
 from sacseg.nn import ScaleAdaptiveConv2d, ScaleRegressor
-from sacseg.nn.convert import SACResBlock, SACStage, sac_convert
+from sacseg.models.convert import SACStage, sac_block, sac_convert
+from sacseg.models.resnet import BasicBlock, Bottleneck
 
 
 def _force_unit_scale(stage: SACStage) -> None:
@@ -27,8 +28,11 @@ def test_resnet50_unchanged_at_scale_one_and_regressors_learn():
     for stage in (model.layer3, model.layer4):
         assert isinstance(stage, SACStage)
         _force_unit_scale(stage)
+    for stage in (model.layer3, model.layer4):
+        assert all(isinstance(stage.get_submodule(str(i)), Bottleneck) for i in range(stage.num_blocks))
     sac_layers = [m for m in model.modules() if isinstance(m, ScaleAdaptiveConv2d)]
     assert len(sac_layers) == 6 + 3  # one 3x3 convolution per bottleneck
+    assert not any(p.is_meta for p in model.parameters())
     out = model(images)
     assert out.shape == (2, 1000)
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
@@ -51,14 +55,15 @@ def test_resnet18_keeps_state_dict_keys_and_scales_change_the_output():
     assert unexpected == []
     # BasicBlock: both 3x3 convolutions become SAC, the first one strided.
     block = model.layer4.get_submodule("0")
+    assert isinstance(block, BasicBlock)
     assert isinstance(block.conv1, ScaleAdaptiveConv2d) and block.conv1.stride == (2, 2)
     assert isinstance(block.conv2, ScaleAdaptiveConv2d)
     assert model.layer4.regressor.min_scale == 0.5 and model.layer4.regressor.max_scale == 2.0
 
     features = torch.randn(1, 256, 4, 4)
     with torch.no_grad():
-        _, scale = model.layer4.forward_with_scale(features)
-        assert scale.shape == (1, 1, 4, 4)  # the stage input's grid
+        out, scale = model.layer4.forward_with_scale(features)
+        assert out.shape == (1, 512, 2, 2) and scale.shape == (1, 1, 2, 2)  # the stage's output grid
         # A clearly non-unit scale must change the output: the SAC layers are really used.
         nn.init.zeros_(model.layer4.regressor.conv.weight)
         nn.init.constant_(model.layer4.regressor.conv.bias, 1.7)
@@ -85,6 +90,6 @@ def test_bad_stages_and_blocks_are_rejected():
     with pytest.raises(TypeError, match="nn.Sequential"):
         sac_convert(model, stages=("conv1",))
     with pytest.raises(TypeError, match="does not have the torchvision BasicBlock/Bottleneck layout"):
-        SACResBlock(nn.Sequential(nn.Conv2d(3, 3, 3)))
+        sac_block(nn.Sequential(nn.Conv2d(3, 3, 3)))
     with pytest.raises(ValueError, match="at least one block"):
         SACStage([], ScaleRegressor(3))
