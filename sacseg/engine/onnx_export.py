@@ -13,9 +13,10 @@ from torch import Tensor, nn
 
 __all__ = ["DEFAULT_OPSET", "OnnxExport", "export_onnx"]
 
-#: ONNX opset of the exported graphs: onnxruntime >= 1.14 runs it. The dynamo-based exporter
-#: builds opset 18 and converts down to a lower request with onnx's version converter.
+#: ONNX opset of the TorchScript-based exporter's graphs (onnxruntime >= 1.14 runs it). The
+#: dynamo-based exporter builds opset 18 natively (a lower request goes through onnx's converter).
 DEFAULT_OPSET = 17
+_DYNAMO_OPSET = 18
 _INPUT_NAME = "images"
 
 
@@ -148,7 +149,7 @@ def export_onnx(
     width: int,
     dynamic: bool = False,
     with_scales: bool = False,
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
     *,
     dynamo: bool = False,
     rtol: float = 1e-4,
@@ -163,7 +164,8 @@ def export_onnx(
     export, ``sac_conv2d`` runs its reference implementation (gather, floor, arithmetic, matmul).
 
     The check runs onnxruntime (CPU) and PyTorch on a random input of the export size and, with
-    ``dynamic``, also on a batch of 2 at ``(H + H // 2, W + W // 4)``; every output must satisfy
+    ``dynamic``, also on a batch of 2 at ``(H + H // 2 + 1, W + W // 4 + 1)`` (another aspect ratio,
+    sizes no longer multiples of the output stride); every output must satisfy
     ``max|ort - torch| <= rtol * max|torch|`` (relative to the output's range, since elementwise
     relative errors are meaningless for logits near zero). The file is written atomically, and
     only when the check passes.
@@ -174,7 +176,7 @@ def export_onnx(
         height, width: the export (and, without ``dynamic``, the only) input size; batch 1.
         dynamic: make batch, height and width dynamic axes.
         with_scales: also output the scale maps.
-        opset: ONNX opset version.
+        opset: ONNX opset version; ``None``: :data:`DEFAULT_OPSET` (17), or 18 with ``dynamo``.
         dynamo: use the ``torch.export``-based exporter (needs ``onnxscript``) instead of the
             TorchScript-based one, which exports several times faster and needs nothing more.
         rtol: tolerance of the onnxruntime check.
@@ -191,12 +193,14 @@ def export_onnx(
         raise ValueError(f"height and width must be >= 1, got {height}x{width}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    device = next(model.parameters()).device
+    if opset is None:
+        opset = _DYNAMO_OPSET if dynamo else DEFAULT_OPSET
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     # A batch of 2 for dynamic exports: torch.export specialises a size-1 dimension to 1.
     example_shape = (2 if dynamic else 1, 3, height, width)
     check_shapes = [(1, 3, height, width)]
     if dynamic:
-        check_shapes.append((2, 3, height + height // 2, width + width // 4))
+        check_shapes.append((2, 3, height + height // 2 + 1, width + width // 4 + 1))
 
     was_training = model.training
     model.eval()
