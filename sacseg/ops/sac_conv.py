@@ -181,10 +181,11 @@ SAC_IMPLEMENTATIONS: dict[str, SacImpl] = {"reference": _sac_reference}
 
 
 def _choose_impl(input: Tensor, weight: Tensor) -> SacImpl:
-    # Graph capture for ONNX (both exporters) and torch.jit.trace records whatever ops run: the
-    # reference is built from standard ops only (floor, gather, arithmetic, matmul), so it exports
-    # with the default ONNX domain, where a faster kernel may not. Keep this check first.
-    if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
+    # Graph capture (ONNX export by either exporter, torch.jit.trace, torch.compile and torch.export)
+    # records the ops that run. The reference is made of standard ops only (floor, gather,
+    # arithmetic, matmul): it exports with the default ONNX domain and inductor fuses it, where a
+    # native kernel is opaque to all of them. Keep this check first.
+    if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return _sac_reference
     return _sac_reference
 
