@@ -1,11 +1,9 @@
 """Pictures for reports: colourised labels, overlays, scale-coefficient heat maps, figure grids."""
 
 from sacseg.viz.figures import save_report_grid, save_scale_map
-from sacseg.viz.labels import IMAGENET_MEAN, IMAGENET_STD, colorize, denormalize, heatmap, overlay
+from sacseg.viz.labels import colorize, denormalize, heatmap, overlay
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "colorize",
     "denormalize",
     "heatmap",

@@ -8,10 +8,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "denormalize", "colorize", "overlay", "heatmap"]
+from sacseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["denormalize", "colorize", "overlay", "heatmap"]
 
 
 def denormalize(

@@ -10,20 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from sacseg.data import Cityscapes
 from sacseg.engine.export import cityscapes_result_path, export_cityscapes_prediction, save_label_png
 from sacseg.engine.metrics import ConfusionMatrix
-
-def _official_tables() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """labelId -> trainId (ignored -> 255) and trainId -> labelId lookups, from cityscapesscripts."""
-    labels = pytest.importorskip("cityscapesscripts.helpers.labels")
-    to_train = torch.full((256,), 255, dtype=torch.int64)
-    for label in labels.labels:
-        if label.id >= 0 and not label.ignoreInEval:
-            to_train[label.id] = label.trainId
-    evaluated = sorted((l for l in labels.labels if not l.ignoreInEval), key=lambda l: l.trainId)
-    to_label = torch.tensor([l.id for l in evaluated])
-    assert [l.trainId for l in evaluated] == list(range(19))
-    return to_train, to_label, [l.name for l in evaluated]
 
 
 def _perturb(target: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -66,11 +55,12 @@ def test_label_png_round_trip(tmp_path: Path) -> None:
         save_label_png(labels.expand(2, -1, -1), tmp_path / "c.png")
 
 
-def test_miou_matches_official_cityscapes_evaluator(shared_data: Path, tmp_path: Path, monkeypatch) -> None:
+# every other frame by default (both cities); all 8 under `make test-slow`
+@pytest.mark.parametrize("step", [2, pytest.param(1, marks=pytest.mark.slow)])
+def test_miou_matches_official_cityscapes_evaluator(shared_data: Path, tmp_path: Path, monkeypatch, step: int) -> None:
     root = shared_data / "cityscapes_sample"
     if not root.is_dir():
         pytest.skip(f"{root} not found")
-    to_train, to_label, names = _official_tables()
     monkeypatch.setenv("CITYSCAPES_EXPORT_DIR", str(tmp_path))
     evaluator = pytest.importorskip("cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling")
     # NumPy 2.4 removed np.in1d, which the evaluator still calls in some branches
@@ -82,21 +72,21 @@ def test_miou_matches_official_cityscapes_evaluator(shared_data: Path, tmp_path:
     monkeypatch.setattr(evaluator.args, "JSONOutput", True)
     monkeypatch.setattr(evaluator.args, "quiet", True)
 
+    # our side: the loader's official labelId -> trainId table, the export's trainId -> labelId
+    dataset = Cityscapes(root, "train")
+    assert len(dataset) == 8
     generator = torch.Generator().manual_seed(0)
-    cm = ConfusionMatrix(19)
+    cm = ConfusionMatrix(len(dataset.classes))
     predictions, ground_truths = [], []
-    gt_paths = sorted((root / "gtFine" / "train").glob("*/*_gtFine_labelIds.png"))
-    assert len(gt_paths) == 8
-    for gt_path in gt_paths:
-        frame = gt_path.name.removesuffix("_gtFine_labelIds.png")
-        image_path = root / "leftImg8bit" / "train" / gt_path.parent.name / f"{frame}_leftImg8bit.png"
-        with Image.open(gt_path) as img:
-            target = to_train[torch.from_numpy(np.array(img)).long()]
+    for index in range(0, len(dataset), step):
+        image_path, label_path = dataset.pairs[index]
+        _, target = dataset.load(index)
+        target = target.long()
         pred = _perturb(target, generator)
         cm.update(pred, target)
-        exported = export_cityscapes_prediction(pred, image_path, tmp_path / "results", lambda t: to_label[t])
-        predictions.append(str(exported))
-        ground_truths.append(str(gt_path))
+        to_label_id = Cityscapes.train_id_to_label_id
+        predictions.append(str(export_cityscapes_prediction(pred, image_path, tmp_path / "results", to_label_id)))
+        ground_truths.append(str(label_path))
 
     try:
         official = evaluator.evaluateImgLists(predictions, ground_truths, evaluator.args)
@@ -107,7 +97,7 @@ def test_miou_matches_official_cityscapes_evaluator(shared_data: Path, tmp_path:
     assert 0.2 < ours["miou"] < 0.9  # the perturbation leaves a non-trivial score
     assert any(np.isnan(iou) for iou in ours["iou"])  # and the NaN rule is exercised
     assert ours["miou"] == pytest.approx(official["averageScoreClasses"], abs=1e-6)
-    for name, iou in zip(names, ours["iou"]):
+    for name, iou in zip(dataset.classes, ours["iou"]):
         theirs = official["classScores"][name]
         assert (np.isnan(iou) and np.isnan(theirs)) or iou == pytest.approx(theirs, abs=1e-9), name
     assert json.loads(export_file.read_text())["averageScoreClasses"] == pytest.approx(ours["miou"], abs=1e-6)

@@ -156,3 +156,18 @@ def test_bad_arguments_raise() -> None:
         predict(lambda t: t, x)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="input size"):
         predict(lambda t: {"out": t[..., ::2, ::2]}, x)  # type: ignore[arg-type]
+
+
+def test_with_a_real_sac_model() -> None:
+    """The models' output dict plugs in: one window equals whole, scale maps come at input size."""
+    from sacseg.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("sac_multiple_resnet18", num_classes=K).eval()
+    x = _images(41, 67, n=1)
+    whole = predict(model, x)
+    torch.testing.assert_close(predict(model, x, mode="slide", crop_size=(41, 67)), whole)
+    probs, maps = predict_with_scales(model, x)
+    torch.testing.assert_close(probs, whole)
+    assert set(maps) == {"classifier", "res5"}
+    assert all(m.shape == (1, 1, 41, 67) for m in maps.values())

@@ -12,17 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from sacseg.data import IMAGENET_MEAN, IMAGENET_STD
 from sacseg.engine.io import save_png
-from sacseg.viz import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    colorize,
-    denormalize,
-    heatmap,
-    overlay,
-    save_report_grid,
-    save_scale_map,
-)
+from sacseg.viz import colorize, denormalize, heatmap, overlay, save_report_grid, save_scale_map
 
 PALETTE = torch.tensor([[128, 64, 128], [244, 35, 232], [70, 70, 70]], dtype=torch.uint8)
 
