@@ -71,7 +71,7 @@ def _export_graph(
         dynamic_shapes = None
         if dynamic:
             dim = torch.export.Dim
-            dynamic_shapes = {_INPUT_NAME: {0: dim("batch"), 2: dim("height", min=32), 3: dim("width", min=32)}}
+            dynamic_shapes = {_INPUT_NAME: {0: dim("batch"), 2: dim("height"), 3: dim("width")}}
         torch.onnx.export(
             module,
             (example,),
