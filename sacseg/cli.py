@@ -1,54 +1,201 @@
-"""The ``sacseg`` command line: one sub-command per job."""
+"""The ``sacseg`` command line: one sub-command per job, each a thin function over ``sacseg.engine``."""
 
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:
+    from torch import nn
 
-from sacseg.nn import ScaleAdaptiveConv2d, ScaleRegressor
+    from sacseg.engine.config import TrainConfig
+
+# Sub-commands import their engine module when they run: `sacseg --help` and a command that
+# does not train need not load TensorBoard and the training stack.
 
 
-def _demo(args: argparse.Namespace) -> int:
-    """A short real run of the operator: SAC at scale 1 is the plain convolution, and it learns a scale."""
-    torch.manual_seed(args.seed)
-    # Smooth features, as deep feature maps are: white noise would make the loss in s bumpy.
-    x = F.avg_pool2d(torch.randn(2, 16, 39, 39), 7, stride=1, padding=0, count_include_pad=False)
-    x = (x - x.mean()) / x.std()
-    sac = ScaleAdaptiveConv2d(16, 8, 3, padding=2, dilation=2)
-    ones = torch.ones(2, 1, 33, 33)
-    err = (sac(x, ones) - F.conv2d(x, sac.weight, sac.bias, padding=2, dilation=2)).abs().max().item()
-    print(f"scale == 1 vs F.conv2d (dilation 2): max |difference| = {err:.2e}")
+def _cmd_train(args: argparse.Namespace) -> int:
+    from sacseg.engine.config import apply_overrides, load_config
+    from sacseg.engine.train import NonFiniteLossError, train
 
-    # Teach a regressor the scale that turns a dilation-2 layer into a dilation-4 teacher.
-    teacher = F.conv2d(x, sac.weight.detach(), sac.bias.detach(), padding=4, dilation=4)
-    regressor = ScaleRegressor(16)
-    optimizer = torch.optim.Adam(regressor.parameters(), lr=0.05)
-    start = time.perf_counter()
-    for step in range(args.steps):
-        scale = regressor(x)
-        loss = F.mse_loss(sac(x, scale), teacher)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if step % max(1, args.steps // 5) == 0 or step == args.steps - 1:
-            print(f"step {step:3d}  loss {loss.item():.4f}  mean scale {scale.mean().item():.3f}")
-    print(f"learned mean scale {regressor(x).mean().item():.3f} (target 2.0) in {time.perf_counter() - start:.1f}s")
+    overrides = list(args.set) + ([f"out_dir={args.out}"] if args.out is not None else [])
+    cfg = apply_overrides(load_config(args.config), overrides)
+    try:
+        summary = train(cfg, resume=args.resume)
+    except NonFiniteLossError as err:
+        print(f"sacseg train: {err}", file=sys.stderr)
+        return 1
+    print(f"trained {summary['iteration']} iterations, best validation mIoU {summary['best_miou']:.4f}; "
+          f"checkpoints in {summary['out_dir']}")  # fmt: skip
     return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from sacseg.engine.demo import run_demo
+
+    report = run_demo(args.out, iterations=args.iterations, seed=args.seed, test_images=args.test_images)
+    print(f"report: {report}")
+    return 0
+
+
+def _trained_model(args: argparse.Namespace, overrides: list[str]) -> tuple[nn.Module, TrainConfig]:
+    """The checkpoint's model and the run's config: ``--config`` (else the checkpoint's) with ``overrides``."""
+    import torch
+
+    from sacseg.engine.checkpoint import load_trained_model
+    from sacseg.engine.config import apply_overrides, load_config
+
+    given = load_config(args.config) if args.config is not None else None
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    model, model_cfg = load_trained_model(args.checkpoint, device, default_config=given)
+    cfg = apply_overrides(given if given is not None else model_cfg, overrides)
+    if cfg.num_classes != model_cfg.num_classes:
+        raise ValueError(
+            f"config key 'num_classes' is {cfg.num_classes} but the model in {args.checkpoint} has {model_cfg.num_classes} classes"
+        )
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    return model, cfg
+
+
+def _inference_options(args: argparse.Namespace, cfg: TrainConfig) -> dict[str, Any]:
+    """``predict``'s keyword arguments: the command line's, else the config's ``eval_*`` keys."""
+    mode = args.mode if args.mode is not None else cfg.eval_mode
+    crop_size = args.crop_size if args.crop_size is not None else cfg.eval_crop_size
+    stride = args.stride if args.stride is not None else cfg.eval_stride
+    if mode == "slide" and crop_size is None:
+        raise ValueError("--mode slide needs --crop-size (or config key eval_crop_size)")
+    return {"mode": mode, "crop_size": crop_size, "stride": stride, "scales": tuple(args.scales), "flip": args.flip}
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader
+
+    from sacseg.engine.evaluate import evaluate
+    from sacseg.engine.metrics import format_results, save_results_json
+    from sacseg.engine.train import build_eval_dataset
+
+    overrides = list(args.set) + ([f"data_root={args.data_root}"] if args.data_root is not None else [])
+    model, cfg = _trained_model(args, overrides)
+    split = args.split if args.split is not None else cfg.val_split
+    dataset = build_eval_dataset(cfg, split)
+    classes, count = dataset.classes, len(dataset)  # type: ignore[attr-defined, arg-type]
+    options = _inference_options(args, cfg)
+    loader = DataLoader(dataset, batch_size=1, num_workers=min(cfg.workers, 2))  # images may differ in size
+    results = evaluate(model, loader, cfg.num_classes, **options, progress=True).compute()
+    out = Path(args.out) if args.out is not None else Path(args.checkpoint).parent / f"eval_{split}.json"
+    meta = {
+        "checkpoint": str(args.checkpoint), "model": cfg.model, "dataset": cfg.dataset, "data_root": cfg.data_root,
+        "split": split, "images": count, **options, "scales": list(options["scales"]),
+    }  # fmt: skip
+    save_results_json(results, out, classes, extra=meta)
+    print(f"{cfg.model} on {cfg.dataset} {split} ({count} images; {_describe(options)}):")
+    print(format_results(results, classes))
+    print(f"results: {out}")
+    return 0
+
+
+def _describe(options: dict[str, Any]) -> str:
+    text = f"mode {options['mode']}"
+    if options["mode"] == "slide":
+        text += f", crop {options['crop_size']}, stride {options['stride'] or options['crop_size']}"
+    text += ", scales " + " ".join(f"{s:g}" for s in options["scales"])
+    return text + (", flip" if options["flip"] else "")
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from sacseg.engine.predict_files import find_images, predict_files
+
+    paths = find_images(args.inputs)
+    model, cfg = _trained_model(args, [])
+    written = predict_files(
+        model, cfg, paths, args.out, fmt=args.format, **_inference_options(args, cfg), progress=True
+    )
+    print(f"{len(written)} files for {len(paths)} images in {args.out}")
+    return 0
+
+
+def _add_set_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (value read as YAML); repeatable")  # fmt: skip
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("train", help="train a model from a flat YAML config (works under torchrun)")
+    parser.add_argument("--config", required=True, help="a YAML file, e.g. configs/scalescenes_sac_single_r18.yaml")
+    _add_set_arg(parser)
+    parser.add_argument("--resume", metavar="PATH|auto", default=None,
+                        help="continue from a checkpoint; 'auto' uses OUT/last.pt when it exists")  # fmt: skip
+    parser.add_argument("--out", default=None, help="output folder (overrides the config's out_dir)")
+    parser.set_defaults(func=_cmd_train)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("demo", help="train baseline and SAC-single on generated ScaleScenes (CPU, minutes)")
+    parser.add_argument("--out", default="demo_output", help="report folder (default: demo_output)")
+    parser.add_argument("--iterations", type=int, default=None, help="training iterations per model")
+    parser.add_argument("--test-images", type=int, default=24, help="held-out scenes to evaluate on")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=_cmd_demo)
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by sacseg train (best.pt, last.pt)")
+    parser.add_argument("--config", default=None,
+                        help="YAML config for the data and inference keys (default: the one stored in the checkpoint)")  # fmt: skip
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+
+def _add_inference_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mode", choices=("whole", "slide"), default=None, help="default: config key eval_mode")
+    parser.add_argument("--crop-size", type=int, default=None, help="window size for --mode slide")
+    parser.add_argument("--stride", type=int, default=None, help="window step for --mode slide (default: the crop size)")
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], metavar="S",
+                        help="image scales whose probabilities are averaged, e.g. 0.5 0.75 1 1.25 1.5 1.75")  # fmt: skip
+    parser.add_argument("--flip", action="store_true", help="also average the left-right mirrored images")
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("eval", help="evaluate a checkpoint on a dataset split: per-class IoU, mIoU, accuracies")
+    _add_model_args(parser)
+    parser.add_argument("--split", default=None, help="default: config key val_split")
+    parser.add_argument("--data-root", default=None, help="the dataset's folder (overrides config key data_root)")
+    _add_set_arg(parser)
+    _add_inference_args(parser)
+    parser.add_argument("--out", default=None, help="results JSON (default: CHECKPOINT_DIR/eval_SPLIT.json)")
+    parser.set_defaults(func=_cmd_eval)
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("predict", help="predict image files: colour PNGs, overlays, scale heat maps, or Cityscapes labelIds")
+    _add_model_args(parser)
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched for images")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--format", choices=("color", "cityscapes"), default="color",
+                        help="color: pictures; cityscapes: labelId PNGs for the official evaluator")  # fmt: skip
+    _add_inference_args(parser)
+    parser.set_defaults(func=_cmd_predict)
+
+
+# One entry per sub-command: adding one (e.g. export) is one function here.
+_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_train, _add_demo, _add_eval, _add_predict)
 
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sacseg", description="Scene parsing with scale-adaptive convolutions.")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="a short real example on built-in data")
-    demo.add_argument("--steps", type=int, default=60)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(func=_demo)
+    for add in _COMMANDS:
+        add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
-    return args.func(args)
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        parser.exit(2, f"sacseg {args.command}: error: {err}\n")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from ._base import PairedSegmentation, index_palette, list_files, make_lut, pair_files, require_dir, suffix_key
 from .transforms import IGNORE_INDEX, JointTransform
 
@@ -50,6 +52,10 @@ class ADE20K(PairedSegmentation):
     "training"/"train" or "validation"/"val". Label 0 ("other") -> 255, k in 1..150 -> class k-1.
     Class names come from ``objectInfo150.txt`` when present, else from the shipped ``CLASSES``.
     """
+
+    # Class-level too, so that pictures of a trained model can be coloured without the data at hand.
+    classes: tuple[str, ...] = CLASSES
+    palette: torch.Tensor = PALETTE
 
     def __init__(self, root: str | Path, split: str, transforms: JointTransform | None = None) -> None:
         if split not in SPLITS:

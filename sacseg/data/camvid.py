@@ -27,6 +27,10 @@ SPLITS = ("train", "val", "test")
 class CamVid(PairedSegmentation):
     """``root/<split>/*.png`` with ``root/<split>annot/*.png`` (same file names); values 0..10 classes, 11 -> 255."""
 
+    # Class-level too, so that pictures of a trained model can be coloured without the data at hand.
+    classes: tuple[str, ...] = CLASSES
+    palette: torch.Tensor = PALETTE
+
     def __init__(self, root: str | Path, split: str, transforms: JointTransform | None = None) -> None:
         if split not in SPLITS:
             raise ValueError(f"unknown CamVid split {split!r}; valid: {', '.join(SPLITS)}")

@@ -45,6 +45,10 @@ class Cityscapes(PairedSegmentation):
     cityscapesscripts table. ``split`` is "train", "val" or "test".
     """
 
+    # Class-level too, so that pictures of a trained model can be coloured without the data at hand.
+    classes: tuple[str, ...] = CLASSES
+    palette: torch.Tensor = PALETTE
+
     train_id_to_label_id = staticmethod(train_id_to_label_id)
 
     def __init__(self, root: str | Path, split: str, transforms: JointTransform | None = None) -> None:

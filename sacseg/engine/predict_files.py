@@ -1,0 +1,125 @@
+"""Predictions for image files on disk: colour-coded PNGs, overlays, scale heat maps, Cityscapes labelId exports."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from sacseg.data import Cityscapes
+from sacseg.data._base import IMAGE_SUFFIXES, read_image
+from sacseg.data.transforms import eval_transforms
+from sacseg.engine.config import TrainConfig
+from sacseg.engine.export import export_cityscapes_prediction
+from sacseg.engine.inference import predict, predict_with_scales
+from sacseg.engine.io import save_png
+from sacseg.engine.train import dataset_class
+from sacseg.ops.sac_conv import IntOrPair
+from sacseg.viz import colorize, overlay, save_scale_map
+
+__all__ = ["PREDICTION_FORMATS", "find_images", "load_image", "predict_files"]
+
+PREDICTION_FORMATS = ("color", "cityscapes")
+
+
+def find_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Image files named by ``inputs``: files as given, folders searched (recursively, sorted) for images.
+
+    Image files are those with a suffix in ``sacseg.data``'s list (PNG, JPG, ...). Raises
+    FileNotFoundError for a missing path and ValueError for a folder without images.
+    """
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            images = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not images:
+                raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
+            found.extend(images)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"image or folder not found: {path}")
+    return found
+
+
+def load_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, Tensor]:
+    """An image file as uint8 RGB ``[H, W, 3]`` and as the normalised tensor ``[3, H, W]`` models take.
+
+    ValueError names a file that cannot be decoded.
+    """
+    picture = read_image(Path(path))
+    # The eval transform is joint (image, label); an empty label keeps one normalisation for both uses.
+    image, _ = eval_transforms()(picture, torch.zeros(picture.height, picture.width, dtype=torch.uint8))
+    return np.asarray(picture), image
+
+
+def _output_stems(paths: Sequence[Path]) -> list[str]:
+    seen: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in seen:
+            raise ValueError(f"two images would write the same outputs ({path.stem}_*.png): {seen[path.stem]} and {path}")
+        seen[path.stem] = path
+    return list(seen)
+
+
+def predict_files(
+    model: nn.Module,
+    cfg: TrainConfig,
+    paths: Sequence[Path],
+    out_dir: str | os.PathLike[str],
+    fmt: str = "color",
+    mode: str = "whole",
+    crop_size: IntOrPair | None = None,
+    stride: IntOrPair | None = None,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    progress: bool = False,
+) -> list[Path]:
+    """Predict each image file with ``model`` (eval mode) and write the results into ``out_dir``; return them.
+
+    ``fmt="color"`` writes per image ``<stem>_color.png`` (the prediction in the palette of the
+    config's dataset), ``<stem>_overlay.png`` (half-transparent over the image) and, for SAC
+    models, ``<stem>_scale_<layer>.png`` per scale map: a heat map with a colour bar, from one
+    whole-image pass at scale 1. ``fmt="cityscapes"`` (Cityscapes configs only) writes
+    ``<city>/<city>_<seq>_<frame>_pred_labelIds.png`` with official labelIds for
+    ``cityscapesscripts``' evaluator. Inference options are those of ``predict``.
+    """
+    if fmt not in PREDICTION_FORMATS:
+        raise ValueError(f"unknown prediction format {fmt!r}; valid: {', '.join(PREDICTION_FORMATS)}")
+    if fmt == "cityscapes" and cfg.dataset != "cityscapes":
+        raise ValueError(f"--format cityscapes needs a model trained on Cityscapes trainIds; its config says dataset {cfg.dataset!r}")
+    palette = dataset_class(cfg).palette  # type: ignore[attr-defined]
+    if len(palette) != cfg.num_classes:
+        raise ValueError(f"config key 'num_classes' is {cfg.num_classes} but dataset {cfg.dataset!r} has {len(palette)} colours")
+    stems = _output_stems(paths)
+    options = {"mode": mode, "crop_size": crop_size, "stride": stride, "scales": scales, "flip": flip}
+    plain = mode == "whole" and tuple(scales) == (1.0,) and not flip
+    device = next(model.parameters()).device
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    for path, stem in tqdm(list(zip(paths, stems)), desc="predict", unit="image", disable=not progress, dynamic_ncols=True):
+        picture, image = load_image(path)
+        x = image.unsqueeze(0).to(device)
+        if fmt == "cityscapes":
+            pred = predict(model, x, **options).argmax(1)[0]
+            written.append(export_cityscapes_prediction(pred, path, out_dir, Cityscapes.train_id_to_label_id))
+            continue
+        probs, scale_maps = predict_with_scales(model, x)
+        if not plain:
+            probs = predict(model, x, **options)
+        colours = colorize(probs.argmax(1)[0], palette)
+        outputs = {out_dir / f"{stem}_color.png": colours, out_dir / f"{stem}_overlay.png": overlay(picture, colours)}
+        for target, array in outputs.items():
+            save_png(array, target)
+            written.append(target)
+        for name, scale in scale_maps.items():
+            target = out_dir / f"{stem}_scale_{name}.png"
+            save_scale_map(scale[0, 0], target, title=f"scale coefficients ({name})")
+            written.append(target)
+    return written

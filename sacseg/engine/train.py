@@ -1,0 +1,421 @@
+"""The training loop: SGD with step or poly learning rate, validation mIoU, checkpoints, exact resume, DDP."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import random
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from sacseg.data import DATASETS, ScaleScenes
+from sacseg.data.transforms import eval_transforms, train_transforms
+from sacseg.engine.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
+from sacseg.engine.config import TrainConfig, save_config
+from sacseg.engine.distributed import (
+    DistContext,
+    all_reduce_mean,
+    cleanup_distributed,
+    init_distributed,
+    unwrap,
+    wrap_model,
+)
+from sacseg.engine.evaluate import evaluate
+from sacseg.engine.sampling import ResumableSampler, SeededSamples, seed_worker
+from sacseg.models import build_model, load_baseline_and_freeze
+
+__all__ = [
+    "NonFiniteLossError",
+    "seed_everything",
+    "dataset_class",
+    "build_eval_dataset",
+    "build_datasets",
+    "build_model_from_config",
+    "build_optimizer",
+    "build_scheduler",
+    "make_train_loader",
+    "segmentation_loss",
+    "train_step",
+    "train",
+]
+
+IGNORE_INDEX = 255
+_log = logging.getLogger("sacseg.train")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stopped without writing the bad weights."""
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and torch; with ``deterministic``, ask torch for deterministic kernels.
+
+    ``warn_only`` keeps CUDA ops without a deterministic version (e.g. grid-sample backward)
+    usable: they warn instead of failing. On CPU every op used here is deterministic.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        # cuBLAS reads this when it creates its handle, i.e. before the first CUDA matmul.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+# ScaleScenes' convention: each split is generated from its own seed, so validation is held out.
+_SCALE_SCENES_SEEDS = {"train": 0, "val": 1, "test": 2}
+
+
+def _scale_scenes(cfg: TrainConfig, split: str, num_images: int, transforms: Any) -> Dataset:
+    if split not in _SCALE_SCENES_SEEDS:
+        raise ValueError(f"scale_scenes split {split!r} is unknown; valid: {', '.join(_SCALE_SCENES_SEEDS)}")
+    return ScaleScenes(num_images, size=cfg.scale_scenes_size, seed=_SCALE_SCENES_SEEDS[split], transforms=transforms)
+
+
+def dataset_class(cfg: TrainConfig) -> type[Dataset]:
+    """The ``sacseg.data`` class the config's ``dataset`` names (its ``classes`` and ``palette``)."""
+    if cfg.dataset not in DATASETS or cfg.dataset == "folder":
+        valid = ", ".join(sorted(name for name in DATASETS if name != "folder"))
+        raise ValueError(f"config key 'dataset': {cfg.dataset!r} is not a dataset a config can name; valid: {valid}")
+    return DATASETS[cfg.dataset]
+
+
+def _check_num_classes(cfg: TrainConfig, dataset: Dataset) -> Dataset:
+    num_classes = len(dataset.classes)  # type: ignore[attr-defined]
+    if num_classes != cfg.num_classes:
+        raise ValueError(f"config key 'num_classes' is {cfg.num_classes} but dataset {cfg.dataset!r} has {num_classes} classes")
+    return dataset
+
+
+def build_eval_dataset(cfg: TrainConfig, split: str | None = None) -> Dataset:
+    """The config's dataset, split ``split`` (default ``val_split``), with eval transforms only."""
+    split = cfg.val_split if split is None else split
+    if cfg.dataset == "scale_scenes":
+        dataset = _scale_scenes(cfg, split, cfg.scale_scenes_val_images, eval_transforms())
+    else:
+        dataset = dataset_class(cfg)(cfg.data_root, split, transforms=eval_transforms())
+    return _check_num_classes(cfg, dataset)
+
+
+def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
+    """The training set (with the paper's augmentation) and the validation set (eval transforms)."""
+    train_tf = train_transforms(cfg.crop_size, (cfg.scale_min, cfg.scale_max), cfg.flip)
+    if cfg.dataset == "scale_scenes":
+        train_set = _scale_scenes(cfg, cfg.train_split, cfg.scale_scenes_train_images, train_tf)
+    else:
+        train_set = dataset_class(cfg)(cfg.data_root, cfg.train_split, transforms=train_tf)
+    return _check_num_classes(cfg, train_set), build_eval_dataset(cfg)
+
+
+def build_model_from_config(cfg: TrainConfig) -> nn.Module:
+    """``build_model`` with the config's options; "-only" configs load and freeze their baseline."""
+    options: dict[str, Any] = {
+        "output_stride": cfg.output_stride,
+        "backbone_weights": cfg.backbone_weights,
+        "upsample": cfg.upsample,
+        "frozen_bn": cfg.frozen_bn,
+    }
+    if cfg.model.startswith("sac_"):
+        options.update(min_scale=cfg.min_scale, max_scale=cfg.max_scale)
+    model = build_model(cfg.model, cfg.num_classes, **options)
+    if cfg.baseline_checkpoint is not None:
+        load_baseline_and_freeze(model, load_checkpoint(cfg.baseline_checkpoint)["model"])
+    return model
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.SGD:
+    """SGD with momentum and weight decay over the parameters that require gradients."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"model {cfg.model!r} has no trainable parameters")
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _lr_factor(cfg: TrainConfig, iters_per_unit: int, total: int) -> Callable[[int], float]:
+    step_at = cfg.lr_step * iters_per_unit
+
+    def factor(iteration: int) -> float:
+        if cfg.schedule == "poly":
+            return (1.0 - min(iteration, total) / total) ** cfg.poly_power
+        return cfg.lr_step_factor if iteration >= step_at else 1.0
+
+    return factor
+
+
+def build_scheduler(
+    cfg: TrainConfig, optimizer: torch.optim.Optimizer, iters_per_unit: int, total: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-iteration learning rate: ``step`` multiplies by ``lr_step_factor`` from ``lr_step`` on
+    (the paper: 60 epochs at 5e-4, then 10 at 5e-5); ``poly`` is ``(1 - it / total) ** poly_power``."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg, iters_per_unit, total))
+
+
+def make_train_loader(
+    cfg: TrainConfig, dataset: Dataset, ctx: DistContext, epoch: int, skip_batches: int
+) -> DataLoader:
+    """This process's share of epoch ``epoch``, starting after ``skip_batches`` batches.
+
+    Each process loads ``batch_size / world_size`` samples per step; sample order and every
+    sample's augmentation are fixed by (seed, epoch, index), so resuming mid-epoch repeats
+    nothing and skips nothing, whatever the number of workers.
+    """
+    local_batch = cfg.batch_size // ctx.world_size
+    sampler = ResumableSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, seed=cfg.seed)
+    sampler.set_position(epoch, skip_batches * local_batch)
+    generator = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+    return DataLoader(
+        SeededSamples(dataset),
+        batch_size=local_batch,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        pin_memory=ctx.device.type == "cuda",
+        drop_last=True,
+        worker_init_fn=seed_worker,
+        generator=generator,
+    )
+
+
+def _val_loader(cfg: TrainConfig, dataset: Dataset, ctx: DistContext) -> DataLoader:
+    # Images may differ in size, so one per batch; shards without padding so no image counts twice.
+    shard = list(range(ctx.rank, len(dataset), ctx.world_size))  # type: ignore[arg-type]
+    return DataLoader(
+        torch.utils.data.Subset(dataset, shard),
+        batch_size=1,
+        num_workers=min(cfg.workers, 2),
+        pin_memory=ctx.device.type == "cuda",
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+
+
+def segmentation_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Per-pixel cross-entropy averaged over labelled pixels; ``logits [N, K, H, W]``, ``target [N, H, W]``."""
+    return F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX)
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    images: Tensor,
+    targets: Tensor,
+    ctx: DistContext,
+    iteration: int,
+    amp: bool,
+    grad_clip: float | None,
+) -> tuple[float, dict[str, float]]:
+    """One SGD step on a batch; returns the loss (mean over processes) and the mean of each scale map.
+
+    Raises NonFiniteLossError naming the iteration before any weight changes if the loss (on
+    any process) is NaN or infinite.
+    """
+    images = images.to(ctx.device, non_blocking=True)
+    targets = targets.to(ctx.device, non_blocking=True)
+    with torch.autocast(device_type=ctx.device.type, dtype=torch.float16, enabled=amp):
+        output = model(images)
+        loss = segmentation_loss(output["out"], targets)
+    loss_value = float(all_reduce_mean(loss, ctx))
+    if not math.isfinite(loss_value):
+        raise NonFiniteLossError(f"loss is {loss_value} at iteration {iteration + 1}; training stopped")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip is not None:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    scales = {name: float(s.detach().float().mean()) for name, s in output["scales"].items()}
+    return loss_value, scales
+
+
+def git_revision() -> str:
+    """``git rev-parse HEAD`` of the sacseg source tree, or "unknown" outside git."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return result.stdout.strip() or "unknown"
+
+
+def _setup_logging(out_dir: Path, is_main: bool) -> logging.Handler | None:
+    _log.setLevel(logging.INFO)
+    if not is_main:
+        return None
+    handler = logging.FileHandler(out_dir / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    _log.addHandler(handler)
+    return handler
+
+
+def _resume_path(resume: str | None, out_dir: Path) -> Path | None:
+    if resume is None:
+        return None
+    if resume == "auto":
+        last = out_dir / "last.pt"
+        return last if last.is_file() else None
+    return Path(resume)
+
+
+def train(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
+    """Train as ``cfg`` says, writing into ``cfg.out_dir``; returns a summary.
+
+    Writes ``config.yaml`` (resolved), ``git_revision.txt``, ``train.log``, TensorBoard events in
+    ``tb/``, ``last.pt`` every ``checkpoint_every`` and ``best.pt`` at each new best validation
+    mIoU. ``resume``: a checkpoint path, or "auto" for ``out_dir/last.pt`` when it exists. On CPU
+    a resumed run ends with the same weights, bit for bit, as one never interrupted. Run under
+    torchrun for several processes; only rank 0 writes files.
+
+    Returns ``{"iteration", "best_miou", "last_metrics" (the last validation's scores), "losses"
+    (this run's loss per iteration), "out_dir"}``.
+    """
+    ctx = init_distributed(cfg.device)
+    try:
+        return _train(cfg, resume, ctx)
+    finally:
+        cleanup_distributed()
+
+
+def _train(cfg: TrainConfig, resume: str | None, ctx: DistContext) -> dict[str, Any]:
+    out_dir = Path(cfg.out_dir)
+    if cfg.batch_size % ctx.world_size:
+        raise ValueError(f"config key 'batch_size' ({cfg.batch_size}) must divide by the process count {ctx.world_size}")
+    revision = git_revision()
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+        (out_dir / "git_revision.txt").write_text(revision + "\n", encoding="utf-8")
+    handler = _setup_logging(out_dir, ctx.is_main)
+    try:
+        return _fit(cfg, resume, ctx, out_dir, revision)
+    finally:
+        if handler is not None:
+            _log.removeHandler(handler)
+            handler.close()
+
+
+def _fit(cfg: TrainConfig, resume: str | None, ctx: DistContext, out_dir: Path, revision: str) -> dict[str, Any]:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed, cfg.deterministic)
+    train_set, val_set = build_datasets(cfg)
+    iters_per_epoch = len(train_set) // cfg.batch_size  # type: ignore[arg-type]
+    if iters_per_epoch < 1:
+        raise ValueError(f"the training set has {len(train_set)} samples, fewer than batch_size {cfg.batch_size}")  # type: ignore[arg-type]
+    iters_per_unit = iters_per_epoch if cfg.epochs else 1
+    total = cfg.epochs * iters_per_epoch if cfg.epochs else cfg.iterations
+
+    model = wrap_model(build_model_from_config(cfg), ctx, sync_bn=cfg.sync_bn)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer, iters_per_unit, total)
+    use_amp = cfg.amp and ctx.device.type == "cuda"
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=use_amp)
+
+    iteration, best = 0, -math.inf
+    checkpoint_path = _resume_path(resume, out_dir)
+    if checkpoint_path is not None:
+        state = load_checkpoint(checkpoint_path)  # CPU: RNG states must stay CPU tensors
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state["rng"])
+        iteration, best = state["iteration"], state["best_metric"]
+        changed = sorted(k for k, v in state["config"].items() if k != "out_dir" and getattr(cfg, k, None) != v)
+        _log.info("resumed from %s at iteration %d%s", checkpoint_path, iteration,
+                  f" (config keys changed since: {', '.join(changed)})" if changed else "")  # fmt: skip
+    elif resume == "auto":
+        _log.info("no %s yet: starting from scratch", out_dir / "last.pt")
+
+    writer = SummaryWriter(str(out_dir / "tb")) if ctx.is_main else None
+    val_loader = _val_loader(cfg, val_set, ctx)
+    config_dict = dataclasses.asdict(cfg)
+    last_metrics: dict[str, Any] = {}
+    losses: list[float] = []
+
+    def save(path: Path, at: int) -> None:
+        save_checkpoint(
+            path, model=unwrap(model), optimizer=optimizer, scheduler=scheduler, scaler=scaler, iteration=at,
+            epoch=at // iters_per_epoch, config=config_dict, best_metric=best, git_revision=revision,
+        )  # fmt: skip
+
+    _log.info(
+        "training %s on %s: %d iterations (%d per epoch), %d process(es) on %s, global batch %d",
+        cfg.model, cfg.dataset, total, iters_per_epoch, ctx.world_size, ctx.device, cfg.batch_size,
+    )  # fmt: skip
+    progress = tqdm(total=total, initial=iteration, disable=not ctx.is_main, desc="train", dynamic_ncols=True)
+    try:
+        while iteration < total:
+            epoch, done_in_epoch = divmod(iteration, iters_per_epoch)
+            loader = make_train_loader(cfg, train_set, ctx, epoch, done_in_epoch)
+            model.train()
+            tick = time.perf_counter()
+            for images, targets in loader:
+                loss, scales = train_step(
+                    model, optimizer, scaler, images, targets, ctx, iteration, use_amp, cfg.grad_clip
+                )
+                scheduler.step()
+                iteration += 1
+                losses.append(loss)
+                now = time.perf_counter()
+                throughput = cfg.batch_size / max(now - tick, 1e-9)
+                tick = now
+                lr = optimizer.param_groups[0]["lr"]
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{throughput:.1f}")
+                if writer is not None:
+                    writer.add_scalar("train/loss", loss, iteration)
+                    writer.add_scalar("train/lr", lr, iteration)
+                    writer.add_scalar("train/images_per_s", throughput, iteration)
+                    for name, value in scales.items():
+                        writer.add_scalar(f"train/mean_scale/{name}", value, iteration)
+                if iteration % cfg.log_every == 0 or iteration == total:
+                    _log.info("iteration %d/%d loss %.4f lr %.3e %.1f img/s", iteration, total, loss, lr, throughput)
+                if iteration % (cfg.val_every * iters_per_unit) == 0 or iteration == total:
+                    last_metrics = evaluate(
+                        unwrap(model), val_loader, cfg.num_classes, IGNORE_INDEX, ctx.device, cfg.eval_mode,
+                        cfg.eval_crop_size, cfg.eval_stride,
+                    ).compute()  # fmt: skip
+                    miou = last_metrics["miou"]
+                    _log.info("iteration %d validation mIoU %.4f pixel acc %.4f", iteration, miou, last_metrics["pixel_acc"])
+                    if writer is not None:
+                        writer.add_scalar("val/miou", miou, iteration)
+                        writer.add_scalar("val/pixel_acc", last_metrics["pixel_acc"], iteration)
+                    if miou > best:
+                        best = miou
+                        if ctx.is_main:
+                            save(out_dir / "best.pt", iteration)
+                if ctx.is_main and (iteration % (cfg.checkpoint_every * iters_per_unit) == 0 or iteration == total):
+                    save(out_dir / "last.pt", iteration)
+                if iteration >= total:
+                    break
+    except NonFiniteLossError as err:
+        last = out_dir / "last.pt"
+        kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
+        _log.error("%s; %s", err, kept)
+        raise NonFiniteLossError(f"{err}; {kept}") from err
+    finally:
+        progress.close()
+        if writer is not None:
+            writer.close()
+    _log.info("done: %d iterations, best validation mIoU %.4f", iteration, best)
+    return {"iteration": iteration, "best_miou": best, "last_metrics": last_metrics, "losses": losses, "out_dir": str(out_dir)}

@@ -1,0 +1,212 @@
+"""Tests for ``sacseg eval`` and ``sacseg predict`` on tiny trained models (ScaleScenes, CamVid, Cityscapes names)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cityscapesscripts.helpers.labels import id2label
+from PIL import Image
+
+from sacseg.cli import main
+from sacseg.data import ScaleScenes
+from sacseg.engine.checkpoint import atomic_torch_save, load_trained_model
+from sacseg.engine.config import apply_overrides, load_config, save_config
+from sacseg.engine.evaluate import evaluate
+from sacseg.engine.inference import predict
+from sacseg.engine.metrics import format_results
+from sacseg.engine.predict_files import load_image
+from sacseg.engine.train import build_eval_dataset, build_model_from_config, train
+from sacseg.viz import colorize
+from train_helpers import single_thread, tiny_config
+
+REPO = Path(__file__).resolve().parents[2]
+_single_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
+
+
+@pytest.fixture(scope="module")
+def sac_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``last.pt`` of SAC-single trained 2 iterations on 64x64 ScaleScenes."""
+    out = tmp_path_factory.mktemp("sac")
+    train(tiny_config(out, model="sac_single_resnet18", iterations=2, val_every=2))
+    return out / "last.pt"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [[], ["--mode", "slide", "--crop-size", "48", "--stride", "32", "--scales", "0.75", "1", "--flip"]],
+    ids=["whole", "slide-multiscale-flip"],
+)
+def test_eval_prints_table_and_writes_json(
+    sac_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str]
+) -> None:
+    out = tmp_path / "results.json" if options else sac_checkpoint.parent / "eval_val.json"
+    args = ["eval", "--checkpoint", str(sac_checkpoint), "--set", "scale_scenes_val_images=2", *options]
+    assert main(args + (["--out", str(out)] if options else [])) == 0
+    printed = capsys.readouterr()
+
+    model, cfg = load_trained_model(sac_checkpoint)
+    cfg = apply_overrides(cfg, ["scale_scenes_val_images=2"])
+    inference = {"mode": "whole", "crop_size": None, "stride": None, "scales": (1.0,), "flip": False}
+    if options:
+        inference = {"mode": "slide", "crop_size": 48, "stride": 32, "scales": (0.75, 1.0), "flip": True}
+    loader = torch.utils.data.DataLoader(build_eval_dataset(cfg), batch_size=1)
+    expected = evaluate(model, loader, cfg.num_classes, **inference).compute()
+    assert format_results(expected, ScaleScenes.classes) in printed.out
+    assert "sac_single_resnet18 on scale_scenes val (2 images; mode " in printed.out
+    assert f"results: {out}" in printed.out
+    assert "eval: 100%" in printed.err and "2/2" in printed.err  # the progress bar
+
+    doc = json.loads(out.read_text())
+    assert set(doc) == {"miou", "mean_acc", "pixel_acc", "num_pixels", "classes", "meta"}
+    assert list(doc["classes"]) == list(ScaleScenes.classes)
+    assert doc["miou"] == pytest.approx(expected["miou"]) and doc["num_pixels"] == 2 * 64 * 64
+    meta = doc["meta"]
+    assert meta["checkpoint"] == str(sac_checkpoint) and meta["split"] == "val" and meta["images"] == 2
+    assert (meta["mode"], meta["crop_size"], meta["stride"]) == (inference["mode"], inference["crop_size"], inference["stride"])
+    assert meta["scales"] == list(inference["scales"]) and meta["flip"] == inference["flip"]
+
+
+def _camvid_copy(shared: Path, root: Path, split: str, count: int) -> None:
+    """The first ``count`` frames of the shared CamVid val set as split ``split`` of a CamVid folder at ``root``."""
+    for sub, suffix in ((split, ""), (f"{split}annot", "annot")):
+        (root / sub).mkdir(parents=True)
+        for image in sorted((shared / "camvid" / "val").glob("*.png"))[:count]:
+            shutil.copy(shared / "camvid" / f"val{suffix}" / image.name, root / sub / image.name)
+
+
+def test_eval_camvid_folder_from_the_cli(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    train_root, eval_root = tmp_path / "camvid_train", tmp_path / "camvid_eval"
+    _camvid_copy(shared_data, train_root, "train", 2)
+    _camvid_copy(shared_data, train_root, "val", 1)
+    _camvid_copy(shared_data, eval_root, "val", 3)
+    tiny = [
+        "epochs=0", "iterations=2", "crop_size=64", "batch_size=2", "workers=0", "threads=1", "val_every=2",
+        "scale_min=0.25", "scale_max=0.25",
+    ]  # fmt: skip
+    config = REPO / "configs" / "camvid_baseline_r18.yaml"
+    cfg = apply_overrides(load_config(config), [*tiny, f"data_root={train_root}", f"out_dir={tmp_path / 'run'}"])
+    train(cfg)
+    capsys.readouterr()
+
+    checkpoint = tmp_path / "run" / "last.pt"
+    args = ["eval", "--checkpoint", str(checkpoint), "--config", str(config), "--data-root", str(eval_root)]
+    assert main([*args, "--set", "workers=0", "--set", "threads=1", "--scales", "0.25"]) == 0
+    printed = capsys.readouterr()
+    assert "fcn_resnet18 on camvid val (3 images; mode whole, scales 0.25)" in printed.out
+    assert "bicyclist" in printed.out and "pixel accuracy" in printed.out
+    assert "eval: 100%" in printed.err and "3/3" in printed.err
+    doc = json.loads((tmp_path / "run" / "eval_val.json").read_text())
+    assert doc["meta"]["data_root"] == str(eval_root) and doc["meta"]["images"] == 3
+    assert doc["num_pixels"] > 0.9 * 3 * 480 * 360 and 0.0 <= doc["pixel_acc"] <= 1.0
+
+
+def test_predict_writes_colour_overlay_and_scale_pictures(
+    sac_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenes = ScaleScenes(2, size=64, seed=3)
+    inputs = tmp_path / "images"
+    inputs.mkdir()
+    Image.fromarray(scenes.load(0)[0].permute(1, 2, 0).numpy()).save(inputs / "a.png")
+    Image.fromarray(scenes.load(1)[0].permute(1, 2, 0).numpy()).save(inputs / "b.jpg", quality=95)
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(sac_checkpoint), str(inputs), "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert f"6 files for 2 images in {out}" in printed.out and "2/2" in printed.err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a_color.png", "a_overlay.png", "a_scale_classifier.png", "b_color.png", "b_overlay.png", "b_scale_classifier.png",
+    ]  # fmt: skip
+
+    model, _ = load_trained_model(sac_checkpoint)
+    for stem, suffix in (("a", ".png"), ("b", ".jpg")):
+        picture, image = load_image(inputs / f"{stem}{suffix}")
+        expected = colorize(predict(model, image[None]).argmax(1)[0], ScaleScenes.palette)
+        colour = np.asarray(Image.open(out / f"{stem}_color.png"))
+        np.testing.assert_array_equal(colour, expected)
+        overlay = np.asarray(Image.open(out / f"{stem}_overlay.png")).astype(int)
+        np.testing.assert_allclose(overlay, (picture.astype(int) + expected.astype(int)) / 2, atol=1)
+        with Image.open(out / f"{stem}_scale_classifier.png") as heat:
+            assert heat.height == 400 and heat.width > heat.height  # square map plus a colour bar
+
+
+def test_predict_cityscapes_label_ids_round_trip(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A 19-class Cityscapes model with random weights: what is checked is the export, not the accuracy.
+    cfg = tiny_config(tmp_path, num_classes=19, dataset="cityscapes", data_root=str(shared_data / "cityscapes_sample"))
+    torch.manual_seed(0)
+    model = build_model_from_config(cfg)
+    torch.nn.init.normal_(model.classifier.weight, std=1.0)  # varied classes, so the mapping is exercised
+    atomic_torch_save({"model": model.state_dict(), "config": dataclasses.asdict(cfg)}, tmp_path / "model.pt")
+    frame = shared_data / "cityscapes_sample" / "leftImg8bit" / "val" / "frankfurt" / "frankfurt_000000_000294_leftImg8bit.png"
+    out = tmp_path / "results"
+    args = ["predict", "--checkpoint", str(tmp_path / "model.pt"), str(frame), "--out", str(out)]
+    assert main([*args, "--format", "cityscapes"]) == 0
+    capsys.readouterr()
+
+    written = out / "frankfurt" / "frankfurt_000000_000294_pred_labelIds.png"
+    with Image.open(written) as png:
+        assert png.mode == "L"
+        label_ids = np.asarray(png)
+    train_ids = np.vectorize(lambda i: id2label[int(i)].trainId)(label_ids)
+    expected = predict(model.eval(), load_image(frame)[1][None]).argmax(1)[0].numpy()
+    assert len(np.unique(expected)) >= 3
+    np.testing.assert_array_equal(train_ids, expected)
+
+
+def _write_config_less_checkpoint(path: Path, cfg_dir: Path) -> None:
+    model = build_model_from_config(tiny_config(cfg_dir))
+    atomic_torch_save({"model": model.state_dict()}, path)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing checkpoint", "checkpoint not found: {tmp}/missing.pt"),
+        ("corrupt checkpoint", "checkpoint {tmp}/corrupt.pt is corrupt or not a checkpoint"),
+        ("no config", "checkpoint {tmp}/bare.pt stores no config"),
+        ("unreadable image", "cannot read image file {tmp}/broken.png"),
+        ("missing image", "image or folder not found: {tmp}/nothing.png"),
+        ("cityscapes format", "--format cityscapes needs a model trained on Cityscapes trainIds"),
+    ],
+)
+def test_predict_errors_name_the_file(
+    sac_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, message: str
+) -> None:
+    (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    Image.new("RGB", (32, 32)).save(tmp_path / "fine.png")
+    checkpoint, image, extra = sac_checkpoint, tmp_path / "fine.png", []
+    if case == "missing checkpoint":
+        checkpoint = tmp_path / "missing.pt"
+    elif case == "corrupt checkpoint":
+        checkpoint = tmp_path / "corrupt.pt"
+    elif case == "no config":
+        checkpoint = tmp_path / "bare.pt"
+        _write_config_less_checkpoint(checkpoint, tmp_path)
+    elif case == "unreadable image":
+        image = tmp_path / "broken.png"
+    elif case == "missing image":
+        image = tmp_path / "nothing.png"
+    else:
+        extra = ["--format", "cityscapes"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--checkpoint", str(checkpoint), str(image), "--out", str(tmp_path / "out"), *extra])
+    assert exit_info.value.code == 2
+    assert message.format(tmp=tmp_path) in capsys.readouterr().err
+
+
+def test_eval_uses_the_given_config_for_a_config_less_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write_config_less_checkpoint(tmp_path / "bare.pt", tmp_path)
+    config = tmp_path / "tiny.yaml"
+    save_config(tiny_config(tmp_path), config)
+    assert main(["eval", "--checkpoint", str(tmp_path / "bare.pt"), "--config", str(config), "--out", str(tmp_path / "r.json")]) == 0
+    assert "fcn_resnet18 on scale_scenes val (1 images" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r.json").read_text())["meta"]["images"] == 1

@@ -1,0 +1,80 @@
+"""Tests for the ``sacseg`` command line: train (with resume), config errors, the demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sacseg.cli import main
+from sacseg.engine.checkpoint import load_checkpoint
+from sacseg.engine.config import config_from_dict, save_config
+
+TINY = {
+    "model": "fcn_resnet18",
+    "num_classes": 7,
+    "backbone_weights": None,
+    "dataset": "scale_scenes",
+    "scale_scenes_train_images": 2,
+    "scale_scenes_val_images": 1,
+    "scale_scenes_size": 64,
+    "crop_size": 64,
+    "batch_size": 2,
+    "iterations": 2,
+    "lr": 0.01,
+    "workers": 0,
+    "amp": False,
+    "device": "cpu",
+    "threads": 1,
+    "val_every": 2,
+    "out_dir": "unused",
+}
+
+
+def test_train_then_resume_auto(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    save_config(config_from_dict(TINY), tmp_path / "tiny.yaml")
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(tmp_path / "tiny.yaml"), "--out", str(out)]) == 0
+    assert "trained 2 iterations" in capsys.readouterr().out
+    assert load_checkpoint(out / "last.pt")["iteration"] == 2
+    args = ["train", "--config", str(tmp_path / "tiny.yaml"), "--out", str(out), "--resume", "auto"]
+    assert main([*args, "--set", "iterations=3", "--set", "val_every=3"]) == 0
+    assert load_checkpoint(out / "last.pt")["iteration"] == 3
+    assert f"resumed from {out / 'last.pt'} at iteration 2" in (out / "train.log").read_text()
+    assert "iterations: 3" in (out / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--set", "bogus=1"], "unknown config key 'bogus'; valid keys: model"),
+        (["--set", "batch_size=two"], "config key 'batch_size' must be int"),
+        (["--resume", "missing.pt"], "checkpoint not found: missing.pt"),
+    ],
+)
+def test_errors_name_the_key_or_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    save_config(config_from_dict(TINY), tmp_path / "tiny.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "run"), *extra])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_config_file_names_file_and_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bad.yaml").write_text("iterations: 2\nlr: fast\n")
+    with pytest.raises(SystemExit):
+        main(["train", "--config", str(tmp_path / "bad.yaml")])
+    assert "bad.yaml: config key 'lr' must be float" in capsys.readouterr().err
+
+
+def test_demo_writes_report_and_picture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--iterations", "2", "--test-images", "2", "--out", str(tmp_path / "demo")]) == 0
+    printed = capsys.readouterr().out
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert f"report: {tmp_path / 'demo' / 'report.md'}" in printed
+    assert "| class | baseline | SAC-single |" in report and "| **mIoU** |" in report
+    for name in ("sky", "stripes", "rings"):
+        assert f"| {name} |" in report
+    assert (tmp_path / "demo" / "comparison.png").stat().st_size > 10_000
