@@ -187,7 +187,10 @@ def export_onnx(
         RuntimeError: the graph uses a non-default domain, or onnxruntime differs by more than
             ``rtol`` (the message gives the error and the input shape).
     """
-    import onnxruntime
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise ImportError("ONNX export needs onnx and onnxruntime: pip install 'sacseg[export]'") from err
 
     if height < 1 or width < 1:
         raise ValueError(f"height and width must be >= 1, got {height}x{width}")
