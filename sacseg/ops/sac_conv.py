@@ -139,14 +139,18 @@ def _bilinear_gather(input: Tensor, y: Tensor, x: Tensor) -> Tensor:
     flat = input.reshape(n, c, h * w)
     y0, x0 = torch.floor(y), torch.floor(x)
     fy, fx = y - y0, x - x0
-    out = input.new_zeros(n, c, y.shape[1])
+    # The sum starts from the first corner, not from zeros: a static-shape ONNX export would
+    # constant-fold a [N, C, P] zero tensor into the file (75 MB per layer at 512x512).
+    out: Tensor | None = None
     for dy, wy in ((0, 1 - fy), (1, fy)):
         for dx, wx in ((0, 1 - fx), (1, fx)):
             yi, xi = y0 + dy, x0 + dx
             inside = (yi >= 0) & (yi <= h - 1) & (xi >= 0) & (xi <= w - 1)
             index = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)).long()
             values = flat.gather(2, index[:, None, :].expand(n, c, -1))
-            out = out + values * (wy * wx * inside)[:, None, :]
+            corner = values * (wy * wx * inside)[:, None, :]
+            out = corner if out is None else out + corner
+    assert out is not None
     return out
 
 
