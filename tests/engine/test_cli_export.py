@@ -39,6 +39,10 @@ def test_export_command_writes_a_checked_onnx_file(tmp_path: Path, capsys: pytes
     graph = onnx.load(str(out)).graph
     assert {node.domain for node in graph.node} <= {""}  # default-domain operators only
     assert [p.name for p in out.parent.iterdir()] == ["model.onnx"]  # no temporary left
+    # The file holds the weights and little else: no intermediate tensor folded into a constant.
+    stored = sum(int(np.prod(t.dims)) for t in graph.initializer)
+    stored += sum(int(np.prod(a.t.dims)) for node in graph.node for a in node.attribute if a.name == "value")
+    assert stored <= 1.005 * sum(t.numel() for t in model.state_dict().values())
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     (graph_input,) = session.get_inputs()
     assert graph_input.name == "images" and graph_input.shape == [1, 3, 64, 48]  # static
