@@ -141,7 +141,7 @@ def _add_set_arg(parser: argparse.ArgumentParser) -> None:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("train", help="train a model from a flat YAML config (works under torchrun)")
-    parser.add_argument("--config", required=True, help="a YAML file, e.g. configs/scalescenes_sac_single_r18.yaml")
+    parser.add_argument("--config", required=True, help="a YAML file, e.g. configs/scale_scenes_sac_single_r18.yaml")
     _add_set_arg(parser)
     parser.add_argument("--resume", metavar="PATH|auto", default=None,
                         help="continue from a checkpoint; 'auto' uses OUT/last.pt when it exists")  # fmt: skip

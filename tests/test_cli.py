@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from sacseg.cli import main
 from sacseg.engine.checkpoint import load_checkpoint
@@ -34,7 +35,9 @@ TINY = {
 def test_train_then_resume_auto(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     save_config(config_from_dict(TINY), tmp_path / "tiny.yaml")
     out = tmp_path / "run"
-    assert main(["train", "--config", str(tmp_path / "tiny.yaml"), "--out", str(out)]) == 0
+    threads = torch.get_num_threads()
+    assert main(["train", "--config", str(tmp_path / "tiny.yaml"), "--out", str(out), "--set", f"threads={threads + 1}"]) == 0
+    assert torch.get_num_threads() == threads  # the run's thread count is not left behind
     assert "trained 2 iterations" in capsys.readouterr().out
     assert load_checkpoint(out / "last.pt")["iteration"] == 2
     args = ["train", "--config", str(tmp_path / "tiny.yaml"), "--out", str(out), "--resume", "auto"]

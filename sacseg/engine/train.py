@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -9,7 +10,7 @@ import os
 import random
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -295,6 +296,22 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
         cleanup_distributed()
 
 
+@contextlib.contextmanager
+def _restored_torch_settings() -> Iterator[None]:
+    """Put back the process-wide torch settings a run changes (threads, deterministic kernels,
+    cuDNN autotuning), so ``train`` called in a larger program (the demo, tests) leaves no trace."""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
+
+
 def _train(cfg: TrainConfig, resume: str | None, ctx: DistContext) -> dict[str, Any]:
     out_dir = Path(cfg.out_dir)
     if cfg.batch_size % ctx.world_size:
@@ -306,7 +323,8 @@ def _train(cfg: TrainConfig, resume: str | None, ctx: DistContext) -> dict[str, 
         (out_dir / "git_revision.txt").write_text(revision + "\n", encoding="utf-8")
     handler = _setup_logging(out_dir, ctx.is_main)
     try:
-        return _fit(cfg, resume, ctx, out_dir, revision)
+        with _restored_torch_settings():
+            return _fit(cfg, resume, ctx, out_dir, revision)
     finally:
         if handler is not None:
             _log.removeHandler(handler)
@@ -392,8 +410,8 @@ def _fit(cfg: TrainConfig, resume: str | None, ctx: DistContext, out_dir: Path, 
                     _log.info("iteration %d/%d loss %.4f lr %.3e %.1f img/s", iteration, total, loss, lr, throughput)
                 if iteration % (cfg.val_every * iters_per_unit) == 0 or iteration == total:
                     last_metrics = evaluate(
-                        unwrap(model), val_loader, cfg.num_classes, IGNORE_INDEX, ctx.device, cfg.eval_mode,
-                        cfg.eval_crop_size, cfg.eval_stride,
+                        unwrap(model), val_loader, cfg.num_classes, ignore_index=IGNORE_INDEX, device=ctx.device,
+                        mode=cfg.eval_mode, crop_size=cfg.eval_crop_size, stride=cfg.eval_stride,
                     ).compute()  # fmt: skip
                     miou = last_metrics["miou"]
                     _log.info("iteration %d validation mIoU %.4f pixel acc %.4f", iteration, miou, last_metrics["pixel_acc"])

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from sacseg.ops._bilinear import sample_rows, sample_rows_backward
 
 __all__ = ["sac_conv2d", "sac_output_size", "SAC_IMPLEMENTATIONS"]
 
@@ -177,11 +180,243 @@ def _sac_reference(
     return out.reshape(n, c_out, h_out, w_out)
 
 
+#: Bytes of sampled values one chunk of output rows may hold: keeps the fast path's extra memory
+#: near F.conv2d's while the GEMMs stay large enough to run at full speed.
+_CHUNK_BYTES = 8 << 20
+#: Cost of one sampled value in GEMM multiply-adds (memory-bound gather vs compute-bound GEMM;
+#: measured about 80 on a 2-core AVX-512 machine), for choosing the order of sampling and GEMM.
+_SAMPLE_COST = 64
+
+
+def _project_first(c_in: int, c_out: int, taps: int, in_pixels: int, out_pixels: int) -> bool:
+    """Whether to multiply first (sample ``taps * C_out`` projected channels) or sample first.
+
+    Sampling is linear and shared by the channels, so ``sum_t K_t sample_t(A) = sum_t
+    sample_t(K_t A)``: the GEMM costs ``taps*C_out*C_in`` per input pixel instead of per output
+    pixel, and only ``taps*C_out`` channels are sampled instead of ``taps*C_in``. It pays for
+    classifiers (2048 -> 19); the projection is kept for backward, so it must not outgrow the input.
+    """
+    columns = taps * c_out * c_in * out_pixels + _SAMPLE_COST * taps * c_in * out_pixels
+    project = taps * c_out * c_in * in_pixels + _SAMPLE_COST * taps * c_out * out_pixels
+    return taps * c_out <= c_in and project < columns
+
+
+_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _linear(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b.T``, ``[M, K] x [N, K] -> [M, N]``.
+
+    On CPU float32 this is oneDNN's matmul, the kernels F.conv2d runs on: MKL's sgemm measured
+    up to 1.5x slower at these shapes on this project's (AMD) machine.
+    """
+    if _ONEDNN_LINEAR and a.device.type == "cpu" and a.dtype == torch.float32 and a.numel() > 0 and b.numel() > 0:
+        return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+    return a @ b.t()
+
+
+def _stack(items: list[Tensor], empty_shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """``torch.stack(items)`` without a copy for one item, and of shape ``empty_shape`` for none."""
+    if not items:
+        return like.new_empty(empty_shape)
+    return items[0][None] if len(items) == 1 else torch.stack(items)
+
+
+def _row_chunks(rows: int, bytes_per_row: int) -> list[tuple[int, int]]:
+    step = max(1, _CHUNK_BYTES // max(1, bytes_per_row))
+    return [(p0, min(rows, p0 + step)) for p0 in range(0, rows, step)]
+
+
+def _chunk_positions(
+    scale: Tensor,
+    rows: tuple[int, int],
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> tuple[Tensor, Tensor]:
+    """Tap positions of output rows ``rows`` of one image, ``[rows * W_out * kh * kw]`` each, tap fastest.
+
+    Args:
+        scale: ``[1, 1, H_out, W_out]``.
+    """
+    p0, p1 = rows
+    # Shifting the padding by the first row's offset puts the chunk's centres where the full grid has them.
+    shifted = (padding[0] - p0 * stride[0], padding[1])
+    y, x = sample_positions(scale[:, :, p0:p1], kernel_size, stride, shifted, dilation)
+    return y.permute(0, 3, 4, 1, 2).reshape(-1), x.permute(0, 3, 4, 1, 2).reshape(-1)
+
+
+class _SacFastFunction(torch.autograd.Function):
+    """Equations (7)-(17) as sampled im2col + GEMM, chunked over images and output rows.
+
+    Sampling reads a channels-last table (``[H*W, C_in]``, or the projection ``[H*W*taps, C_out]``
+    when multiplying first), so the four corners of a tap are contiguous rows. Backward recomputes
+    the samples instead of saving them. The gradients of input and weight may come back with
+    channels-last strides (no copy is spent on transposing them).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        input: Tensor,
+        scale: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+        dilation: tuple[int, int],
+        native: bool,
+    ) -> Tensor:
+        n, c_in, h, w = input.shape
+        c_out, _, kh, kw = weight.shape
+        taps = kh * kw
+        h_out, w_out = scale.shape[-2:]
+        project = _project_first(c_in, c_out, taps, h * w, h_out * w_out)
+        if project:
+            # [H*W, taps*C_out] per image straight from the NCHW input: the GEMM transposes for free.
+            planes, projection = input.reshape(n, c_in, h * w), _projection_weight(weight)
+            tables = _stack([_linear(planes[i].t(), projection) for i in range(n)], (0, h * w, taps * c_out), input)
+            tables = tables.view(n, h * w * taps, c_out)
+        else:
+            # Channels-last, so that the four corners of a tap are contiguous rows.
+            tables = input.permute(0, 2, 3, 1).contiguous().view(n, h * w, c_in)
+            matrix = _column_weight(weight)
+        sampled = c_out if project else c_in
+        out = input.new_empty(n, c_out, h_out, w_out)
+        for i in range(n):
+            for p0, p1 in _row_chunks(h_out, w_out * taps * sampled * input.element_size()):
+                y, x = _chunk_positions(scale[i : i + 1], (p0, p1), (kh, kw), stride, padding, dilation)
+                z = sample_rows(tables[i], h, w, taps if project else 1, y, x, native=native)
+                length = (p1 - p0) * w_out
+                if project:
+                    res = z.view(length, taps, c_out).sum(1).t()
+                else:
+                    res = _linear(matrix, z.view(length, taps * c_in))  # [C_out, length]: NCHW without a transpose
+                out[i, :, p0:p1] = res.view(c_out, p1 - p0, w_out)
+        if bias is not None:
+            out += bias.view(1, c_out, 1, 1)
+        ctx.geometry = (stride, padding, dilation, native, project)
+        ctx.save_for_backward(input, scale, weight, tables if project else None)
+        return out
+
+    @staticmethod
+    @once_differentiable  # a hand-written backward: double backward raises instead of going wrong
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        input, scale, weight, projected = ctx.saved_tensors
+        stride, padding, dilation, native, project = ctx.geometry
+        need_input, need_scale, need_weight, need_bias = ctx.needs_input_grad[:4]
+        n, c_in, h, w = input.shape
+        c_out, _, kh, kw = weight.shape
+        taps = kh * kw
+        h_out, w_out = scale.shape[-2:]
+        opts = {"dtype": scale.dtype, "device": scale.device}
+        oy = ((torch.arange(kh, **opts) - kh // 2) * dilation[0]).repeat_interleave(kw)  # d position / d scale
+        ox = ((torch.arange(kw, **opts) - kw // 2) * dilation[1]).repeat(kh)
+        tables = projected if project else input.permute(0, 2, 3, 1).contiguous().view(n, h * w, c_in)
+        matrix_t = None if project else _column_weight(weight).t().contiguous()
+        grad_tables = torch.zeros_like(tables) if need_input or (need_weight and project) else None
+        grad_matrix = input.new_zeros(c_out, taps * c_in) if need_weight and not project else None
+        grad_scale = torch.zeros_like(scale) if need_scale else None
+        grad_out_cl = grad_out.permute(0, 2, 3, 1)
+        sampled = c_out if project else c_in
+        if need_input or need_scale or need_weight:
+            for i in range(n):
+                for p0, p1 in _row_chunks(h_out, w_out * taps * sampled * input.element_size()):
+                    y, x = _chunk_positions(scale[i : i + 1], (p0, p1), (kh, kw), stride, padding, dilation)
+                    length = (p1 - p0) * w_out
+                    g = grad_out_cl[i, p0:p1].reshape(length, c_out)
+                    if project:
+                        grad_z = g[:, None, :].expand(length, taps, c_out).reshape(length * taps, c_out)
+                    else:
+                        if grad_matrix is not None:
+                            # Recomputed rather than saved; freed before grad_z exists to halve the chunk memory.
+                            z = sample_rows(tables[i], h, w, 1, y, x, native=native)
+                            grad_matrix.addmm_(g.t(), z.view(length, taps * c_in))
+                            del z
+                        if grad_tables is None and not need_scale:
+                            continue  # only the weight wanted a gradient: no adjoint sampling needed
+                        grad_z = _linear(g, matrix_t).view(length * taps, c_in)
+                    positions = sample_rows_backward(
+                        tables[i],
+                        h,
+                        w,
+                        taps if project else 1,
+                        y,
+                        x,
+                        grad_z,
+                        None if grad_tables is None else grad_tables[i],
+                        need_scale,
+                        native=native,
+                    )
+                    if grad_scale is not None and positions is not None:
+                        gy, gx = positions
+                        ds = gy.view(length, taps) @ oy + gx.view(length, taps) @ ox
+                        grad_scale[i, 0, p0:p1] = ds.view(p1 - p0, w_out)
+        grad_input = grad_weight = None
+        if project and grad_tables is not None:
+            grad_proj = grad_tables.view(n, h * w, taps * c_out)
+            planes, projection = input.reshape(n, c_in, h * w), _projection_weight(weight)
+            if need_input:
+                grad_input = _stack([_linear(projection.t(), grad_proj[i]) for i in range(n)], (0, c_in, h * w), input)
+                grad_input = grad_input.view(n, c_in, h, w)
+            if need_weight:
+                grad_projection = weight.new_zeros(taps * c_out, c_in)
+                for i in range(n):
+                    grad_projection += _linear(grad_proj[i].t(), planes[i])
+                grad_weight = grad_projection.view(kh, kw, c_out, c_in).permute(2, 3, 0, 1)
+        else:
+            if need_input and grad_tables is not None:
+                grad_input = grad_tables.view(n, h, w, c_in).permute(0, 3, 1, 2)
+            if grad_matrix is not None:
+                grad_weight = grad_matrix.view(c_out, kh, kw, c_in).permute(0, 3, 1, 2)
+        grad_bias = grad_out.sum((0, 2, 3)) if need_bias else None
+        return grad_input, grad_scale, grad_weight, grad_bias, None, None, None, None
+
+
+def _column_weight(weight: Tensor) -> Tensor:
+    """``[C_out, kh*kw*C_in]``, matching sampled columns laid out tap-major, channel-minor."""
+    c_out = weight.shape[0]
+    return weight.permute(0, 2, 3, 1).reshape(c_out, -1)
+
+
+def _projection_weight(weight: Tensor) -> Tensor:
+    """``[kh*kw*C_out, C_in]``: a 1x1 convolution producing every tap's projection at once."""
+    c_in = weight.shape[1]
+    return weight.permute(2, 3, 0, 1).reshape(-1, c_in)
+
+
+def _sac_fast(
+    input: Tensor,
+    scale: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> Tensor:
+    """The fast path: compiled sampling kernels on CPU when a compiler is present, torch ops elsewhere."""
+    return _SacFastFunction.apply(input, scale.contiguous(), weight, bias, stride, padding, dilation, True)
+
+
+def _sac_fast_torch(
+    input: Tensor,
+    scale: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> Tensor:
+    """The fast path with torch ops only (what CUDA and compiler-less machines run)."""
+    return _SacFastFunction.apply(input, scale.contiguous(), weight, bias, stride, padding, dilation, False)
+
+
 SacImpl = Callable[
     [Tensor, Tensor, Tensor, "Tensor | None", tuple[int, int], tuple[int, int], tuple[int, int]], Tensor
 ]
 #: Implementations by name; ``"auto"`` in :func:`sac_conv2d` picks the fastest for the call.
-SAC_IMPLEMENTATIONS: dict[str, SacImpl] = {"reference": _sac_reference}
+SAC_IMPLEMENTATIONS: dict[str, SacImpl] = {"reference": _sac_reference, "fast": _sac_fast, "fast_torch": _sac_fast_torch}
 
 
 def _choose_impl(input: Tensor, weight: Tensor) -> SacImpl:
@@ -191,7 +426,9 @@ def _choose_impl(input: Tensor, weight: Tensor) -> SacImpl:
     # native kernel is opaque to all of them. Keep this check first.
     if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return _sac_reference
-    return _sac_reference
+    # The fast path wins at every measured shape (benchmarks/bench_sac_conv.py); the native
+    # kernels only exist for CPU float32/float64, elsewhere it falls back to torch ops itself.
+    return _sac_fast
 
 
 def sac_conv2d(
@@ -203,7 +440,7 @@ def sac_conv2d(
     padding: IntOrPair = 0,
     dilation: IntOrPair = 1,
     *,
-    impl: Literal["auto", "reference"] | str = "auto",
+    impl: Literal["auto", "reference", "fast", "fast_torch"] | str = "auto",
 ) -> Tensor:
     r"""Scale-adaptive convolution: a convolution whose taps spread with a per-output scale.
 
@@ -223,7 +460,11 @@ def sac_conv2d(
         bias: ``[C_out]`` or ``None``.
         stride, padding, dilation: an int or a ``(h, w)`` pair, as in ``F.conv2d``.
         impl: ``"auto"`` (the fastest implementation for the call) or a key of
-            :data:`SAC_IMPLEMENTATIONS` (``"reference"`` is the direct transcription of the paper).
+            :data:`SAC_IMPLEMENTATIONS`: ``"reference"`` is the direct transcription of the paper
+            (autograd through the whole sampled tensor); ``"fast"`` is a chunked sampled im2col +
+            GEMM with a hand-written backward, whose bilinear sampling runs in C++ kernels on CPU
+            (compiled on first use and cached, see ``sacseg.ops._bilinear.native_library``) and in
+            torch ops elsewhere; ``"fast_torch"`` is the same path with torch ops only.
 
     Returns:
         ``[N, C_out, H_out, W_out]``. Under autocast the operator runs in float32 (sample

@@ -83,3 +83,13 @@ def test_saved_config_loads_back_equal(tmp_path: Path) -> None:
 def test_missing_config_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_camvid_config_reads_the_real_sample(shared_data: Path) -> None:
+    from sacseg.engine.train import build_datasets
+
+    cfg = apply_overrides(load_config(CONFIGS[0].parent / "camvid_baseline_r18.yaml"), [f"data_root={shared_data / 'camvid'}"])
+    train_set, val_set = build_datasets(cfg)
+    assert (len(train_set), len(val_set)) == (367, 101)
+    image, target = train_set[0]
+    assert image.shape == (3, cfg.crop_size, cfg.crop_size) and target.shape == (cfg.crop_size, cfg.crop_size)

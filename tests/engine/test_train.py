@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,10 @@ _single_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 @pytest.fixture(scope="module")
 def baseline_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     out = tmp_path_factory.mktemp("baseline")
-    return out, train(tiny_config(out))
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    summary = train(tiny_config(out, deterministic=not deterministic))
+    assert torch.are_deterministic_algorithms_enabled() == deterministic  # process settings put back
+    return out, summary
 
 
 def test_baseline_learns_and_writes_its_outputs(baseline_run: tuple[Path, dict[str, Any]]) -> None:
@@ -119,3 +123,26 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, mo
 def test_resume_from_missing_checkpoint_names_it(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nothing.pt"):
         train(tiny_config(tmp_path), resume=str(tmp_path / "nothing.pt"))
+
+
+def test_batches_do_not_depend_on_worker_count_or_skipping(tmp_path: Path) -> None:
+    # With random crops and flips: each sample's augmentation is fixed by (seed, epoch, index).
+    cfg = tiny_config(tmp_path, scale_scenes_train_images=6, crop_size=32, scale_min=0.8, scale_max=1.2, flip=True)
+    train_set, _ = train_module.build_datasets(cfg)
+    ctx = train_module.init_distributed("cpu")
+
+    def batches(workers: int, skip: int) -> list[torch.Tensor]:
+        loader = train_module.make_train_loader(dataclasses.replace(cfg, workers=workers), train_set, ctx, 1, skip)
+        return [images for images, _ in loader]
+
+    plain = batches(0, 0)
+    assert len(plain) == 3
+    for got, expected in zip(batches(2, 1), plain[1:], strict=True):
+        assert torch.equal(got, expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_mixed_precision_run(tmp_path: Path) -> None:
+    summary = train(tiny_config(tmp_path, model="sac_single_resnet18", device="cuda", amp=True, iterations=3, val_every=3))
+    assert summary["losses"][-1] < summary["losses"][0]
+    assert load_checkpoint(tmp_path / "last.pt")["scaler"]["scale"] > 0

@@ -1,0 +1,186 @@
+"""Bilinear row sampling of channels-last tables and its adjoint: pure torch and a compiled CPU kernel."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+_SOURCE = Path(__file__).with_name("_sac_kernels.cpp")
+_FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+_library: ctypes.CDLL | None = None
+_library_tried = False
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("SACSEG_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "sacseg"
+    )
+    return Path(root)
+
+
+def _cpu_signature() -> str:
+    # -march=native code must not be reused on another CPU sharing the cache directory.
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return platform.machine() + flags
+
+
+def _build(compiler: str) -> Path:
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(source + compiler.encode() + " ".join(_FLAGS).encode() + _cpu_signature().encode())
+    target = _cache_dir() / f"sac_kernels_{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        subprocess.run([compiler, *_FLAGS, str(_SOURCE), "-o", tmp], check=True, capture_output=True, text=True)
+        os.replace(tmp, target)  # atomic: a concurrent build or reader never sees half a library
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return target
+
+
+def native_library() -> ctypes.CDLL | None:
+    """The compiled CPU kernels, built once into the cache directory; ``None`` without a compiler.
+
+    ``SACSEG_NO_NATIVE=1`` disables them. The cache is ``$SACSEG_CACHE`` or ``~/.cache/sacseg``.
+    """
+    global _library, _library_tried
+    if _library_tried:
+        return _library
+    _library_tried = True
+    if os.environ.get("SACSEG_NO_NATIVE") == "1":
+        return None
+    compiler = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+    if compiler is None:
+        warnings.warn("sacseg: no C++ compiler found, the fast SAC path uses pure torch ops on CPU", stacklevel=2)
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(compiler)))
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or str(exc)
+        warnings.warn(f"sacseg: could not build {_SOURCE.name} ({detail.strip()[:500]}); using pure torch ops", stacklevel=2)
+        return None
+    i64, ptr, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    for suffix in ("f32", "f64"):
+        getattr(lib, f"sac_sample_{suffix}").argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, ptr, cint]
+        getattr(lib, f"sac_sample_backward_{suffix}").argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, ptr, ptr, ptr, ptr, ptr, cint]
+    _library = lib
+    return lib
+
+
+def _corners(y: Tensor, x: Tensor, h: int, w: int, taps: int) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """Table rows, bilinear weights (zero outside) and inside masks of the four corners of each sample."""
+    y0, x0 = torch.floor(y), torch.floor(x)
+    fy, fx = y - y0, x - x0
+    block = torch.arange(y.numel(), device=y.device) % taps if taps > 1 else 0
+    rows, weights, insides = [], [], []
+    for dy, wy in ((0, 1 - fy), (1, fy)):
+        for dx, wx in ((0, 1 - fx), (1, fx)):
+            yi, xi = y0 + dy, x0 + dx
+            inside = (yi >= 0) & (yi <= h - 1) & (xi >= 0) & (xi <= w - 1)
+            pixel = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)).long()
+            rows.append(pixel * taps + block)
+            weights.append(wy * wx * inside)
+            insides.append(inside)
+    return rows, weights, insides
+
+
+def _use_native(table: Tensor) -> ctypes.CDLL | None:
+    if table.device.type != "cpu" or table.dtype not in (torch.float32, torch.float64):
+        return None
+    return native_library()
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def sample_rows(table: Tensor, h: int, w: int, taps: int, y: Tensor, x: Tensor, *, native: bool = True) -> Tensor:
+    """Bilinear samples of a channels-last table, zeros outside.
+
+    Args:
+        table: ``[h * w * taps, C]`` contiguous; with ``taps > 1`` pixel ``i`` owns rows
+            ``i * taps .. i * taps + taps - 1`` and sample ``r`` reads row block ``r % taps``.
+        y, x: ``[M]`` contiguous positions in pixels, in ``table``'s dtype.
+        native: use the compiled CPU kernel when available.
+
+    Returns:
+        ``[M, C]``.
+    """
+    m, c = y.numel(), table.shape[1]
+    lib = _use_native(table) if native else None
+    if lib is not None:
+        table, y, x = table.contiguous(), y.contiguous(), x.contiguous()
+        out = table.new_empty(m, c)
+        fn = lib.sac_sample_f32 if table.dtype == torch.float32 else lib.sac_sample_f64
+        fn(_ptr(table), h, w, c, taps, _ptr(y), _ptr(x), m, _ptr(out), torch.get_num_threads())
+        return out
+    rows, weights, _ = _corners(y, x, h, w, taps)
+    out = table.index_select(0, rows[0]).mul_(weights[0][:, None])
+    for row, weight in zip(rows[1:], weights[1:]):
+        out.addcmul_(table.index_select(0, row), weight[:, None])
+    return out
+
+
+def sample_rows_backward(
+    table: Tensor,
+    h: int,
+    w: int,
+    taps: int,
+    y: Tensor,
+    x: Tensor,
+    grad: Tensor,
+    grad_table: Tensor | None,
+    want_positions: bool,
+    *,
+    native: bool = True,
+) -> tuple[Tensor, Tensor] | None:
+    """The adjoint of :func:`sample_rows`.
+
+    Adds the gradient of the table for ``grad [M, C]`` into ``grad_table`` (same shape as
+    ``table``, contiguous) unless it is ``None``, and returns the gradients of the positions
+    ``(grad_y, grad_x)``, each ``[M]``, if ``want_positions`` (the right-hand derivative at
+    integer positions, as the reference path and ``grid_sample`` take it).
+    """
+    m, c = y.numel(), table.shape[1]
+    lib = _use_native(table) if native else None
+    if lib is not None:
+        if grad_table is not None and not grad_table.is_contiguous():
+            raise ValueError("grad_table must be contiguous for the native kernel")
+        table, y, x, grad = table.contiguous(), y.contiguous(), x.contiguous(), grad.contiguous()
+        threads = torch.get_num_threads()
+        gy = table.new_empty(m) if want_positions else None
+        gx = table.new_empty(m) if want_positions else None
+        partial = table.new_zeros(threads, m, 2) if want_positions else None  # per-thread partial sums
+        fn = lib.sac_sample_backward_f32 if table.dtype == torch.float32 else lib.sac_sample_backward_f64
+        fn(_ptr(table), h, w, c, taps, _ptr(y), _ptr(x), m, _ptr(grad), _ptr(grad_table), _ptr(gy), _ptr(gx), _ptr(partial), threads)
+        return (gy, gx) if want_positions else None  # type: ignore[return-value]
+    rows, weights, insides = _corners(y, x, h, w, taps)
+    if grad_table is not None:
+        for row, weight in zip(rows, weights):
+            grad_table.index_add_(0, row, grad * weight[:, None])
+    if not want_positions:
+        return None
+    # Dot of grad with each (masked) corner; eq. (14) combines them into position derivatives.
+    dots = [torch.einsum("mc,mc->m", grad, table.index_select(0, row)) * inside for row, inside in zip(rows, insides)]
+    fy, fx = y - torch.floor(y), x - torch.floor(x)
+    grad_y = (dots[2] - dots[0]) * (1 - fx) + (dots[3] - dots[1]) * fx
+    grad_x = (dots[1] - dots[0]) * (1 - fy) + (dots[3] - dots[2]) * fy
+    return grad_y, grad_x

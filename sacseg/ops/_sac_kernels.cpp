@@ -1,0 +1,154 @@
+// Bilinear row sampling and its adjoint for the fast scale-adaptive convolution (CPU, OpenMP).
+//
+// A "table" is a channels-last image [H*W*P, C] (P = 1, or the number of taps when every tap
+// samples its own block of channels). Sample r (of M) reads the table at real position
+// (ys[r], xs[r]) with bilinear weights and zeros outside, corners floor and floor + 1, exactly as
+// sacseg.ops.sac_conv._bilinear_gather does. Built by sacseg/ops/_bilinear.py with the system
+// C++ compiler and loaded with ctypes, so it needs no torch headers.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+namespace {
+
+template <typename T>
+struct Corners {
+  int64_t row[4];  // table rows of (y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1)
+  T weight[4];     // bilinear weight, 0 outside the image
+  bool inside[4];
+  T fy, fx;
+};
+
+template <typename T>
+inline Corners<T> corners(T y, T x, int64_t h, int64_t w, int64_t taps, int64_t r) {
+  Corners<T> k;
+  const T y0 = std::floor(y), x0 = std::floor(x);
+  k.fy = y - y0;
+  k.fx = x - x0;
+  // taps == 1: one image shared by all taps; else sample r = l * taps + t reads block t.
+  const int64_t block = taps > 1 ? r % taps : 0;
+  for (int dy = 0; dy < 2; ++dy) {
+    const T yi = y0 + dy;
+    const bool in_y = yi >= 0 && yi <= h - 1;  // false for NaN too
+    const T wy = dy ? k.fy : 1 - k.fy;
+    for (int dx = 0; dx < 2; ++dx) {
+      const T xi = x0 + dx;
+      const bool in = in_y && xi >= 0 && xi <= w - 1;
+      const T wx = dx ? k.fx : 1 - k.fx;
+      const int i = 2 * dy + dx;
+      k.inside[i] = in;
+      k.weight[i] = in ? wy * wx : T(0);
+      k.row[i] = in ? ((static_cast<int64_t>(yi) * w + static_cast<int64_t>(xi)) * taps + block) : 0;
+    }
+  }
+  return k;
+}
+
+template <typename T>
+void sample(const T* table, int64_t h, int64_t w, int64_t c, int64_t taps, const T* ys, const T* xs,
+            int64_t m, T* out, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t r = 0; r < m; ++r) {
+    const Corners<T> k = corners(ys[r], xs[r], h, w, taps, r);
+    const T* a0 = table + k.row[0] * c;
+    const T* a1 = table + k.row[1] * c;
+    const T* a2 = table + k.row[2] * c;
+    const T* a3 = table + k.row[3] * c;
+    const T w0 = k.weight[0], w1 = k.weight[1], w2 = k.weight[2], w3 = k.weight[3];
+    T* o = out + r * c;
+#pragma omp simd
+    for (int64_t j = 0; j < c; ++j) o[j] = w0 * a0[j] + w1 * a1[j] + w2 * a2[j] + w3 * a3[j];
+  }
+}
+
+// grad_table (optional) += adjoint of the sampling applied to grad [M, C]; grad_y/grad_x
+// (optional) [M] = derivative of the samples in the position, dotted with grad, using `partial`
+// ([threads, M, 2] zeros) for per-thread partial sums. Threads split the channels, so the
+// scatter into grad_table needs no atomics.
+template <typename T>
+void sample_backward(const T* table, int64_t h, int64_t w, int64_t c, int64_t taps, const T* ys, const T* xs,
+                     int64_t m, const T* grad, T* grad_table, T* grad_y, T* grad_x, T* partial, int threads) {
+  const bool want_pos = grad_y != nullptr;
+  // Below 16 channels a thread's share is too small to pay for the split.
+  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, c / 16)));
+#pragma omp parallel num_threads(nt)
+  {
+    const int tid = omp_get_thread_num(), n = omp_get_num_threads();
+    const int64_t c0 = c * tid / n, c1 = c * (tid + 1) / n;
+    T* mine = want_pos ? partial + static_cast<size_t>(tid) * 2 * m : nullptr;
+    for (int64_t r = 0; r < m; ++r) {
+      const Corners<T> k = corners(ys[r], xs[r], h, w, taps, r);
+      const T* g = grad + r * c;
+      if (grad_table != nullptr) {
+        // One loop per corner: outside corners share row 0, so the four must not be fused.
+        for (int i = 0; i < 4; ++i) {
+          if (!k.inside[i]) continue;
+          T* gt = grad_table + k.row[i] * c;
+          const T wi = k.weight[i];
+#pragma omp simd
+          for (int64_t j = c0; j < c1; ++j) gt[j] += wi * g[j];
+        }
+      }
+      if (want_pos) {
+        // Equation (14) and its y twin: the right-hand derivative of the bilinear sample,
+        // as coefficients of the (masked) corner values.
+        const T m0 = k.inside[0], m1 = k.inside[1], m2 = k.inside[2], m3 = k.inside[3];
+        const T y0 = -(1 - k.fx) * m0, y1 = -k.fx * m1, y2 = (1 - k.fx) * m2, y3 = k.fx * m3;
+        const T x0 = -(1 - k.fy) * m0, x1 = (1 - k.fy) * m1, x2 = -k.fy * m2, x3 = k.fy * m3;
+        const T* a0 = table + k.row[0] * c;
+        const T* a1 = table + k.row[1] * c;
+        const T* a2 = table + k.row[2] * c;
+        const T* a3 = table + k.row[3] * c;
+        T sy = 0, sx = 0;
+#pragma omp simd reduction(+ : sy, sx)
+        for (int64_t j = c0; j < c1; ++j) {
+          const T v0 = a0[j], v1 = a1[j], v2 = a2[j], v3 = a3[j];
+          sy += g[j] * (y0 * v0 + y1 * v1 + y2 * v2 + y3 * v3);
+          sx += g[j] * (x0 * v0 + x1 * v1 + x2 * v2 + x3 * v3);
+        }
+        mine[2 * r] = sy;
+        mine[2 * r + 1] = sx;
+      }
+    }
+  }
+  if (!want_pos) return;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t r = 0; r < m; ++r) {
+    T sy = 0, sx = 0;
+    for (int t = 0; t < nt; ++t) {  // threads that did not run left zeros
+      sy += partial[(static_cast<size_t>(t) * m + r) * 2];
+      sx += partial[(static_cast<size_t>(t) * m + r) * 2 + 1];
+    }
+    grad_y[r] = sy;
+    grad_x[r] = sx;
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+void sac_sample_f32(const float* table, int64_t h, int64_t w, int64_t c, int64_t taps, const float* ys,
+                    const float* xs, int64_t m, float* out, int threads) {
+  sample(table, h, w, c, taps, ys, xs, m, out, threads);
+}
+
+void sac_sample_f64(const double* table, int64_t h, int64_t w, int64_t c, int64_t taps, const double* ys,
+                    const double* xs, int64_t m, double* out, int threads) {
+  sample(table, h, w, c, taps, ys, xs, m, out, threads);
+}
+
+void sac_sample_backward_f32(const float* table, int64_t h, int64_t w, int64_t c, int64_t taps, const float* ys,
+                             const float* xs, int64_t m, const float* grad, float* grad_table, float* grad_y,
+                             float* grad_x, float* partial, int threads) {
+  sample_backward(table, h, w, c, taps, ys, xs, m, grad, grad_table, grad_y, grad_x, partial, threads);
+}
+
+void sac_sample_backward_f64(const double* table, int64_t h, int64_t w, int64_t c, int64_t taps,
+                             const double* ys, const double* xs, int64_t m, const double* grad,
+                             double* grad_table, double* grad_y, double* grad_x, double* partial, int threads) {
+  sample_backward(table, h, w, c, taps, ys, xs, m, grad, grad_table, grad_y, grad_x, partial, threads);
+}
+}

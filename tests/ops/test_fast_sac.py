@@ -1,0 +1,140 @@
+"""The fast SAC path against the reference: forward and all gradients, both GEMM orders, chunking, native kernels."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+import sacseg.ops._bilinear as bilinear
+import sacseg.ops.sac_conv as sac_module
+from sacseg.ops import sac_conv2d
+
+FAST = ["fast", "fast_torch"]
+
+
+def _out_size(h, w, k, stride, padding, dilation):
+    return tuple((size + 2 * p - d * (kk - 1) - 1) // s + 1 for size, kk, s, p, d in zip((h, w), k, stride, padding, dilation))
+
+
+def _run(impl, x, scale, weight, bias, stride, padding, dilation, grad_out):
+    leaves = [t.clone().requires_grad_() for t in (x, scale, weight, bias)]
+    out = sac_conv2d(*leaves, stride, padding, dilation, impl=impl)
+    return (out, *torch.autograd.grad(out, leaves, grad_out))
+
+
+def _assert_agree(got, expected, names=("output", "input", "scale", "weight", "bias"), rel=1e-5):
+    # Relative to the largest entry: element-wise relative error is meaningless where a sum cancels.
+    for name, g, e in zip(names, got, expected):
+        err = (g - e).abs().max().item()
+        assert err <= rel * e.abs().max().item(), f"{name}: max error {err:.3g} vs max |ref| {e.abs().max().item():.3g}"
+
+
+def _case(seed, c_in, c_out, kernel, stride, padding, dilation, scale_range=(0.5, 2.0), n=2, size=(11, 13)):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c_in, *size, generator=g)
+    weight = torch.randn(c_out, c_in, *kernel, generator=g) / (c_in * kernel[0] * kernel[1]) ** 0.5
+    bias = torch.randn(c_out, generator=g)
+    h_out, w_out = _out_size(*size, kernel, stride, padding, dilation)
+    lo, hi = scale_range
+    scale = torch.rand(n, 1, h_out, w_out, generator=g) * (hi - lo) + lo
+    grad_out = torch.randn(n, c_out, h_out, w_out, generator=g)
+    return x, scale, weight, bias, stride, padding, dilation, grad_out
+
+
+def _random_geometry(seed):
+    g = torch.Generator().manual_seed(1000 + seed)
+
+    def pick(*options):
+        return options[int(torch.randint(len(options), (1,), generator=g))]
+
+    kernel = (pick(1, 3, 5), pick(1, 3))
+    return kernel, (pick(1, 2), pick(1, 3)), (pick(0, 1, 3), pick(0, 2)), (pick(1, 2, 3), pick(1, 2))
+
+
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("c_in,c_out", [(6, 5), (48, 2)])
+@pytest.mark.parametrize("project", [False, True], ids=["sample-then-multiply", "multiply-then-sample"])
+def test_fast_matches_reference_float32(impl, seed, c_in, c_out, project, monkeypatch):
+    monkeypatch.setattr(sac_module, "_project_first", lambda *args: project)
+    kernel, stride, padding, dilation = _random_geometry(seed)
+    case = _case(seed, c_in, c_out, kernel, stride, padding, dilation)
+    _assert_agree(_run(impl, *case), _run("reference", *case))
+
+
+def test_gemm_order_follows_the_cost():
+    assert sac_module._project_first(2048, 19, 9, 64 * 64, 64 * 64)  # the classifiers
+    assert sac_module._project_first(2048, 150, 9, 64 * 64, 64 * 64)
+    assert not sac_module._project_first(512, 512, 9, 64 * 64, 64 * 64)  # res5
+    assert not sac_module._project_first(2048, 19, 9, 64 * 64, 2 * 2)  # few outputs: project fewer pixels
+
+
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize("c_in,c_out", [(6, 5), (48, 2)])
+@pytest.mark.parametrize("dilation", [(1, 1), (2, 3)])
+def test_gradients_at_scale_exactly_one(impl, c_in, c_out, dilation):
+    # Every tap sits on an integer: the position derivative must take the same (right-hand) corner pair.
+    case = list(_case(3, c_in, c_out, (3, 3), (1, 1), dilation, dilation))
+    case[1] = torch.ones_like(case[1])
+    got, expected = _run(impl, *case), _run("reference", *case)
+    assert torch.count_nonzero(expected[2]) > 0
+    _assert_agree(got, expected)
+
+
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize("c_in,c_out", [(6, 5), (48, 2)])
+def test_chunks_over_rows_change_nothing(impl, c_in, c_out, monkeypatch):
+    case = _case(4, c_in, c_out, (3, 3), (1, 1), (2, 2), (2, 2), size=(9, 10))
+    whole = _run(impl, *case)
+    monkeypatch.setattr(sac_module, "_CHUNK_BYTES", 1)  # one output row per chunk
+    _assert_agree(_run(impl, *case), whole, rel=1e-6)
+
+
+@pytest.mark.parametrize("impl", FAST)
+def test_float64_agrees_tightly(impl):
+    case = [t.double() if isinstance(t, torch.Tensor) else t for t in _case(5, 7, 3, (3, 3), (2, 1), (1, 2), (1, 2), (0.2, 3.0))]
+    _assert_agree(_run(impl, *case), _run("reference", *case), rel=1e-12)
+
+
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize("c_in,c_out", [(6, 5), (48, 2)])
+@pytest.mark.parametrize("wanted", [(1,), (2,), (0, 3)], ids=["scale", "weight", "input+bias"])
+def test_gradients_of_a_subset(impl, c_in, c_out, wanted):
+    # E.g. the "-only" variants freeze the network and train the scale regressor alone.
+    tensors = _case(6, c_in, c_out, (3, 3), (1, 1), (2, 2), (2, 2))
+    grad_out = tensors[-1]
+    results = []
+    for name in (impl, "reference"):
+        args = [t.clone().requires_grad_(k in wanted) if k < 4 else t for k, t in enumerate(tensors[:-1])]
+        out = sac_conv2d(*args, impl=name)
+        results.append(torch.autograd.grad(out, [args[k] for k in wanted], grad_out))
+    _assert_agree(results[0], results[1], names=[str(k) for k in wanted])
+
+
+def test_auto_uses_the_fast_path():
+    case = _case(7, 5, 4, (3, 3), (1, 1), (1, 1), (1, 1))
+    x, scale, weight, bias, stride, padding, dilation, _ = case
+    auto = sac_conv2d(x, scale, weight, bias, stride, padding, dilation)
+    assert torch.equal(auto, sac_conv2d(x, scale, weight, bias, stride, padding, dilation, impl="fast"))
+    assert sac_module._choose_impl(x, weight) is sac_module._sac_fast
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler")
+def test_native_kernels_build_and_load():
+    assert bilinear.native_library() is not None
+
+
+def test_failed_build_falls_back_to_torch_ops(monkeypatch, tmp_path):
+    monkeypatch.setattr(bilinear, "_library", None)
+    monkeypatch.setattr(bilinear, "_library_tried", False)
+    monkeypatch.setenv("SACSEG_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", shutil.which("false") or "false")  # a "compiler" that always fails
+    if shutil.which("false") is None:
+        pytest.skip("no `false` command to stand in for a broken compiler")
+    with pytest.warns(UserWarning, match="could not build"):
+        assert bilinear.native_library() is None
+    case = _case(8, 4, 3, (3, 3), (1, 1), (1, 1), (1, 1))
+    _assert_agree(_run("fast", *case), _run("reference", *case))
+    assert not list(tmp_path.glob("*.so*")) and not list(tmp_path.glob("tmp*"))  # no half-written library left
