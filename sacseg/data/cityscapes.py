@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,7 @@ class Cityscapes(PairedSegmentation):
         self.root, self.split = root, split
 
 
-def _city_key(folder: Path, suffix: str):
+def _city_key(folder: Path, suffix: str) -> Callable[[Path], str | None]:
     """Key ``<city>/<frame>`` so that frames pair within their city folder."""
     strip = suffix_key(suffix)
 

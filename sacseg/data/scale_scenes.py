@@ -19,6 +19,9 @@ PALETTE = torch.tensor(
 SKY, BUILDING, ROAD = 0, 1, 2
 TEXTURES: tuple[str, ...] = CLASSES[3:]
 OBJECT_CLASSES: tuple[int, ...] = tuple(range(3, len(CLASSES)))
+# Shorter periods alias on the pixel grid (stripes and checker become indistinguishable noise).
+MIN_PERIOD = 3.0
+MIN_CONTRAST = 100.0
 
 
 def _texture(kind: str, dx: np.ndarray, dy: np.ndarray, period: float, angle: float, phase: float) -> np.ndarray:
@@ -47,14 +50,17 @@ class ScaleScenes(Dataset):
     """Deterministic synthetic street scenes with a perspective: ``ds[i] -> (image float [3, S, S], target long [S, S])``.
 
     Layout: sky above a random horizon, a row of building blocks standing on it, road below. Objects are
-    upright ellipses of the classes "stripes", "checker", "dots" and "rings", textured with that pattern at a
-    period of ``radius / periods_per_radius`` so the pattern (and hence the class) is only recognisable with
-    context proportional to the object's size. Object radii (pixels) are log-uniform in ``radius_range``
-    (default ``(size / 64, size * 15 / 64)``: 4 to 60 px at size 256, a 15x range) and set by
-    perspective: an object's foot lies lower in the image the larger it is (near = low = large, far = small);
-    objects are drawn far to near so near ones occlude far ones. With ``distractors``, building facades and
-    patches of road carry the same textures at unrelated periods, so texture alone does not tell stuff
-    from objects. All colours are drawn at random per region, so colour does not identify a class.
+    upright ellipses of the classes "stripes", "checker", "dots" and "rings", textured with that pattern at
+    a period of ``max(radius / periods_per_radius, 3 px)``, so the pattern (hence the class) is only
+    recognisable with context proportional to the object's size. Object radii (pixels) are log-uniform in
+    ``radius_range`` (default ``(size / 64, size * 15 / 64)``: 4 to 60 px at size 256, a 15x range) and
+    placed by perspective: an object's foot lies lower in the image the larger it is (near = low = large,
+    far = small); objects are drawn far to near, so near ones occlude far ones. ``num_objects`` bounds
+    the object count per scene. With ``distractors``, building facades and patches of road carry the same
+    textures at periods from the objects' range but unrelated to the region's size, so texture alone does
+    not tell stuff from objects. All colours are random per region (colour does not identify a class; the
+    two colours of a texture differ by at least 100 in RGB distance), and Gaussian pixel noise of std
+    ``noise`` (0..255 scale) is added.
 
     Image ``i`` is generated from ``numpy.random.default_rng([seed, i])``, so ``ds[i]`` does not depend on the
     access order. Convention for held-out sets: train ``seed=0``, validation ``seed=1``, test ``seed=2``
@@ -161,17 +167,21 @@ class ScaleScenes(Dataset):
             region = (slice(y0, y1), slice(x0, x1))
             inside = (xs[region] >= left) & (xs[region] < right) & (ys[region] >= roof) & (ys[region] < base)
             label[region][inside] = BUILDING
-            c1, c2 = _colour(rng), _colour(rng)
+            c1, c2 = _colour_pair(rng)
             if self.distractors and rng.random() < 0.8:
                 w = _texture(
                     TEXTURES[rng.integers(len(TEXTURES))],
                     xs[region] - rng.uniform(left, right), ys[region] - rng.uniform(roof, base),
-                    period=_log_uniform(rng, 2.5, 40.0), angle=rng.choice([0.0, math.pi / 2, rng.uniform(0, math.pi)]),
+                    period=self._distractor_period(rng), angle=rng.choice([0.0, math.pi / 2, rng.uniform(0, math.pi)]),
                     phase=rng.uniform(0, 2 * math.pi),
                 )[..., None]
                 image[region][inside] = (c1 + (c2 - c1) * w)[inside]
             else:
                 image[region][inside] = c1
+
+    def _distractor_period(self, rng: np.random.Generator) -> float:
+        """Log-uniform over the range of object texture periods, so the period alone does not tell stuff from objects."""
+        return _log_uniform(rng, MIN_PERIOD, max(MIN_PERIOD, self.radius_range[1] / self.periods_per_radius))
 
     def _road_patches(self, rng: np.random.Generator, image: np.ndarray, label: np.ndarray, xs: np.ndarray, ys: np.ndarray, horizon: float) -> None:
         """Textured rectangles on the road (markings, manholes...) at periods unrelated to their size; label road."""
@@ -185,10 +195,10 @@ class ScaleScenes(Dataset):
             if x1 <= x0 or y1 <= y0:
                 continue
             region = (slice(y0, y1), slice(x0, x1))
-            c1, c2 = _colour(rng), _colour(rng)
+            c1, c2 = _colour_pair(rng)
             w = _texture(
                 TEXTURES[rng.integers(len(TEXTURES))], xs[region] - cx, ys[region] - cy,
-                period=_log_uniform(rng, 2.5, 40.0), angle=rng.uniform(0, math.pi), phase=rng.uniform(0, 2 * math.pi),
+                period=self._distractor_period(rng), angle=rng.uniform(0, math.pi), phase=rng.uniform(0, 2 * math.pi),
             )[..., None]
             image[region] = c1 + (c2 - c1) * w
             label[region] = ROAD
@@ -214,9 +224,9 @@ class ScaleScenes(Dataset):
             region = (slice(y0, y1), slice(x0, x1))
             dx, dy = xs[region] - cx, ys[region] - cy
             inside = (dx / a) ** 2 + (dy / b) ** 2 <= 1.0
-            c1, c2 = _colour(rng), _colour(rng)
+            c1, c2 = _colour_pair(rng)
             w = _texture(
-                TEXTURES[cls - OBJECT_CLASSES[0]], dx, dy, period=radius / self.periods_per_radius,
+                TEXTURES[cls - OBJECT_CLASSES[0]], dx, dy, period=max(radius / self.periods_per_radius, MIN_PERIOD),
                 angle=rng.uniform(0, math.pi), phase=rng.uniform(0, 2 * math.pi),
             )[..., None]
             image[region][inside] = (c1 + (c2 - c1) * w)[inside]
@@ -236,6 +246,15 @@ class ScaleScenes(Dataset):
 
 def _colour(rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(0, 255, size=3).astype(np.float32)
+
+
+def _colour_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two random colours at least MIN_CONTRAST apart (RGB distance), so every texture is visible above the noise."""
+    first = _colour(rng)
+    while True:
+        second = _colour(rng)
+        if np.linalg.norm(second - first) >= MIN_CONTRAST:
+            return first, second
 
 
 def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
