@@ -459,7 +459,8 @@ def sac_conv2d(
         weight: ``[C_out, C_in, kh, kw]`` with odd ``kh`` and ``kw``.
         bias: ``[C_out]`` or ``None``.
         stride, padding, dilation: an int or a ``(h, w)`` pair, as in ``F.conv2d``.
-        impl: ``"auto"`` (the fastest implementation for the call) or a key of
+        impl: ``"auto"`` (``"fast"`` when run eagerly, ``"reference"`` under graph capture: ONNX
+            export, tracing, ``torch.compile``) or a key of
             :data:`SAC_IMPLEMENTATIONS`: ``"reference"`` is the direct transcription of the paper
             (autograd through the whole sampled tensor); ``"fast"`` is a chunked sampled im2col +
             GEMM with a hand-written backward, whose bilinear sampling runs in C++ kernels on CPU
