@@ -118,6 +118,22 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from sacseg.engine.onnx_export import export_onnx
+
+    model, cfg = _trained_model(args, [])
+    try:
+        result = export_onnx(model, args.out, args.height, args.width, dynamic=args.dynamic,
+                             with_scales=args.with_scales, opset=args.opset, rtol=args.rtol)  # fmt: skip
+    except RuntimeError as err:  # onnxruntime disagrees, or a non-default ONNX domain
+        print(f"sacseg export: {err}", file=sys.stderr)
+        return 1
+    checks = ", ".join(f"{error:.1e} at {'x'.join(map(str, shape))}" for shape, error in result.errors.items())
+    print(f"{cfg.model}: wrote {result.path} (opset {result.opset}, outputs {', '.join(result.outputs)}); "
+          f"onnxruntime vs PyTorch, max relative error {checks}")  # fmt: skip
+    return 0
+
+
 def _add_set_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (value read as YAML); repeatable")  # fmt: skip
@@ -180,8 +196,24 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_cmd_predict)
 
 
-# One entry per sub-command: adding one (e.g. export) is one function here.
-_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_train, _add_demo, _add_eval, _add_predict)
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("export", help="export a checkpoint to ONNX, checked against PyTorch in onnxruntime")
+    _add_model_args(parser)
+    parser.add_argument("--out", required=True, help="the .onnx file to write")
+    parser.add_argument("--height", type=int, default=512, help="input height (default 512)")
+    parser.add_argument("--width", type=int, default=512, help="input width (default 512)")
+    parser.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
+    parser.add_argument("--with-scales", action="store_true", help="also output the scale maps (scale_<name>)")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
+    parser.add_argument("--rtol", type=float, default=1e-4,
+                        help="largest accepted max|onnxruntime - torch| / max|torch| (default 1e-4)")  # fmt: skip
+    parser.set_defaults(func=_cmd_export)
+
+
+# One entry per sub-command: adding one is one function here.
+_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_train, _add_demo, _add_eval, _add_predict, _add_export
+)  # fmt: skip
 
 
 def _build_parser() -> argparse.ArgumentParser:

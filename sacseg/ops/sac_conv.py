@@ -142,14 +142,18 @@ def _bilinear_gather(input: Tensor, y: Tensor, x: Tensor) -> Tensor:
     flat = input.reshape(n, c, h * w)
     y0, x0 = torch.floor(y), torch.floor(x)
     fy, fx = y - y0, x - x0
-    out = input.new_zeros(n, c, y.shape[1])
+    # The sum starts from the first corner, not from zeros: a static-shape ONNX export would
+    # constant-fold a [N, C, P] zero tensor into the file (75 MB per layer at 512x512).
+    out: Tensor | None = None
     for dy, wy in ((0, 1 - fy), (1, fy)):
         for dx, wx in ((0, 1 - fx), (1, fx)):
             yi, xi = y0 + dy, x0 + dx
             inside = (yi >= 0) & (yi <= h - 1) & (xi >= 0) & (xi <= w - 1)
             index = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)).long()
             values = flat.gather(2, index[:, None, :].expand(n, c, -1))
-            out = out + values * (wy * wx * inside)[:, None, :]
+            corner = values * (wy * wx * inside)[:, None, :]
+            out = corner if out is None else out + corner
+    assert out is not None
     return out
 
 
@@ -416,6 +420,12 @@ SAC_IMPLEMENTATIONS: dict[str, SacImpl] = {"reference": _sac_reference, "fast": 
 
 
 def _choose_impl(input: Tensor, weight: Tensor) -> SacImpl:
+    # Graph capture (ONNX export by either exporter, torch.jit.trace, torch.compile and torch.export)
+    # records the ops that run. The reference is made of standard ops only (floor, gather,
+    # arithmetic, matmul): it exports with the default ONNX domain and inductor fuses it, where a
+    # native kernel is opaque to all of them. Keep this check first.
+    if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return _sac_reference
     # The fast path wins at every measured shape (benchmarks/bench_sac_conv.py); the native
     # kernels only exist for CPU float32/float64, elsewhere it falls back to torch ops itself.
     return _sac_fast
@@ -449,7 +459,8 @@ def sac_conv2d(
         weight: ``[C_out, C_in, kh, kw]`` with odd ``kh`` and ``kw``.
         bias: ``[C_out]`` or ``None``.
         stride, padding, dilation: an int or a ``(h, w)`` pair, as in ``F.conv2d``.
-        impl: ``"auto"`` (the fastest implementation for the call) or a key of
+        impl: ``"auto"`` (``"fast"`` when run eagerly, ``"reference"`` under graph capture: ONNX
+            export, tracing, ``torch.compile``) or a key of
             :data:`SAC_IMPLEMENTATIONS`: ``"reference"`` is the direct transcription of the paper
             (autograd through the whole sampled tensor); ``"fast"`` is a chunked sampled im2col +
             GEMM with a hand-written backward, whose bilinear sampling runs in C++ kernels on CPU

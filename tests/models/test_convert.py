@@ -1,0 +1,95 @@
+"""sac_convert: SAC stages in torchvision ResNets keep the output at scale 1 and learn scales."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from sacseg.nn import ScaleAdaptiveConv2d, ScaleRegressor
+from sacseg.models.convert import SACStage, sac_block, sac_convert
+from sacseg.models.resnet import BasicBlock, Bottleneck
+
+
+def _force_unit_scale(stage: SACStage) -> None:
+    # The regressor's init gives scales within ~1e-3 of 1; zero weights make them exactly 1.
+    nn.init.zeros_(stage.regressor.conv.weight)
+
+
+def test_resnet50_unchanged_at_scale_one_and_regressors_learn():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50().eval()
+    images = torch.randn(2, 3, 64, 80)
+    with torch.no_grad():
+        expected = model(images)
+    # layer3 starts with a stride-2 3x3 convolution: its scale map is resampled to that grid.
+    assert sac_convert(model, stages=("layer3", "layer4")) is model
+    for stage in (model.layer3, model.layer4):
+        assert isinstance(stage, SACStage)
+        _force_unit_scale(stage)
+    for stage in (model.layer3, model.layer4):
+        assert all(isinstance(stage.get_submodule(str(i)), Bottleneck) for i in range(stage.num_blocks))
+    sac_layers = [m for m in model.modules() if isinstance(m, ScaleAdaptiveConv2d)]
+    assert len(sac_layers) == 6 + 3  # one 3x3 convolution per bottleneck
+    assert not any(p.is_meta for p in model.parameters())
+    out = model(images)
+    assert out.shape == (2, 1000)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    out.square().mean().backward()
+    for stage in (model.layer3, model.layer4):
+        grad = stage.regressor.conv.weight.grad
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_resnet18_keeps_state_dict_keys_and_scales_change_the_output():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    original = model.state_dict()
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(images)
+    sac_convert(model, stages=("layer4",), min_scale=0.5, max_scale=2.0)
+    missing, unexpected = model.load_state_dict(original, strict=False)
+    assert sorted(missing) == ["layer4.regressor.conv.bias", "layer4.regressor.conv.weight"]
+    assert unexpected == []
+    # BasicBlock: both 3x3 convolutions become SAC, the first one strided.
+    block = model.layer4.get_submodule("0")
+    assert isinstance(block, BasicBlock)
+    assert isinstance(block.conv1, ScaleAdaptiveConv2d) and block.conv1.stride == (2, 2)
+    assert isinstance(block.conv2, ScaleAdaptiveConv2d)
+    assert model.layer4.regressor.min_scale == 0.5 and model.layer4.regressor.max_scale == 2.0
+
+    features = torch.randn(1, 256, 4, 4)
+    with torch.no_grad():
+        out, scale = model.layer4.forward_with_scale(features)
+        assert out.shape == (1, 512, 2, 2) and scale.shape == (1, 1, 2, 2)  # the stage's output grid
+        # A clearly non-unit scale must change the output: the SAC layers are really used.
+        nn.init.zeros_(model.layer4.regressor.conv.weight)
+        nn.init.constant_(model.layer4.regressor.conv.bias, 1.7)
+        changed = model(images)
+    assert (changed - expected).abs().max() > 1e-3 * expected.abs().max()
+
+
+def test_dilated_bottleneck_stage_converts_with_its_dilation():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(replace_stride_with_dilation=[False, False, True]).eval()
+    sac_convert(model, stages=("layer4",))
+    _force_unit_scale(model.layer4)
+    assert model.layer4.get_submodule("1").conv2.dilation == (2, 2)
+    features = torch.randn(1, 1024, 5, 6)
+    with torch.no_grad():
+        out, scale = model.layer4.forward_with_scale(features)
+    assert out.shape == (1, 2048, 5, 6) and scale.shape == (1, 1, 5, 6)
+
+
+def test_bad_stages_and_blocks_are_rejected():
+    model = torchvision.models.resnet18()
+    with pytest.raises(ValueError, match="layer9"):
+        sac_convert(model, stages=("layer9",))
+    with pytest.raises(TypeError, match="nn.Sequential"):
+        sac_convert(model, stages=("conv1",))
+    with pytest.raises(TypeError, match="does not have the torchvision BasicBlock/Bottleneck layout"):
+        sac_block(nn.Sequential(nn.Conv2d(3, 3, 3)))
+    with pytest.raises(ValueError, match="at least one block"):
+        SACStage([], ScaleRegressor(3))
