@@ -34,6 +34,7 @@ class TrainConfig:
     upsample: str = "deconv"
     min_scale: float = 0.25
     max_scale: float = 4.0
+    scale_bound: str = "clip"
     baseline_checkpoint: str | None = None
     frozen_bn: bool = False
     sync_bn: bool = False
@@ -62,6 +63,7 @@ class TrainConfig:
     lr_step_factor: float = 0.1
     poly_power: float = 0.9
     grad_clip: float | None = None
+    scale_lr_mult: float = 1.0
     amp: bool = True
     seed: int = 0
     deterministic: bool = True
@@ -80,13 +82,14 @@ class TrainConfig:
 # Keys whose value must be one of a few words.
 _CHOICES: dict[str, tuple[str, ...]] = {
     "schedule": ("step", "poly"),
+    "scale_bound": ("clip", "smooth"),
     "upsample": ("deconv", "bilinear"),
     "eval_mode": ("whole", "slide"),
     "device": ("auto", "cpu", "cuda"),
 }
 _POSITIVE = (
     "num_classes", "scale_scenes_train_images", "scale_scenes_val_images", "scale_scenes_size", "crop_size",
-    "batch_size", "val_every", "checkpoint_every", "log_every", "lr",
+    "batch_size", "val_every", "checkpoint_every", "log_every", "lr", "scale_lr_mult",
 )  # fmt: skip
 _NON_NEGATIVE = ("epochs", "iterations", "workers", "momentum", "weight_decay", "lr_step", "seed", "threads")
 

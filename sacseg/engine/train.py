@@ -131,7 +131,7 @@ def build_model_from_config(cfg: TrainConfig) -> nn.Module:
         "frozen_bn": cfg.frozen_bn,
     }
     if cfg.model.startswith("sac_"):
-        options.update(min_scale=cfg.min_scale, max_scale=cfg.max_scale)
+        options.update(min_scale=cfg.min_scale, max_scale=cfg.max_scale, scale_bound=cfg.scale_bound)
     model = build_model(cfg.model, cfg.num_classes, **options)
     if cfg.baseline_checkpoint is not None:
         load_baseline_and_freeze(model, load_checkpoint(cfg.baseline_checkpoint)["model"])
@@ -139,11 +139,22 @@ def build_model_from_config(cfg: TrainConfig) -> nn.Module:
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.SGD:
-    """SGD with momentum and weight decay over the parameters that require gradients."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    """SGD with momentum and weight decay over the parameters that require gradients.
+
+    The scale regressors' parameters (``scale_regressors.*``) form a second group with learning
+    rate ``lr * scale_lr_mult``, as Deformable ConvNets do for their offset convolutions: they
+    read unnormalised res4/res5 features, so their gradient is large for an output that lives in
+    ``[min_scale, max_scale]``.
+    """
+    named = [(n, p) for n, p in unwrap(model).named_parameters() if p.requires_grad]
+    if not named:
         raise ValueError(f"model {cfg.model!r} has no trainable parameters")
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scale = [p for n, p in named if n.startswith("scale_regressors.")]
+    rest = [p for n, p in named if not n.startswith("scale_regressors.")]
+    groups = [{"params": rest}] if rest else []
+    if scale:
+        groups.append({"params": scale, "lr": cfg.lr * cfg.scale_lr_mult})
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def _lr_factor(cfg: TrainConfig, iters_per_unit: int, total: int) -> Callable[[int], float]:

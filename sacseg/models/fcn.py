@@ -88,7 +88,8 @@ class DilatedFCN(nn.Module):
         upsample: ``"deconv"`` (fixed bilinear deconvolution) or ``"bilinear"``, see :class:`Upsample`.
         classifier_dilation: dilation of the 3x3 classifier; ``None`` takes res5's (4 at output
             stride 8, 2 at 16), so that its taps stay apart when a scale below 1 shrinks them.
-        min_scale, max_scale: the scale regressors' clip range.
+        min_scale, max_scale: the scale regressors' range.
+        scale_bound: how the regressors bound their output, ``"clip"`` (the paper) or ``"smooth"``.
         frozen_bn: every batch norm is a :class:`FrozenBatchNorm2d` (fixed statistics and affine
             parameters; for small per-device batches). Same state-dict keys.
 
@@ -109,6 +110,7 @@ class DilatedFCN(nn.Module):
         min_scale: float = 0.25,
         max_scale: float = 4.0,
         frozen_bn: bool = False,
+        scale_bound: str = "clip",
     ) -> None:
         super().__init__()
         if sac not in ("none", "single", "multiple"):
@@ -125,11 +127,11 @@ class DilatedFCN(nn.Module):
         self.scale_regressors = nn.ModuleDict()
         if sac == "multiple":
             self.scale_regressors["res5"] = ScaleRegressor(
-                self.backbone.res4_channels, min_scale=min_scale, max_scale=max_scale
+                self.backbone.res4_channels, min_scale=min_scale, max_scale=max_scale, bound=scale_bound
             )
         if sac != "none":
             self.scale_regressors["classifier"] = ScaleRegressor(
-                self.backbone.out_channels, min_scale=min_scale, max_scale=max_scale
+                self.backbone.out_channels, min_scale=min_scale, max_scale=max_scale, bound=scale_bound
             )
         self.upsample = Upsample(num_classes, output_stride, upsample)
 
@@ -205,10 +207,14 @@ def _build(
     frozen_bn: bool = False,
     min_scale: float | None = None,
     max_scale: float | None = None,
+    scale_bound: str | None = None,
     baseline_checkpoint: str | Path | None = None,
 ) -> DilatedFCN:
     name = f"{'fcn' if sac == 'none' else 'sac_' + sac}_resnet{depth}"
-    sac_options = {"min_scale": min_scale, "max_scale": max_scale, "baseline_checkpoint": baseline_checkpoint}
+    sac_options = {
+        "min_scale": min_scale, "max_scale": max_scale, "scale_bound": scale_bound,
+        "baseline_checkpoint": baseline_checkpoint,
+    }  # fmt: skip
     if sac == "none" and any(v is not None for v in sac_options.values()):
         given = sorted(k for k, v in sac_options.items() if v is not None)
         raise TypeError(f"{name} has no scale-adaptive layers: options {given} apply to sac_* models only")
@@ -217,7 +223,10 @@ def _build(
             "pass either backbone_weights or baseline_checkpoint: the baseline checkpoint replaces every "
             "backbone weight"
         )
-    bounds = {k: v for k, v in (("min_scale", min_scale), ("max_scale", max_scale)) if v is not None}
+    bounds = {
+        k: v for k, v in (("min_scale", min_scale), ("max_scale", max_scale), ("scale_bound", scale_bound))
+        if v is not None
+    }  # fmt: skip
     model = DilatedFCN(
         depth,
         num_classes,
@@ -250,7 +259,8 @@ def build_model(name: str, num_classes: int, **options: object) -> DilatedFCN:
     Options (all keyword): ``output_stride`` (8 | 16, default 8), ``backbone_weights`` (None |
     ``"imagenet"`` | path of a torchvision resnet state dict), ``upsample`` (``"deconv"`` |
     ``"bilinear"``), ``classifier_dilation`` (default: res5's), ``frozen_bn`` (bool), and for
-    ``sac_*`` models only ``min_scale``, ``max_scale`` (default 0.25, 4.0) and
+    ``sac_*`` models only ``min_scale``, ``max_scale`` (default 0.25, 4.0), ``scale_bound``
+    (``"clip"`` | ``"smooth"``, see :class:`~sacseg.nn.ScaleRegressor`, default ``"clip"``) and
     ``baseline_checkpoint`` (a baseline state dict path: the "-only" schemes, see
     :func:`load_baseline_and_freeze`).
     """

@@ -10,7 +10,10 @@ from torch.nn import functional as F
 
 from sacseg.ops.sac_conv import IntOrPair, _pair, sac_conv2d
 
-__all__ = ["ScaleAdaptiveConv2d", "ScaleRegressor"]
+__all__ = ["SCALE_BOUNDS", "ScaleAdaptiveConv2d", "ScaleRegressor"]
+
+#: How :class:`ScaleRegressor` bounds its output: the paper's ReLU + clip, or a calibrated sigmoid.
+SCALE_BOUNDS = ("clip", "smooth")
 
 
 class ScaleAdaptiveConv2d(nn.Module):
@@ -90,9 +93,17 @@ class ScaleRegressor(nn.Module):
 
     Initialised as equation (1): weights from ``N(0, sigma^2)`` with a small ``sigma`` and bias 1,
     so every scale starts at (almost exactly) 1 and SAC starts as the plain convolution. The raw
-    output then passes the non-negative transformation (ReLU) and the clip of section 3.4 to
-    ``[min_scale, max_scale]``; non-finite values are replaced before the clip (NaN by 1, +-inf by
-    the bounds), so they never reach the sampler.
+    output then passes a non-negative transformation bounded to ``[min_scale, max_scale]``:
+
+    - ``bound="clip"`` (the paper, section 3.4): ReLU, then clamp. A pixel pushed past a bound
+      gets no gradient back, so a map thrown onto a bound by a large early step stays there.
+    - ``bound="smooth"``: ``min + (max - min) * sigmoid(a * (raw - b))`` with ``a, b`` chosen so
+      that ``f(1) = 1`` and ``f'(1) = 1``: the same start and first-order behaviour as the clip
+      around the plain convolution, values strictly inside the bounds and a (decaying) gradient
+      everywhere, so a saturated pixel can come back. Needs ``min_scale < 1 < max_scale``.
+
+    Non-finite raw values are replaced first (NaN by 1, +-inf by the bounds), so they never
+    reach the sampler.
 
     The default bounds ``[0.25, 4.0]`` let a 3x3 layer of dilation ``d`` shrink its taps to a
     quarter of ``d`` (finer than one pixel only below ``d = 4``) or spread them four times wider,
@@ -112,15 +123,28 @@ class ScaleRegressor(nn.Module):
         min_scale: float = 0.25,
         max_scale: float = 4.0,
         init_std: float = 1e-3,
+        bound: str = "clip",
     ) -> None:
         super().__init__()
+        if bound not in SCALE_BOUNDS:
+            raise ValueError(f"bound must be one of {', '.join(SCALE_BOUNDS)}, got {bound!r}")
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
         if not 0 <= min_scale < max_scale:
             raise ValueError(f"need 0 <= min_scale < max_scale, got min_scale={min_scale}, max_scale={max_scale}")
+        if bound == "smooth" and not min_scale < 1 < max_scale:
+            raise ValueError(
+                f"bound='smooth' needs min_scale < 1 < max_scale (scales start at 1), got {min_scale}, {max_scale}"
+            )
         self.min_scale = float(min_scale)
         self.max_scale = float(max_scale)
         self.init_std = float(init_std)
+        self.bound = bound
+        # f(r) = min + (max - min) * sigmoid(a * (r - b)): f(1) = 1 puts sigmoid at p there, and
+        # f'(1) = (max - min) * a * p * (1 - p) = 1 fixes the slope.
+        p = (1.0 - self.min_scale) / (self.max_scale - self.min_scale)
+        self._slope = 1.0 / ((self.max_scale - self.min_scale) * p * (1.0 - p)) if bound == "smooth" else 1.0
+        self._centre = 1.0 - math.log(p / (1.0 - p)) / self._slope if bound == "smooth" else 0.0
         self.conv = nn.Conv2d(
             in_channels, 1, kernel_size, stride=stride, padding=dilation * (kernel_size // 2), dilation=dilation
         )
@@ -133,7 +157,9 @@ class ScaleRegressor(nn.Module):
     def forward(self, features: Tensor) -> Tensor:
         raw = self.conv(features)
         raw = torch.nan_to_num(raw, nan=1.0, posinf=self.max_scale, neginf=self.min_scale)
+        if self.bound == "smooth":
+            return self.min_scale + (self.max_scale - self.min_scale) * torch.sigmoid(self._slope * (raw - self._centre))
         return F.relu(raw).clamp(self.min_scale, self.max_scale)
 
     def extra_repr(self) -> str:
-        return f"min_scale={self.min_scale}, max_scale={self.max_scale}, init_std={self.init_std}"
+        return f"min_scale={self.min_scale}, max_scale={self.max_scale}, init_std={self.init_std}, bound={self.bound!r}"

@@ -54,6 +54,8 @@ def test_unknown_key_names_it_and_lists_valid_keys(tmp_path: Path) -> None:
         ({"batch_size": 0, "iterations": 1}, "batch_size"),
         ({"epochs": 2, "iterations": 3}, "epochs"),
         ({"output_stride": 32, "iterations": 1}, "output_stride"),
+        ({"scale_bound": "tanh", "iterations": 1}, "scale_bound"),
+        ({"scale_lr_mult": 0.0, "iterations": 1}, "scale_lr_mult"),
     ],
 )
 def test_bad_value_names_the_key(values: dict, key: str) -> None:

@@ -146,3 +146,22 @@ def test_cuda_mixed_precision_run(tmp_path: Path) -> None:
     summary = train(tiny_config(tmp_path, model="sac_single_resnet18", device="cuda", amp=True, iterations=3, val_every=3))
     assert summary["losses"][-1] < summary["losses"][0]
     assert load_checkpoint(tmp_path / "last.pt")["scaler"]["scale"] > 0
+
+
+def test_scale_regressors_get_their_own_learning_rate(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, model="sac_multiple_resnet18", scale_lr_mult=0.1)
+    model = train_module.build_model_from_config(cfg)
+    optimizer = train_module.build_optimizer(cfg, model)
+    main, scale = optimizer.param_groups
+    assert main["lr"] == pytest.approx(0.01) and scale["lr"] == pytest.approx(0.001)
+    regressor_params = {id(p) for p in model.scale_regressors.parameters()}
+    assert {id(p) for p in scale["params"]} == regressor_params and len(regressor_params) == 4
+    assert not regressor_params & {id(p) for p in main["params"]}
+    assert len(main["params"]) + 4 == len(list(model.parameters()))
+    # The poly schedule scales both groups alike.
+    scheduler = train_module.build_scheduler(cfg, optimizer, 1, 4)
+    optimizer.step()
+    scheduler.step()
+    assert scale["lr"] / main["lr"] == pytest.approx(0.1)
+    # The baseline has no regressors: one group.
+    assert len(train_module.build_optimizer(cfg, train_module.build_model_from_config(tiny_config(tmp_path))).param_groups) == 1

@@ -211,3 +211,12 @@ def test_builder_errors():
         build_model("sac_single_resnet18", 3, backbone_weights="imagenet", baseline_checkpoint="x.pth")
     with pytest.raises(ValueError, match="output_stride must be 8 or 16"):
         build_model("fcn_resnet18", 3, output_stride=32)
+
+
+def test_scale_bound_option_reaches_every_regressor():
+    model = build_model("sac_multiple_resnet18", 3, scale_bound="smooth", min_scale=0.5, max_scale=2.0)
+    assert {r.bound for r in model.scale_regressors.values()} == {"smooth"}
+    assert {r.min_scale for r in model.scale_regressors.values()} == {0.5}
+    assert {r.bound for r in build_model("sac_single_resnet18", 3).scale_regressors.values()} == {"clip"}
+    with pytest.raises(TypeError, match=r"fcn_resnet18 has no scale-adaptive layers.*\['scale_bound'\]"):
+        build_model("fcn_resnet18", 3, scale_bound="smooth")

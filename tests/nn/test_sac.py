@@ -79,3 +79,47 @@ def test_sac_with_regressor_trains_end_to_end():
     out.square().mean().backward()
     assert reg.conv.weight.grad.abs().sum() > 0 and reg.conv.bias.grad.abs() > 0
     assert sac.weight.grad.abs().sum() > 0
+
+
+def test_smooth_bound_is_calibrated_at_one_and_stays_inside():
+    reg = ScaleRegressor(1, kernel_size=1, min_scale=0.25, max_scale=4.0, bound="smooth")
+    with torch.no_grad():
+        reg.conv.weight.fill_(1.0)
+        reg.conv.bias.zero_()
+    # f(1) = 1 and f'(1) = 1: near 1 it moves like the clip does.
+    x = torch.tensor([1.0]).view(1, 1, 1, 1).requires_grad_()
+    s = reg(x)
+    s.sum().backward()
+    torch.testing.assert_close(s.flatten(), torch.tensor([1.0]))
+    torch.testing.assert_close(x.grad.flatten(), torch.tensor([1.0]))
+    # Far past either bound the value stays strictly inside and a gradient still flows back.
+    x = torch.tensor([-6.0, 9.0]).view(1, 1, 1, 2).requires_grad_()
+    s = reg(x)
+    s.sum().backward()
+    assert (s > 0.25).all() and (s < 4.0).all()
+    assert (s[0, 0, 0, 0] < 0.26) and (s[0, 0, 0, 1] > 3.9)
+    assert (x.grad > 0).all()
+
+
+def test_clip_bound_passes_no_gradient_past_the_bounds():
+    reg = ScaleRegressor(1, kernel_size=1, min_scale=0.25, max_scale=4.0)
+    with torch.no_grad():
+        reg.conv.weight.fill_(1.0)
+        reg.conv.bias.zero_()
+    x = torch.tensor([-6.0, 1.0, 9.0]).view(1, 1, 1, 3).requires_grad_()
+    reg(x).sum().backward()
+    torch.testing.assert_close(x.grad.flatten(), torch.tensor([0.0, 1.0, 0.0]))
+
+
+def test_smooth_bound_removes_non_finite_and_checks_its_range():
+    reg = ScaleRegressor(1, kernel_size=1, min_scale=0.5, max_scale=2.0, bound="smooth")
+    with torch.no_grad():
+        reg.conv.weight.fill_(1.0)
+        reg.conv.bias.zero_()
+    s = reg(torch.tensor([float("nan"), float("inf"), -float("inf")]).view(1, 1, 1, 3))
+    assert torch.isfinite(s).all() and (s >= 0.5).all() and (s <= 2.0).all()
+    torch.testing.assert_close(s[0, 0, 0, 0], torch.tensor(1.0))
+    with pytest.raises(ValueError, match="min_scale < 1 < max_scale"):
+        ScaleRegressor(4, min_scale=1.0, max_scale=4.0, bound="smooth")
+    with pytest.raises(ValueError, match="bound"):
+        ScaleRegressor(4, bound="tanh")
