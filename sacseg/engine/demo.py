@@ -26,7 +26,11 @@ __all__ = ["DEMO_SETTINGS", "demo_config", "run_demo"]
 # than the paper's 5e-4 with a poly decay, because nothing is pre-trained and steps are few.
 # Gradient clipping is needed from scratch: without it the first steps throw SAC's scale
 # regressor to its lower clip bound (0.25 everywhere, where the clip passes no gradient back)
-# and the loss diverges; with it both models train smoothly.
+# and the loss diverges. Even clipped, the regressor's weight gradient is 30-50% of the model's
+# gradient norm (it reads unnormalised res5 features), and with momentum a few steps still pin
+# parts of the scale map at 0.25 / 4 for good; a tenth of the lr for the regressor
+# (scale_lr_mult, as Deformable ConvNets do for their offsets) keeps the whole map inside the
+# bounds and learning (benchmarks/probe_scale_regressor.py).
 # One thread: two OpenMP threads on a 2-core machine that is busy with anything else spin
 # against each other and run 3-10x slower; one thread is never far from the best.
 DEMO_SETTINGS: dict[str, Any] = {
@@ -45,6 +49,7 @@ DEMO_SETTINGS: dict[str, Any] = {
     "iterations": 150,
     "lr": 0.01,
     "grad_clip": 1.0,
+    "scale_lr_mult": 0.1,
     "schedule": "poly",
     "workers": 0,
     "amp": False,
