@@ -386,40 +386,39 @@ def _projection_weight(weight: Tensor) -> Tensor:
     return weight.permute(2, 3, 0, 1).reshape(-1, c_in)
 
 
-def _sac_fast(
-    input: Tensor,
-    scale: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    dilation: tuple[int, int],
-) -> Tensor:
-    """The fast path: compiled sampling kernels on CPU when a compiler is present, torch ops elsewhere."""
-    return _SacFastFunction.apply(input, scale.contiguous(), weight, bias, stride, padding, dilation, True)
+def _fast_impl(native: bool) -> "SacImpl":
+    """The fast path, sampling with the compiled kernels on CPU when ``native`` and a compiler is
+    present (torch ops elsewhere), or with torch ops only (what CUDA and compiler-less machines run)."""
+
+    def impl(
+        input: Tensor,
+        scale: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+        dilation: tuple[int, int],
+    ) -> Tensor:
+        return _SacFastFunction.apply(input, scale.contiguous(), weight, bias, stride, padding, dilation, native)
+
+    return impl
 
 
-def _sac_fast_torch(
-    input: Tensor,
-    scale: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    dilation: tuple[int, int],
-) -> Tensor:
-    """The fast path with torch ops only (what CUDA and compiler-less machines run)."""
-    return _SacFastFunction.apply(input, scale.contiguous(), weight, bias, stride, padding, dilation, False)
+_sac_fast = _fast_impl(native=True)
 
 
 SacImpl = Callable[
     [Tensor, Tensor, Tensor, "Tensor | None", tuple[int, int], tuple[int, int], tuple[int, int]], Tensor
 ]
 #: Implementations by name; ``"auto"`` in :func:`sac_conv2d` picks the fastest for the call.
-SAC_IMPLEMENTATIONS: dict[str, SacImpl] = {"reference": _sac_reference, "fast": _sac_fast, "fast_torch": _sac_fast_torch}
+SAC_IMPLEMENTATIONS: dict[str, SacImpl] = {
+    "reference": _sac_reference,
+    "fast": _sac_fast,
+    "fast_torch": _fast_impl(native=False),
+}
 
 
-def _choose_impl(input: Tensor, weight: Tensor) -> SacImpl:
+def _choose_impl() -> SacImpl:
     # Graph capture (ONNX export by either exporter, torch.jit.trace, torch.compile and torch.export)
     # records the ops that run. The reference is made of standard ops only (floor, gather,
     # arithmetic, matmul): it exports with the default ONNX domain and inductor fuses it, where a
@@ -488,7 +487,7 @@ def sac_conv2d(
             )
     stride_, padding_, dilation_ = _check_args(input, scale, weight, bias, stride, padding, dilation)
     if impl == "auto":
-        fn = _choose_impl(input, weight)
+        fn = _choose_impl()
     elif impl in SAC_IMPLEMENTATIONS:
         fn = SAC_IMPLEMENTATIONS[impl]
     else:
