@@ -103,7 +103,9 @@ def _scalescenes(doc: Mapping[str, Any] | None, folder: Path, link: str) -> list
         f"small < {edges[0]:.1f} px <= medium < {edges[1]:.1f} px <= large (the terciles of the generator's "
         "log-uniform radius distribution). A bucket's mIoU and accuracy count only the pixels of objects in "
         "that bucket (every other pixel ignored; IoU averaged over the classes present). Spearman rho: "
-        "each visible object's size against its mean scale coefficient (map resized to the image).",
+        "each visible object's size against its mean scale coefficient (map resized to the image); "
+        "partial rho: the same with the object's centre row partialled out (objects lower in a scene are "
+        "drawn larger, so a map that only learned the row would also correlate with size).",
         "",
         summary_table(doc["summary"], markdown=True),
         "",

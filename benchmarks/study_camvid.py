@@ -159,11 +159,14 @@ def _settings(title: str, model: str, from_baseline: bool, p: Mapping[str, Any],
         "iterations": iterations,
         "lr": p["lr"],
         "schedule": "poly",
-        # Without clipping, the first from-scratch steps throw every scale coefficient onto the
-        # regressor's clip bound (0.25 or 4) within a few iterations, where ReLU + clamp pass no
-        # gradient: SAC would train as a fixed-dilation model. Clipping the global gradient norm at 1
-        # (typical norms early on: 6-15) keeps the maps moving; every model gets it (same schedule).
+        # From scratch, the first steps throw scale coefficients onto the regressor's clip bound (0.25
+        # or 4), where ReLU + clamp pass no gradient and SAC trains as a fixed-dilation model.
+        # Clipping the global gradient norm at 1 (every model gets it) and, for the models trained
+        # whole, the regressors at a tenth of the lr keep the maps inside the bounds
+        # (benchmarks/probe_scale_regressor.py). The "-only" runs train nothing but the regressors,
+        # from a trained network: the run's lr is theirs.
         "grad_clip": 1.0,
+        "scale_lr_mult": 1.0 if from_baseline else 0.1,
         "seed": 0,
         "workers": 0,
         "amp": False,

@@ -19,6 +19,7 @@ from benchmarks.study_scalescenes import (
     bucket_index,
     bucket_targets,
     object_scales,
+    partial_spearman,
     restricted_scores,
     spearman,
 )
@@ -49,7 +50,11 @@ def _scene() -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
          [0, 0, 0, 0, 3, 3]]
     )  # fmt: skip
     target = torch.where(instances == 0, torch.tensor(2), instances + 2)  # road elsewhere
-    records = [{"id": 1, "class": 3, "size": 2.0}, {"id": 2, "class": 4, "size": 7.0}, {"id": 3, "class": 5, "size": 20.0}]
+    records = [
+        {"id": 1, "class": 3, "size": 2.0, "center": (0.0, 0.0)},
+        {"id": 2, "class": 4, "size": 7.0, "center": (2.5, 0.5)},
+        {"id": 3, "class": 5, "size": 20.0, "center": (4.5, 1.5)},
+    ]
     return target, instances, records
 
 
@@ -83,17 +88,37 @@ def test_restricted_scores_count_only_the_buckets_pixels() -> None:
 
 def test_object_scales_and_spearman() -> None:
     target, instances, records = _scene()
-    records = records + [{"id": 4, "class": 6, "size": 9.0}]  # fully occluded: no visible pixel
+    records = records + [{"id": 4, "class": 6, "size": 9.0, "center": (1.0, 3.0)}]  # fully occluded: no visible pixel
     growing = instances.double() * 0.5 + 0.25  # mean scale grows with the object id (= with size)
     rows = object_scales(instances, records, growing)
-    assert [(s, a) for s, _, a in rows] == [(2.0, 1), (7.0, 4), (20.0, 8)]
-    assert [c for _, c, _ in rows] == pytest.approx([0.75, 1.25, 1.75])
-    rho = spearman([s for s, _, _ in rows], [c for _, c, _ in rows])
+    assert [(s, a, y) for s, _, a, y in rows] == [(2.0, 1, 0.0), (7.0, 4, 0.5), (20.0, 8, 1.5)]
+    assert [r[1] for r in rows] == pytest.approx([0.75, 1.25, 1.75])
+    rho = spearman([r[0] for r in rows], [r[1] for r in rows])
     assert rho["rho"] == pytest.approx(1.0) and rho["objects"] == 3
     shrinking = object_scales(instances, records, 4.0 - growing)
-    assert spearman([s for s, _, _ in shrinking], [c for _, c, _ in shrinking])["rho"] == pytest.approx(-1.0)
+    assert spearman([r[0] for r in shrinking], [r[1] for r in shrinking])["rho"] == pytest.approx(-1.0)
     assert spearman([1.0, 2.0], [1.0, 2.0])["rho"] is None  # too few objects
     assert spearman([1.0, 2.0, 3.0], [1.0, 1.0, 1.0])["rho"] is None  # a constant map has no ranks
+
+
+def test_partial_spearman_removes_a_shared_cause() -> None:
+    rng = np.random.default_rng(0)
+    row = rng.uniform(0, 100, 400)
+    size = row + rng.normal(0, 10, 400)  # larger lower down, as in the scenes
+    by_row = row + rng.normal(0, 10, 400)  # a scale map that only learned the row
+    assert spearman(size, by_row)["rho"] > 0.8
+    assert abs(partial_spearman(size, by_row, row)["rho"]) < 0.1
+    by_size = size + rng.normal(0, 1, 400)  # one that follows the size itself
+    result = partial_spearman(size, by_size, row)
+    assert result["rho"] > 0.8 and result["p"] < 1e-10 and result["objects"] == 400
+    # Agrees with the textbook formula from the three pairwise Spearman correlations.
+    r_xy, r_xz, r_yz = (spearman(a, b)["rho"] for a, b in ((size, by_row), (size, row), (by_row, row)))
+    textbook = (r_xy - r_xz * r_yz) / math.sqrt((1 - r_xz**2) * (1 - r_yz**2))
+    assert partial_spearman(size, by_row, row)["rho"] == pytest.approx(textbook, abs=1e-9)
+    assert partial_spearman([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [3.0, 1.0, 2.0])["rho"] is None  # too few
+    assert partial_spearman([1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0, 8.0])["rho"] is None
+    with pytest.raises(ValueError, match="differ in number"):
+        partial_spearman([1.0], [1.0, 2.0], [1.0])
 
 
 def test_mean_std_table_and_json(tmp_path: Path) -> None:
@@ -210,7 +235,7 @@ def test_scalescenes_quick_study(tmp_path: Path) -> None:
     doc = study_scalescenes.main(["--quick", "--jobs", "1", "--seeds", "0", "--out", str(tmp_path / "out"),
                                   "--work", str(tmp_path / "work")])  # fmt: skip
     run = doc["runs"]["SAC-multiple"][0]
-    assert set(run["spearman"]) == {"classifier", "res5"}
+    assert set(run["spearman"]) == set(run["partial_spearman_given_row"]) == {"classifier", "res5"}
     assert sum(b["num_pixels"] for b in run["buckets"].values()) > 0
     assert doc["runs"]["baseline"][0]["spearman"] == {}
     assert "ScaleScenes" in render(tmp_path / "out")
