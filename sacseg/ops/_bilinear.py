@@ -79,8 +79,9 @@ def native_library() -> ctypes.CDLL | None:
         return None
     i64, ptr, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     for suffix in ("f32", "f64"):
-        getattr(lib, f"sac_sample_{suffix}").argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, ptr, cint]
-        getattr(lib, f"sac_sample_backward_{suffix}").argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, ptr, ptr, ptr, ptr, ptr, cint]
+        for name in ("sac_sample", "sac_sample_sum_taps"):
+            getattr(lib, f"{name}_{suffix}").argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, ptr, cint]
+        getattr(lib, f"sac_sample_backward_{suffix}").argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, ptr, i64, ptr, ptr, ptr, ptr, cint]
     _library = lib
     return lib
 
@@ -112,31 +113,37 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def sample_rows(table: Tensor, h: int, w: int, taps: int, y: Tensor, x: Tensor, *, native: bool = True) -> Tensor:
+def sample_rows(
+    table: Tensor, h: int, w: int, taps: int, y: Tensor, x: Tensor, *, sum_taps: bool = False, native: bool = True
+) -> Tensor:
     """Bilinear samples of a channels-last table, zeros outside.
 
     Args:
         table: ``[h * w * taps, C]`` contiguous; with ``taps > 1`` pixel ``i`` owns rows
             ``i * taps .. i * taps + taps - 1`` and sample ``r`` reads row block ``r % taps``.
         y, x: ``[M]`` contiguous positions in pixels, in ``table``'s dtype.
+        sum_taps: return the sum of each run of ``taps`` consecutive samples instead.
         native: use the compiled CPU kernel when available.
 
     Returns:
-        ``[M, C]``.
+        ``[M, C]``, or ``[M / taps, C]`` with ``sum_taps``.
     """
     m, c = y.numel(), table.shape[1]
+    if sum_taps and m % taps:
+        raise ValueError(f"{m} samples do not split into runs of {taps} taps")
     lib = _use_native(table) if native else None
     if lib is not None:
         table, y, x = table.contiguous(), y.contiguous(), x.contiguous()
-        out = table.new_empty(m, c)
-        fn = lib.sac_sample_f32 if table.dtype == torch.float32 else lib.sac_sample_f64
+        out = table.new_empty(m // taps if sum_taps else m, c)
+        kernels = (lib.sac_sample_sum_taps_f32, lib.sac_sample_sum_taps_f64) if sum_taps else (lib.sac_sample_f32, lib.sac_sample_f64)
+        fn = kernels[0] if table.dtype == torch.float32 else kernels[1]
         fn(_ptr(table), h, w, c, taps, _ptr(y), _ptr(x), m, _ptr(out), torch.get_num_threads())
         return out
     rows, weights, _ = _corners(y, x, h, w, taps)
     out = table.index_select(0, rows[0]).mul_(weights[0][:, None])
     for row, weight in zip(rows[1:], weights[1:]):
         out.addcmul_(table.index_select(0, row), weight[:, None])
-    return out
+    return out.view(m // taps, taps, c).sum(1) if sum_taps else out
 
 
 def sample_rows_backward(
@@ -154,12 +161,16 @@ def sample_rows_backward(
 ) -> tuple[Tensor, Tensor] | None:
     """The adjoint of :func:`sample_rows`.
 
-    Adds the gradient of the table for ``grad [M, C]`` into ``grad_table`` (same shape as
-    ``table``, contiguous) unless it is ``None``, and returns the gradients of the positions
-    ``(grad_y, grad_x)``, each ``[M]``, if ``want_positions`` (the right-hand derivative at
-    integer positions, as the reference path and ``grid_sample`` take it).
+    Adds the gradient of the table for ``grad`` into ``grad_table`` (same shape as ``table``,
+    contiguous) unless it is ``None``, and returns the gradients of the positions ``(grad_y,
+    grad_x)``, each ``[M]``, if ``want_positions`` (the right-hand derivative at integer positions,
+    as the reference path and ``grid_sample`` take it). ``grad`` is ``[M, C]``, or ``[M / taps, C]``
+    for the adjoint of ``sample_rows(..., sum_taps=True)``.
     """
     m, c = y.numel(), table.shape[1]
+    if grad.shape not in ((m, c), (m // taps, c)) or (grad.shape[0] != m and m % taps):
+        raise ValueError(f"grad of shape {tuple(grad.shape)} fits neither {m} samples nor their runs of {taps} taps")
+    share = m // grad.shape[0] if grad.shape[0] else 1
     lib = _use_native(table) if native else None
     if lib is not None:
         if grad_table is not None and not grad_table.is_contiguous():
@@ -170,8 +181,10 @@ def sample_rows_backward(
         gx = table.new_empty(m) if want_positions else None
         partial = table.new_zeros(threads, m, 2) if want_positions else None  # per-thread partial sums
         fn = lib.sac_sample_backward_f32 if table.dtype == torch.float32 else lib.sac_sample_backward_f64
-        fn(_ptr(table), h, w, c, taps, _ptr(y), _ptr(x), m, _ptr(grad), _ptr(grad_table), _ptr(gy), _ptr(gx), _ptr(partial), threads)
+        fn(_ptr(table), h, w, c, taps, _ptr(y), _ptr(x), m, _ptr(grad), share, _ptr(grad_table), _ptr(gy), _ptr(gx), _ptr(partial), threads)
         return (gy, gx) if want_positions else None  # type: ignore[return-value]
+    if share > 1:
+        grad = grad[:, None].expand(m // share, share, c).reshape(m, c)
     rows, weights, insides = _corners(y, x, h, w, taps)
     if grad_table is not None:
         for row, weight in zip(rows, weights):

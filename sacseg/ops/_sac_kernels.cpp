@@ -63,13 +63,38 @@ void sample(const T* table, int64_t h, int64_t w, int64_t c, int64_t taps, const
   }
 }
 
-// grad_table (optional) += adjoint of the sampling applied to grad [M, C]; grad_y/grad_x
+// With taps > 1, the sum over each pixel's taps of their samples: out [M / taps, C]. This is the
+// multiply-first forward, where the taps' projections are summed right after sampling; summing
+// here saves writing and re-reading the M x C samples.
+template <typename T>
+void sample_sum_taps(const T* table, int64_t h, int64_t w, int64_t c, int64_t taps, const T* ys, const T* xs,
+                     int64_t m, T* out, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t l = 0; l < m / taps; ++l) {
+    T* o = out + l * c;
+    for (int64_t j = 0; j < c; ++j) o[j] = 0;
+    for (int64_t r = l * taps; r < (l + 1) * taps; ++r) {
+      const Corners<T> k = corners(ys[r], xs[r], h, w, taps, r);
+      const T* a0 = table + k.row[0] * c;
+      const T* a1 = table + k.row[1] * c;
+      const T* a2 = table + k.row[2] * c;
+      const T* a3 = table + k.row[3] * c;
+      const T w0 = k.weight[0], w1 = k.weight[1], w2 = k.weight[2], w3 = k.weight[3];
+#pragma omp simd
+      for (int64_t j = 0; j < c; ++j) o[j] += w0 * a0[j] + w1 * a1[j] + w2 * a2[j] + w3 * a3[j];
+    }
+  }
+}
+
+// grad_table (optional) += adjoint of the sampling applied to grad [M / share, C] (sample r takes
+// row r / share: share = taps is the adjoint of sample_sum_taps, share = 1 of sample); grad_y/grad_x
 // (optional) [M] = derivative of the samples in the position, dotted with grad, using `partial`
 // ([threads, M, 2] zeros) for per-thread partial sums. Threads split the channels, so the
 // scatter into grad_table needs no atomics.
 template <typename T>
 void sample_backward(const T* table, int64_t h, int64_t w, int64_t c, int64_t taps, const T* ys, const T* xs,
-                     int64_t m, const T* grad, T* grad_table, T* grad_y, T* grad_x, T* partial, int threads) {
+                     int64_t m, const T* grad, int64_t share, T* grad_table, T* grad_y, T* grad_x, T* partial,
+                     int threads) {
   const bool want_pos = grad_y != nullptr;
   // Below 16 channels a thread's share is too small to pay for the split.
   const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, c / 16)));
@@ -80,7 +105,7 @@ void sample_backward(const T* table, int64_t h, int64_t w, int64_t c, int64_t ta
     T* mine = want_pos ? partial + static_cast<size_t>(tid) * 2 * m : nullptr;
     for (int64_t r = 0; r < m; ++r) {
       const Corners<T> k = corners(ys[r], xs[r], h, w, taps, r);
-      const T* g = grad + r * c;
+      const T* g = grad + (r / share) * c;
       if (grad_table != nullptr) {
         // One loop per corner: outside corners share row 0, so the four must not be fused.
         for (int i = 0; i < 4; ++i) {
@@ -140,15 +165,25 @@ void sac_sample_f64(const double* table, int64_t h, int64_t w, int64_t c, int64_
   sample(table, h, w, c, taps, ys, xs, m, out, threads);
 }
 
+void sac_sample_sum_taps_f32(const float* table, int64_t h, int64_t w, int64_t c, int64_t taps, const float* ys,
+                             const float* xs, int64_t m, float* out, int threads) {
+  sample_sum_taps(table, h, w, c, taps, ys, xs, m, out, threads);
+}
+
+void sac_sample_sum_taps_f64(const double* table, int64_t h, int64_t w, int64_t c, int64_t taps,
+                             const double* ys, const double* xs, int64_t m, double* out, int threads) {
+  sample_sum_taps(table, h, w, c, taps, ys, xs, m, out, threads);
+}
+
 void sac_sample_backward_f32(const float* table, int64_t h, int64_t w, int64_t c, int64_t taps, const float* ys,
-                             const float* xs, int64_t m, const float* grad, float* grad_table, float* grad_y,
-                             float* grad_x, float* partial, int threads) {
-  sample_backward(table, h, w, c, taps, ys, xs, m, grad, grad_table, grad_y, grad_x, partial, threads);
+                             const float* xs, int64_t m, const float* grad, int64_t share, float* grad_table,
+                             float* grad_y, float* grad_x, float* partial, int threads) {
+  sample_backward(table, h, w, c, taps, ys, xs, m, grad, share, grad_table, grad_y, grad_x, partial, threads);
 }
 
 void sac_sample_backward_f64(const double* table, int64_t h, int64_t w, int64_t c, int64_t taps,
-                             const double* ys, const double* xs, int64_t m, const double* grad,
+                             const double* ys, const double* xs, int64_t m, const double* grad, int64_t share,
                              double* grad_table, double* grad_y, double* grad_x, double* partial, int threads) {
-  sample_backward(table, h, w, c, taps, ys, xs, m, grad, grad_table, grad_y, grad_x, partial, threads);
+  sample_backward(table, h, w, c, taps, ys, xs, m, grad, share, grad_table, grad_y, grad_x, partial, threads);
 }
 }

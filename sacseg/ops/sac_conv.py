@@ -287,11 +287,11 @@ class _SacFastFunction(torch.autograd.Function):
         for i in range(n):
             for p0, p1 in _row_chunks(h_out, w_out * taps * sampled * input.element_size()):
                 y, x = _chunk_positions(scale[i : i + 1], (p0, p1), (kh, kw), stride, padding, dilation)
-                z = sample_rows(tables[i], h, w, taps if project else 1, y, x, native=native)
                 length = (p1 - p0) * w_out
                 if project:
-                    res = z.view(length, taps, c_out).sum(1).t()
+                    res = sample_rows(tables[i], h, w, taps, y, x, sum_taps=True, native=native).t()
                 else:
+                    z = sample_rows(tables[i], h, w, 1, y, x, native=native)
                     res = _linear(matrix, z.view(length, taps * c_in))  # [C_out, length]: NCHW without a transpose
                 out[i, :, p0:p1] = res.view(c_out, p1 - p0, w_out)
         if bias is not None:
@@ -327,7 +327,7 @@ class _SacFastFunction(torch.autograd.Function):
                     length = (p1 - p0) * w_out
                     g = grad_out_cl[i, p0:p1].reshape(length, c_out)
                     if project:
-                        grad_z = g[:, None, :].expand(length, taps, c_out).reshape(length * taps, c_out)
+                        grad_z = g  # the forward summed the taps: each tap's sample gets the whole gradient
                     else:
                         if grad_matrix is not None:
                             # Recomputed rather than saved; freed before grad_z exists to halve the chunk memory.

@@ -138,3 +138,28 @@ def test_failed_build_falls_back_to_torch_ops(monkeypatch, tmp_path):
     case = _case(8, 4, 3, (3, 3), (1, 1), (1, 1), (1, 1))
     _assert_agree(_run("fast", *case), _run("reference", *case))
     assert not list(tmp_path.glob("*.so*")) and not list(tmp_path.glob("tmp*"))  # no half-written library left
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
+def test_summed_taps_and_their_adjoint(native):
+    # sample_rows(sum_taps=True) sums each pixel's taps; its adjoint hands every tap the pixel's gradient.
+    g = torch.Generator().manual_seed(3)
+    h, w, taps, c, pixels = 5, 6, 4, 7, 9
+    table = torch.randn(h * w * taps, c, generator=g, dtype=torch.float64)
+    y = torch.rand(pixels * taps, generator=g, dtype=torch.float64) * (h + 2) - 1  # some taps outside
+    x = torch.rand(pixels * taps, generator=g, dtype=torch.float64) * (w + 2) - 1
+    each = bilinear.sample_rows(table, h, w, taps, y, x, native=native)
+    summed = bilinear.sample_rows(table, h, w, taps, y, x, sum_taps=True, native=native)
+    torch.testing.assert_close(summed, each.view(pixels, taps, c).sum(1))
+    grad = torch.randn(pixels, c, generator=g, dtype=torch.float64)
+    shared, full = torch.zeros_like(table), torch.zeros_like(table)
+    positions = bilinear.sample_rows_backward(table, h, w, taps, y, x, grad, shared, True, native=native)
+    expanded = grad.repeat_interleave(taps, 0)
+    expected = bilinear.sample_rows_backward(table, h, w, taps, y, x, expanded, full, True, native=native)
+    torch.testing.assert_close(shared, full)
+    for got, want in zip(positions, expected):
+        torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="runs of 4 taps"):
+        bilinear.sample_rows_backward(table, h, w, taps, y, x, grad[:-1], None, True, native=native)
+    with pytest.raises(ValueError, match="runs of 4 taps"):
+        bilinear.sample_rows(table, h, w, taps, y[:-1], x[:-1], sum_taps=True, native=native)
