@@ -7,29 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import engine.train_helpers
 from sacseg.cli import main
 from sacseg.engine.checkpoint import load_checkpoint
 from sacseg.engine.config import config_from_dict, save_config
 
-TINY = {
-    "model": "fcn_resnet18",
-    "num_classes": 7,
-    "backbone_weights": None,
-    "dataset": "scale_scenes",
-    "scale_scenes_train_images": 2,
-    "scale_scenes_val_images": 1,
-    "scale_scenes_size": 64,
-    "crop_size": 64,
-    "batch_size": 2,
-    "iterations": 2,
-    "lr": 0.01,
-    "workers": 0,
-    "amp": False,
-    "device": "cpu",
-    "threads": 1,
-    "val_every": 2,
-    "out_dir": "unused",
-}
+# The training tests' tiny run (tests/engine/train_helpers.py), two iterations, validated at the end.
+TINY = {**engine.train_helpers.TINY, "iterations": 2, "val_every": 2, "threads": 1, "out_dir": "unused"}
 
 
 def test_train_then_resume_auto(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
