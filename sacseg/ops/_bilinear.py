@@ -79,7 +79,8 @@ def native_library() -> ctypes.CDLL | None:
         return None
     i64, ptr, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     for suffix in ("f32", "f64"):
-        getattr(lib, f"sac_sample_{suffix}").argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, i64, ptr, cint]
+        for name in ("sac_sample", "sac_sample_sum_taps"):
+            getattr(lib, f"{name}_{suffix}").argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, ptr, cint]
         getattr(lib, f"sac_sample_backward_{suffix}").argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, ptr, i64, ptr, ptr, ptr, ptr, cint]
     _library = lib
     return lib
@@ -133,10 +134,10 @@ def sample_rows(
     lib = _use_native(table) if native else None
     if lib is not None:
         table, y, x = table.contiguous(), y.contiguous(), x.contiguous()
-        group = taps if sum_taps else 1
-        out = table.new_empty(m // group, c)
-        fn = lib.sac_sample_f32 if table.dtype == torch.float32 else lib.sac_sample_f64
-        fn(_ptr(table), h, w, c, taps, _ptr(y), _ptr(x), m, group, _ptr(out), torch.get_num_threads())
+        out = table.new_empty(m // taps if sum_taps else m, c)
+        kernels = (lib.sac_sample_sum_taps_f32, lib.sac_sample_sum_taps_f64) if sum_taps else (lib.sac_sample_f32, lib.sac_sample_f64)
+        fn = kernels[0] if table.dtype == torch.float32 else kernels[1]
+        fn(_ptr(table), h, w, c, taps, _ptr(y), _ptr(x), m, _ptr(out), torch.get_num_threads())
         return out
     rows, weights, _ = _corners(y, x, h, w, taps)
     out = table.index_select(0, rows[0]).mul_(weights[0][:, None])

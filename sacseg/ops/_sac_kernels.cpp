@@ -46,17 +46,34 @@ inline Corners<T> corners(T y, T x, int64_t h, int64_t w, int64_t taps, int64_t 
   return k;
 }
 
-// Sums of runs of `group` consecutive samples: out [M / group, C]. group = 1 gives every sample;
-// group = taps is the multiply-first forward, where the taps' projections are summed right after
-// sampling: summing here saves writing and re-reading the M x C samples.
 template <typename T>
 void sample(const T* table, int64_t h, int64_t w, int64_t c, int64_t taps, const T* ys, const T* xs,
-            int64_t m, int64_t group, T* out, int threads) {
+            int64_t m, T* out, int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t l = 0; l < m / group; ++l) {
+  for (int64_t r = 0; r < m; ++r) {
+    const Corners<T> k = corners(ys[r], xs[r], h, w, taps, r);
+    const T* a0 = table + k.row[0] * c;
+    const T* a1 = table + k.row[1] * c;
+    const T* a2 = table + k.row[2] * c;
+    const T* a3 = table + k.row[3] * c;
+    const T w0 = k.weight[0], w1 = k.weight[1], w2 = k.weight[2], w3 = k.weight[3];
+    T* o = out + r * c;
+#pragma omp simd
+    for (int64_t j = 0; j < c; ++j) o[j] = w0 * a0[j] + w1 * a1[j] + w2 * a2[j] + w3 * a3[j];
+  }
+}
+
+// With taps > 1, the sum over each pixel's taps of their samples: out [M / taps, C]. This is the
+// multiply-first forward, where the taps' projections are summed right after sampling; summing
+// here saves writing and re-reading the M x C samples.
+template <typename T>
+void sample_sum_taps(const T* table, int64_t h, int64_t w, int64_t c, int64_t taps, const T* ys, const T* xs,
+                     int64_t m, T* out, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t l = 0; l < m / taps; ++l) {
     T* o = out + l * c;
-    std::fill(o, o + c, T(0));
-    for (int64_t r = l * group; r < (l + 1) * group; ++r) {
+    for (int64_t j = 0; j < c; ++j) o[j] = 0;
+    for (int64_t r = l * taps; r < (l + 1) * taps; ++r) {
       const Corners<T> k = corners(ys[r], xs[r], h, w, taps, r);
       const T* a0 = table + k.row[0] * c;
       const T* a1 = table + k.row[1] * c;
@@ -70,7 +87,7 @@ void sample(const T* table, int64_t h, int64_t w, int64_t c, int64_t taps, const
 }
 
 // grad_table (optional) += adjoint of the sampling applied to grad [M / share, C] (sample r takes
-// row r / share: the adjoint of sample with group = share); grad_y/grad_x
+// row r / share: share = taps is the adjoint of sample_sum_taps, share = 1 of sample); grad_y/grad_x
 // (optional) [M] = derivative of the samples in the position, dotted with grad, using `partial`
 // ([threads, M, 2] zeros) for per-thread partial sums. Threads split the channels, so the
 // scatter into grad_table needs no atomics.
@@ -139,13 +156,23 @@ void sample_backward(const T* table, int64_t h, int64_t w, int64_t c, int64_t ta
 extern "C" {
 
 void sac_sample_f32(const float* table, int64_t h, int64_t w, int64_t c, int64_t taps, const float* ys,
-                    const float* xs, int64_t m, int64_t group, float* out, int threads) {
-  sample(table, h, w, c, taps, ys, xs, m, group, out, threads);
+                    const float* xs, int64_t m, float* out, int threads) {
+  sample(table, h, w, c, taps, ys, xs, m, out, threads);
 }
 
 void sac_sample_f64(const double* table, int64_t h, int64_t w, int64_t c, int64_t taps, const double* ys,
-                    const double* xs, int64_t m, int64_t group, double* out, int threads) {
-  sample(table, h, w, c, taps, ys, xs, m, group, out, threads);
+                    const double* xs, int64_t m, double* out, int threads) {
+  sample(table, h, w, c, taps, ys, xs, m, out, threads);
+}
+
+void sac_sample_sum_taps_f32(const float* table, int64_t h, int64_t w, int64_t c, int64_t taps, const float* ys,
+                             const float* xs, int64_t m, float* out, int threads) {
+  sample_sum_taps(table, h, w, c, taps, ys, xs, m, out, threads);
+}
+
+void sac_sample_sum_taps_f64(const double* table, int64_t h, int64_t w, int64_t c, int64_t taps,
+                             const double* ys, const double* xs, int64_t m, double* out, int threads) {
+  sample_sum_taps(table, h, w, c, taps, ys, xs, m, out, threads);
 }
 
 void sac_sample_backward_f32(const float* table, int64_t h, int64_t w, int64_t c, int64_t taps, const float* ys,

@@ -306,145 +306,72 @@ class _SacFastFunction(torch.autograd.Function):
         input, scale, weight, projected = ctx.saved_tensors
         stride, padding, dilation, native, project = ctx.geometry
         need_input, need_scale, need_weight, need_bias = ctx.needs_input_grad[:4]
-        kh, kw = weight.shape[2:]
+        n, c_in, h, w = input.shape
+        c_out, _, kh, kw = weight.shape
+        taps = kh * kw
+        h_out, w_out = scale.shape[-2:]
         opts = {"dtype": scale.dtype, "device": scale.device}
         oy = ((torch.arange(kh, **opts) - kh // 2) * dilation[0]).repeat_interleave(kw)  # d position / d scale
         ox = ((torch.arange(kw, **opts) - kw // 2) * dilation[1]).repeat(kh)
+        tables = projected if project else input.permute(0, 2, 3, 1).contiguous().view(n, h * w, c_in)
+        matrix_t = None if project else _column_weight(weight).t().contiguous()
+        grad_tables = torch.zeros_like(tables) if need_input or (need_weight and project) else None
+        grad_matrix = input.new_zeros(c_out, taps * c_in) if need_weight and not project else None
         grad_scale = torch.zeros_like(scale) if need_scale else None
-        grad_input = grad_weight = None
+        grad_out_cl = grad_out.permute(0, 2, 3, 1)
+        sampled = c_out if project else c_in
         if need_input or need_scale or need_weight:
-            backward = _backward_projected if project else _backward_sampled
-            grad_input, grad_weight = backward(
-                input, projected, weight, scale, grad_out.permute(0, 2, 3, 1), grad_scale, ((kh, kw), stride, padding, dilation),
-                (oy, ox), need_input, need_weight, native,
-            )  # fmt: skip
+            for i in range(n):
+                for p0, p1 in _row_chunks(h_out, w_out * taps * sampled * input.element_size()):
+                    y, x = _chunk_positions(scale[i : i + 1], (p0, p1), (kh, kw), stride, padding, dilation)
+                    length = (p1 - p0) * w_out
+                    g = grad_out_cl[i, p0:p1].reshape(length, c_out)
+                    if project:
+                        grad_z = g  # the forward summed the taps: each tap's sample gets the whole gradient
+                    else:
+                        if grad_matrix is not None:
+                            # Recomputed rather than saved; freed before grad_z exists to halve the chunk memory.
+                            z = sample_rows(tables[i], h, w, 1, y, x, native=native)
+                            grad_matrix.addmm_(g.t(), z.view(length, taps * c_in))
+                            del z
+                        if grad_tables is None and not need_scale:
+                            continue  # only the weight wanted a gradient: no adjoint sampling needed
+                        grad_z = _linear(g, matrix_t).view(length * taps, c_in)
+                    positions = sample_rows_backward(
+                        tables[i],
+                        h,
+                        w,
+                        taps if project else 1,
+                        y,
+                        x,
+                        grad_z,
+                        None if grad_tables is None else grad_tables[i],
+                        need_scale,
+                        native=native,
+                    )
+                    if grad_scale is not None and positions is not None:
+                        gy, gx = positions
+                        ds = gy.view(length, taps) @ oy + gx.view(length, taps) @ ox
+                        grad_scale[i, 0, p0:p1] = ds.view(p1 - p0, w_out)
+        grad_input = grad_weight = None
+        if project and grad_tables is not None:
+            grad_proj = grad_tables.view(n, h * w, taps * c_out)
+            planes, projection = input.reshape(n, c_in, h * w), _projection_weight(weight)
+            if need_input:
+                grad_input = _stack([_linear(projection.t(), grad_proj[i]) for i in range(n)], (0, c_in, h * w), input)
+                grad_input = grad_input.view(n, c_in, h, w)
+            if need_weight:
+                grad_projection = weight.new_zeros(taps * c_out, c_in)
+                for i in range(n):
+                    grad_projection += _linear(grad_proj[i].t(), planes[i])
+                grad_weight = grad_projection.view(kh, kw, c_out, c_in).permute(2, 3, 0, 1)
+        else:
+            if need_input and grad_tables is not None:
+                grad_input = grad_tables.view(n, h, w, c_in).permute(0, 3, 1, 2)
+            if grad_matrix is not None:
+                grad_weight = grad_matrix.view(c_out, kh, kw, c_in).permute(0, 3, 1, 2)
         grad_bias = grad_out.sum((0, 2, 3)) if need_bias else None
         return grad_input, grad_scale, grad_weight, grad_bias, None, None, None, None
-
-
-Geometry = tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]
-
-
-def _backward_sampled(
-    input: Tensor,
-    projected: Tensor | None,
-    weight: Tensor,
-    scale: Tensor,
-    grad_out_cl: Tensor,
-    grad_scale: Tensor | None,
-    geometry: Geometry,
-    offsets: tuple[Tensor, Tensor],
-    need_input: bool,
-    need_weight: bool,
-    native: bool,
-) -> tuple[Tensor | None, Tensor | None]:
-    """Gradients of input and weight of the sample-then-multiply path; fills ``grad_scale`` in place.
-
-    Tap by tap over chunks of output rows: the weight gradient of tap ``t`` is ``g^T z_t`` and the
-    samples' gradient ``g W_t``, GEMMs with the whole chunk as the long dimension (the shapes
-    ``F.conv2d``'s own backward multiplies), where tap-fastest columns would give the weight
-    gradient's GEMM a short one. ``z_t`` is recomputed rather than saved.
-
-    Args:
-        projected: unused (the signature is :func:`_backward_projected`'s).
-        grad_out_cl: ``[N, H_out, W_out, C_out]`` (the output gradient, channels-last view).
-        grad_scale: ``[N, 1, H_out, W_out]`` zeros, or ``None`` when not wanted.
-        offsets: ``[taps]`` each, the derivative of the tap positions (y, x) in the scale.
-    """
-    kernel_size, stride, padding, dilation = geometry
-    n, c_in, h, w = input.shape
-    c_out, taps = weight.shape[0], kernel_size[0] * kernel_size[1]
-    h_out, w_out = grad_out_cl.shape[1:3]
-    tables = input.permute(0, 2, 3, 1).contiguous().view(n, h * w, c_in)
-    # [taps, C_in, C_out]: tap t's W_t^T, so that g @ W_t is _linear(g, tap_weights[t]).
-    tap_weights = weight.permute(2, 3, 1, 0).reshape(taps, c_in, c_out).contiguous()
-    grad_tables = torch.zeros_like(tables) if need_input else None
-    grad_taps = input.new_zeros(taps, c_out, c_in) if need_weight else None
-    need_samples_grad = need_input or grad_scale is not None
-    for i in range(n):
-        for p0, p1 in _row_chunks(h_out, w_out * c_in * input.element_size()):
-            y, x = _chunk_positions(scale[i : i + 1], (p0, p1), kernel_size, stride, padding, dilation)
-            length = (p1 - p0) * w_out
-            y, x = y.view(length, taps).t().contiguous(), x.view(length, taps).t().contiguous()
-            g = grad_out_cl[i, p0:p1].reshape(length, c_out)
-            ds = input.new_zeros(length) if grad_scale is not None else None
-            for t in range(taps):
-                if grad_taps is not None:
-                    z = sample_rows(tables[i], h, w, 1, y[t], x[t], native=native)
-                    grad_taps[t].addmm_(g.t(), z)
-                    del z  # freed before the samples' gradient exists: half the chunk memory
-                if not need_samples_grad:
-                    continue
-                grad_z = _linear(g, tap_weights[t])
-                positions = sample_rows_backward(
-                    tables[i], h, w, 1, y[t], x[t], grad_z, None if grad_tables is None else grad_tables[i], ds is not None,
-                    native=native,
-                )  # fmt: skip
-                if ds is not None and positions is not None:
-                    ds += positions[0] * offsets[0][t] + positions[1] * offsets[1][t]
-            if grad_scale is not None and ds is not None:
-                grad_scale[i, 0, p0:p1] = ds.view(p1 - p0, w_out)
-    grad_input = None if grad_tables is None else grad_tables.view(n, h, w, c_in).permute(0, 3, 1, 2)
-    grad_weight = None
-    if grad_taps is not None:
-        grad_weight = grad_taps.view(*kernel_size, c_out, c_in).permute(2, 3, 0, 1)
-    return grad_input, grad_weight
-
-
-def _backward_projected(
-    input: Tensor,
-    projected: Tensor,
-    weight: Tensor,
-    scale: Tensor,
-    grad_out_cl: Tensor,
-    grad_scale: Tensor | None,
-    geometry: Geometry,
-    offsets: tuple[Tensor, Tensor],
-    need_input: bool,
-    need_weight: bool,
-    native: bool,
-) -> tuple[Tensor | None, Tensor | None]:
-    """Gradients of input and weight of the multiply-then-sample path; fills ``grad_scale`` in place.
-
-    The adjoint sampling scatters the output gradient into the projection's gradient, which the
-    1x1 GEMMs take back to the input and the weight.
-
-    Args:
-        projected: ``[N, H*W*taps, C_out]``, the forward's projection.
-        (others as in :func:`_backward_sampled`)
-    """
-    kernel_size, stride, padding, dilation = geometry
-    n, c_in, h, w = input.shape
-    c_out, taps = weight.shape[0], kernel_size[0] * kernel_size[1]
-    h_out, w_out = grad_out_cl.shape[1:3]
-    grad_tables = torch.zeros_like(projected) if need_input or need_weight else None
-    for i in range(n):
-        for p0, p1 in _row_chunks(h_out, w_out * taps * c_out * input.element_size()):
-            y, x = _chunk_positions(scale[i : i + 1], (p0, p1), kernel_size, stride, padding, dilation)
-            length = (p1 - p0) * w_out
-            # The forward summed the taps: each tap's sample gets the whole gradient.
-            g = grad_out_cl[i, p0:p1].reshape(length, c_out)
-            positions = sample_rows_backward(
-                projected[i], h, w, taps, y, x, g, None if grad_tables is None else grad_tables[i], grad_scale is not None,
-                native=native,
-            )  # fmt: skip
-            if grad_scale is not None and positions is not None:
-                gy, gx = positions
-                ds = gy.view(length, taps) @ offsets[0] + gx.view(length, taps) @ offsets[1]
-                grad_scale[i, 0, p0:p1] = ds.view(p1 - p0, w_out)
-    grad_input = grad_weight = None
-    if grad_tables is not None:
-        grad_proj = grad_tables.view(n, h * w, taps * c_out)
-        planes, projection = input.reshape(n, c_in, h * w), _projection_weight(weight)
-        if need_input:
-            grad_input = _stack([_linear(projection.t(), grad_proj[i]) for i in range(n)], (0, c_in, h * w), input)
-            grad_input = grad_input.view(n, c_in, h, w)
-        if need_weight:
-            grad_projection = weight.new_zeros(taps * c_out, c_in)
-            for i in range(n):
-                grad_projection += _linear(grad_proj[i].t(), planes[i])
-            grad_weight = grad_projection.view(*kernel_size, c_out, c_in).permute(2, 3, 0, 1)
-    return grad_input, grad_weight
 
 
 def _column_weight(weight: Tensor) -> Tensor:
