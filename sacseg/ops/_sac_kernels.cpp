@@ -46,21 +46,30 @@ inline Corners<T> corners(T y, T x, int64_t h, int64_t w, int64_t taps, int64_t 
   return k;
 }
 
+// o[0..c) = (or += with Accumulate) the bilinear blend of the four corners k of `table`.
+template <bool Accumulate, typename T>
+inline void blend(const T* table, const Corners<T>& k, int64_t c, T* o) {
+  const T* a0 = table + k.row[0] * c;
+  const T* a1 = table + k.row[1] * c;
+  const T* a2 = table + k.row[2] * c;
+  const T* a3 = table + k.row[3] * c;
+  const T w0 = k.weight[0], w1 = k.weight[1], w2 = k.weight[2], w3 = k.weight[3];
+#pragma omp simd
+  for (int64_t j = 0; j < c; ++j) {
+    const T v = w0 * a0[j] + w1 * a1[j] + w2 * a2[j] + w3 * a3[j];
+    if constexpr (Accumulate) {
+      o[j] += v;
+    } else {
+      o[j] = v;
+    }
+  }
+}
+
 template <typename T>
 void sample(const T* table, int64_t h, int64_t w, int64_t c, int64_t taps, const T* ys, const T* xs,
             int64_t m, T* out, int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t r = 0; r < m; ++r) {
-    const Corners<T> k = corners(ys[r], xs[r], h, w, taps, r);
-    const T* a0 = table + k.row[0] * c;
-    const T* a1 = table + k.row[1] * c;
-    const T* a2 = table + k.row[2] * c;
-    const T* a3 = table + k.row[3] * c;
-    const T w0 = k.weight[0], w1 = k.weight[1], w2 = k.weight[2], w3 = k.weight[3];
-    T* o = out + r * c;
-#pragma omp simd
-    for (int64_t j = 0; j < c; ++j) o[j] = w0 * a0[j] + w1 * a1[j] + w2 * a2[j] + w3 * a3[j];
-  }
+  for (int64_t r = 0; r < m; ++r) blend<false>(table, corners(ys[r], xs[r], h, w, taps, r), c, out + r * c);
 }
 
 // With taps > 1, the sum over each pixel's taps of their samples: out [M / taps, C]. This is the
@@ -72,17 +81,9 @@ void sample_sum_taps(const T* table, int64_t h, int64_t w, int64_t c, int64_t ta
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t l = 0; l < m / taps; ++l) {
     T* o = out + l * c;
-    for (int64_t j = 0; j < c; ++j) o[j] = 0;
-    for (int64_t r = l * taps; r < (l + 1) * taps; ++r) {
-      const Corners<T> k = corners(ys[r], xs[r], h, w, taps, r);
-      const T* a0 = table + k.row[0] * c;
-      const T* a1 = table + k.row[1] * c;
-      const T* a2 = table + k.row[2] * c;
-      const T* a3 = table + k.row[3] * c;
-      const T w0 = k.weight[0], w1 = k.weight[1], w2 = k.weight[2], w3 = k.weight[3];
-#pragma omp simd
-      for (int64_t j = 0; j < c; ++j) o[j] += w0 * a0[j] + w1 * a1[j] + w2 * a2[j] + w3 * a3[j];
-    }
+    const int64_t r0 = l * taps;
+    blend<false>(table, corners(ys[r0], xs[r0], h, w, taps, r0), c, o);
+    for (int64_t r = r0 + 1; r < r0 + taps; ++r) blend<true>(table, corners(ys[r], xs[r], h, w, taps, r), c, o);
   }
 }
 
