@@ -1,4 +1,4 @@
-"""Bilinear row sampling of channels-last tables and its adjoint: pure torch and a compiled CPU kernel."""
+"""Bilinear row sampling of channels-last tables, its adjoint and NCHW <-> NHWC: torch ops and compiled CPU kernels."""
 
 from __future__ import annotations
 
@@ -82,6 +82,7 @@ def native_library() -> ctypes.CDLL | None:
         for name in ("sac_sample", "sac_sample_sum_taps"):
             getattr(lib, f"{name}_{suffix}").argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, ptr, cint]
         getattr(lib, f"sac_sample_backward_{suffix}").argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, ptr, i64, ptr, ptr, ptr, ptr, cint]
+        getattr(lib, f"sac_transpose_{suffix}").argtypes = [ptr, i64, i64, i64, ptr, cint]
     _library = lib
     return lib
 
@@ -113,8 +114,33 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+def transpose(src: Tensor, *, native: bool = True) -> Tensor:
+    """``src`` ``[B, R, C]`` transposed into a new contiguous ``[B, C, R]`` (NCHW <-> NHWC, per image).
+
+    The compiled kernel (CPU float32/float64) measured 3-5x faster than ``.transpose(1, 2).contiguous()``.
+    """
+    lib = _use_native(src) if native else None
+    if lib is None:
+        return src.transpose(1, 2).contiguous()
+    src = src.contiguous()
+    b, r, c = src.shape
+    out = src.new_empty(b, c, r)
+    fn = lib.sac_transpose_f32 if src.dtype == torch.float32 else lib.sac_transpose_f64
+    fn(_ptr(src), b, r, c, _ptr(out), torch.get_num_threads())
+    return out
+
+
 def sample_rows(
-    table: Tensor, h: int, w: int, taps: int, y: Tensor, x: Tensor, *, sum_taps: bool = False, native: bool = True
+    table: Tensor,
+    h: int,
+    w: int,
+    taps: int,
+    y: Tensor,
+    x: Tensor,
+    *,
+    sum_taps: bool = False,
+    native: bool = True,
+    out: Tensor | None = None,
 ) -> Tensor:
     """Bilinear samples of a channels-last table, zeros outside.
 
@@ -124,26 +150,34 @@ def sample_rows(
         y, x: ``[M]`` contiguous positions in pixels, in ``table``'s dtype.
         sum_taps: return the sum of each run of ``taps`` consecutive samples instead.
         native: use the compiled CPU kernel when available.
+        out: a contiguous tensor of the result's shape to write into. Chunked callers pass one
+            buffer for all chunks: a fresh multi-megabyte tensor per chunk costs a page fault per
+            4 KiB on first touch, which measured up to 5x the sampling itself.
 
     Returns:
-        ``[M, C]``, or ``[M / taps, C]`` with ``sum_taps``.
+        ``[M, C]``, or ``[M / taps, C]`` with ``sum_taps`` (``out`` when given).
     """
     m, c = y.numel(), table.shape[1]
     if sum_taps and m % taps:
         raise ValueError(f"{m} samples do not split into runs of {taps} taps")
+    shape = (m // taps if sum_taps else m, c)
+    if out is not None and (tuple(out.shape) != shape or not out.is_contiguous() or out.dtype != table.dtype):
+        raise ValueError(f"out must be a contiguous {table.dtype} tensor of shape {list(shape)}, got {out.dtype} {tuple(out.shape)}")
     lib = _use_native(table) if native else None
     if lib is not None:
         table, y, x = table.contiguous(), y.contiguous(), x.contiguous()
-        out = table.new_empty(m // taps if sum_taps else m, c)
+        out = table.new_empty(shape) if out is None else out
         kernels = (lib.sac_sample_sum_taps_f32, lib.sac_sample_sum_taps_f64) if sum_taps else (lib.sac_sample_f32, lib.sac_sample_f64)
         fn = kernels[0] if table.dtype == torch.float32 else kernels[1]
         fn(_ptr(table), h, w, c, taps, _ptr(y), _ptr(x), m, _ptr(out), torch.get_num_threads())
         return out
     rows, weights, _ = _corners(y, x, h, w, taps)
-    out = table.index_select(0, rows[0]).mul_(weights[0][:, None])
+    samples = table.index_select(0, rows[0]).mul_(weights[0][:, None])
     for row, weight in zip(rows[1:], weights[1:]):
-        out.addcmul_(table.index_select(0, row), weight[:, None])
-    return out.view(m // taps, taps, c).sum(1) if sum_taps else out
+        samples.addcmul_(table.index_select(0, row), weight[:, None])
+    if sum_taps:
+        return torch.sum(samples.view(shape[0], taps, c), 1, out=out)
+    return samples if out is None else out.copy_(samples)
 
 
 def sample_rows_backward(
