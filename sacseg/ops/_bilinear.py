@@ -114,17 +114,19 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def transpose(src: Tensor, *, native: bool = True) -> Tensor:
-    """``src`` ``[B, R, C]`` transposed into a new contiguous ``[B, C, R]`` (NCHW <-> NHWC, per image).
+def transpose(src: Tensor, *, native: bool = True, out: Tensor | None = None) -> Tensor:
+    """``src`` ``[B, R, C]`` transposed into ``out`` or a new contiguous ``[B, C, R]`` (NCHW <-> NHWC, per image).
 
     The compiled kernel (CPU float32/float64) measured 3-5x faster than ``.transpose(1, 2).contiguous()``.
     """
+    b, r, c = src.shape
+    if out is not None and (tuple(out.shape) != (b, c, r) or not out.is_contiguous() or out.dtype != src.dtype):
+        raise ValueError(f"out must be a contiguous {src.dtype} tensor of shape {[b, c, r]}, got {out.dtype} {tuple(out.shape)}")
     lib = _use_native(src) if native else None
     if lib is None:
-        return src.transpose(1, 2).contiguous()
+        return src.transpose(1, 2).contiguous() if out is None else out.copy_(src.transpose(1, 2))
     src = src.contiguous()
-    b, r, c = src.shape
-    out = src.new_empty(b, c, r)
+    out = src.new_empty(b, c, r) if out is None else out
     fn = lib.sac_transpose_f32 if src.dtype == torch.float32 else lib.sac_transpose_f64
     fn(_ptr(src), b, r, c, _ptr(out), torch.get_num_threads())
     return out
