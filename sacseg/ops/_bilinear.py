@@ -79,9 +79,9 @@ def native_library() -> ctypes.CDLL | None:
         return None
     i64, ptr, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     for suffix in ("f32", "f64"):
-        for name in ("sac_sample", "sac_sample_sum_taps"):
-            getattr(lib, f"{name}_{suffix}").argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, ptr, cint]
-        getattr(lib, f"sac_sample_backward_{suffix}").argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, ptr, i64, ptr, ptr, ptr, ptr, cint]
+        getattr(lib, f"sac_sample_{suffix}").argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, i64, ptr, cint]
+        getattr(lib, f"sac_sample_sum_taps_{suffix}").argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, ptr, cint]
+        getattr(lib, f"sac_sample_backward_{suffix}").argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, cint]
         getattr(lib, f"sac_transpose_{suffix}").argtypes = [ptr, i64, i64, i64, ptr, cint]
     _library = lib
     return lib
@@ -141,6 +141,7 @@ def sample_rows(
     x: Tensor,
     *,
     sum_taps: bool = False,
+    run: int = 1,
     native: bool = True,
     out: Tensor | None = None,
 ) -> Tensor:
@@ -151,6 +152,8 @@ def sample_rows(
             ``i * taps .. i * taps + taps - 1`` and sample ``r`` reads row block ``r % taps``.
         y, x: ``[M]`` contiguous positions in pixels, in ``table``'s dtype.
         sum_taps: return the sum of each run of ``taps`` consecutive samples instead.
+        run: the samples are runs of ``run`` taps of one output pixel, tap fastest. It changes
+            nothing but the order in which the compiled kernel visits them (see its source).
         native: use the compiled CPU kernel when available.
         out: a contiguous tensor of the result's shape to write into. Chunked callers pass one
             buffer for all chunks: a fresh multi-megabyte tensor per chunk costs a page fault per
@@ -162,6 +165,8 @@ def sample_rows(
     m, c = y.numel(), table.shape[1]
     if sum_taps and m % taps:
         raise ValueError(f"{m} samples do not split into runs of {taps} taps")
+    if run < 1 or m % run:
+        raise ValueError(f"{m} samples do not split into runs of {run} taps")
     shape = (m // taps if sum_taps else m, c)
     if out is not None and (tuple(out.shape) != shape or not out.is_contiguous() or out.dtype != table.dtype):
         raise ValueError(f"out must be a contiguous {table.dtype} tensor of shape {list(shape)}, got {out.dtype} {tuple(out.shape)}")
@@ -169,9 +174,11 @@ def sample_rows(
     if lib is not None:
         table, y, x = table.contiguous(), y.contiguous(), x.contiguous()
         out = table.new_empty(shape) if out is None else out
-        kernels = (lib.sac_sample_sum_taps_f32, lib.sac_sample_sum_taps_f64) if sum_taps else (lib.sac_sample_f32, lib.sac_sample_f64)
-        fn = kernels[0] if table.dtype == torch.float32 else kernels[1]
-        fn(_ptr(table), h, w, c, taps, _ptr(y), _ptr(x), m, _ptr(out), torch.get_num_threads())
+        f32, args = table.dtype == torch.float32, (_ptr(table), h, w, c, taps, _ptr(y), _ptr(x), m)
+        if sum_taps:
+            (lib.sac_sample_sum_taps_f32 if f32 else lib.sac_sample_sum_taps_f64)(*args, _ptr(out), torch.get_num_threads())
+        else:
+            (lib.sac_sample_f32 if f32 else lib.sac_sample_f64)(*args, run, _ptr(out), torch.get_num_threads())
         return out
     rows, weights, _ = _corners(y, x, h, w, taps)
     samples = table.index_select(0, rows[0]).mul_(weights[0][:, None])
@@ -193,6 +200,7 @@ def sample_rows_backward(
     grad_table: Tensor | None,
     want_positions: bool,
     *,
+    run: int = 1,
     native: bool = True,
 ) -> tuple[Tensor, Tensor] | None:
     """The adjoint of :func:`sample_rows`.
@@ -201,11 +209,13 @@ def sample_rows_backward(
     contiguous) unless it is ``None``, and returns the gradients of the positions ``(grad_y,
     grad_x)``, each ``[M]``, if ``want_positions`` (the right-hand derivative at integer positions,
     as the reference path and ``grid_sample`` take it). ``grad`` is ``[M, C]``, or ``[M / taps, C]``
-    for the adjoint of ``sample_rows(..., sum_taps=True)``.
+    for the adjoint of ``sample_rows(..., sum_taps=True)``. ``run`` is :func:`sample_rows`'s.
     """
     m, c = y.numel(), table.shape[1]
     if grad.shape not in ((m, c), (m // taps, c)) or (grad.shape[0] != m and m % taps):
         raise ValueError(f"grad of shape {tuple(grad.shape)} fits neither {m} samples nor their runs of {taps} taps")
+    if run < 1 or m % run:
+        raise ValueError(f"{m} samples do not split into runs of {run} taps")
     share = m // grad.shape[0] if grad.shape[0] else 1
     lib = _use_native(table) if native else None
     if lib is not None:
@@ -217,7 +227,7 @@ def sample_rows_backward(
         gx = table.new_empty(m) if want_positions else None
         partial = table.new_zeros(threads, m, 2) if want_positions else None  # per-thread partial sums
         fn = lib.sac_sample_backward_f32 if table.dtype == torch.float32 else lib.sac_sample_backward_f64
-        fn(_ptr(table), h, w, c, taps, _ptr(y), _ptr(x), m, _ptr(grad), share, _ptr(grad_table), _ptr(gy), _ptr(gx), _ptr(partial), threads)
+        fn(_ptr(table), h, w, c, taps, _ptr(y), _ptr(x), m, run, _ptr(grad), share, _ptr(grad_table), _ptr(gy), _ptr(gx), _ptr(partial), threads)
         return (gy, gx) if want_positions else None  # type: ignore[return-value]
     if share > 1:
         grad = grad[:, None].expand(m // share, share, c).reshape(m, c)

@@ -302,7 +302,7 @@ class _SacFastFunction(torch.autograd.Function):
                 if project:
                     res = sample_rows(tables[i], h, w, taps, y, x, sum_taps=True, native=native, out=buffer[:length]).t()
                 else:
-                    z = sample_rows(tables[i], h, w, 1, y, x, native=native, out=buffer[:length].view(length * taps, c_in))
+                    z = sample_rows(tables[i], h, w, 1, y, x, run=taps, native=native, out=buffer[:length].view(length * taps, c_in))
                     res = _linear(matrix, z.view(length, taps * c_in))  # [C_out, length]: NCHW without a transpose
                 out[i, :, p0:p1] = res.view(c_out, p1 - p0, w_out)
         if bias is not None:
@@ -361,6 +361,7 @@ class _SacFastFunction(torch.autograd.Function):
                         grad_z,
                         None if grad_tables is None else grad_tables[i],
                         need_scale,
+                        run=1 if project else taps,
                         native=native,
                     )
                     if grad_scale is not None and positions is not None:
@@ -418,7 +419,7 @@ def _weight_gradient(
         for p0, p1 in chunks:
             y, x, g = chunk(i, p0, p1)
             length = g.shape[0]
-            z = sample_rows(tables[i], h, w_in, 1, y, x, native=native, out=buffer[:length].view(length * taps, c_in))
+            z = sample_rows(tables[i], h, w_in, 1, y, x, run=taps, native=native, out=buffer[:length].view(length * taps, c_in))
             # oneDNN reads the transposes as they are; MKL's addmm_ measured 15% slower here.
             part = _linear(g.t(), z.view(length, taps * c_in).t())
             total = part if total is None else total.add_(part)

@@ -163,3 +163,54 @@ def test_summed_taps_and_their_adjoint(native):
         bilinear.sample_rows_backward(table, h, w, taps, y, x, grad[:-1], None, True, native=native)
     with pytest.raises(ValueError, match="runs of 4 taps"):
         bilinear.sample_rows(table, h, w, taps, y[:-1], x[:-1], sum_taps=True, native=native)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 16, 16), (2, 37, 53), (3, 1, 5), (1, 97, 9)])
+def test_transpose(native, dtype, shape):
+    src = torch.randn(shape, dtype=dtype)
+    assert torch.equal(bilinear.transpose(src, native=native), src.transpose(1, 2))
+    out = torch.full((shape[0], shape[2], shape[1]), float("nan"), dtype=dtype)
+    assert bilinear.transpose(src, native=native, out=out) is out
+    assert torch.equal(out, src.transpose(1, 2))
+    with pytest.raises(ValueError, match="out must be a contiguous"):
+        bilinear.transpose(src, native=native, out=out.transpose(1, 2))
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
+def test_sample_rows_into_a_buffer_in_any_visiting_order(native):
+    # The samples are runs of `run` taps per pixel; the kernel's visiting order must not show in the result.
+    g = torch.Generator().manual_seed(5)
+    h, w, c, pixels, run = 6, 7, 33, 10, 9
+    table = torch.randn(h * w, c, generator=g, dtype=torch.float64)
+    y = torch.rand(pixels * run, generator=g, dtype=torch.float64) * (h + 2) - 1  # some taps outside
+    x = torch.rand(pixels * run, generator=g, dtype=torch.float64) * (w + 2) - 1
+    expected = bilinear.sample_rows(table, h, w, 1, y, x, native=False)
+    buffer = torch.full((pixels * run + 5, c), float("nan"), dtype=torch.float64)
+    got = bilinear.sample_rows(table, h, w, 1, y, x, run=run, native=native, out=buffer[: pixels * run])
+    assert got.data_ptr() == buffer.data_ptr()
+    torch.testing.assert_close(got, expected)
+    assert buffer[pixels * run :].isnan().all()  # nothing written past the samples
+    grad = torch.randn(pixels * run, c, generator=g, dtype=torch.float64)
+    in_order, by_tap = torch.zeros_like(table), torch.zeros_like(table)
+    positions = bilinear.sample_rows_backward(table, h, w, 1, y, x, grad, in_order, True, native=native)
+    tap_major = bilinear.sample_rows_backward(table, h, w, 1, y, x, grad, by_tap, True, run=run, native=native)
+    torch.testing.assert_close(by_tap, in_order)
+    for a, b in zip(tap_major, positions):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match=r"out must be a contiguous torch.float64 tensor of shape \[90, 33\]"):
+        bilinear.sample_rows(table, h, w, 1, y, x, native=native, out=buffer[:10])
+    with pytest.raises(ValueError, match="runs of 4 taps"):
+        bilinear.sample_rows(table, h, w, 1, y, x, run=4, native=native)
+
+
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize("c_in,c_out", [(6, 5), (48, 2)], ids=["sample-then-multiply", "multiply-then-sample"])
+def test_gradients_come_back_contiguous(impl, c_in, c_out):
+    # Like F.conv2d's: a permuted gradient would be copied again by autograd or the next layer.
+    x, scale, weight, bias, stride, padding, dilation, grad_out = _case(9, c_in, c_out, (3, 3), (1, 1), (1, 1), (2, 2))
+    leaves = [t.clone().requires_grad_() for t in (x, scale, weight)]
+    sac_conv2d(*leaves, bias, stride, padding, dilation, impl=impl).backward(grad_out)
+    for leaf in leaves:
+        assert leaf.grad.is_contiguous()
