@@ -2,9 +2,11 @@
 
 Every operator runs at the same geometry (3x3 kernel, dilation 4, padding 4, stride 1), in one
 process, after one warm-up call; times are medians of ``--repeats`` calls (at most 3 for an
-operator whose warm-up call took over a second). Scales are uniform in [0.5, 2]; deform_conv2d
-gets the offsets ``(s - 1) * dil * (a - kh//2, b - kw//2)`` that make it sample where SAC does.
-Ratios are to F.conv2d of the same shape in the same run, so machine noise partly cancels.
+operator whose warm-up call took over a second, timed first). The others are timed round-robin:
+each round times every one of them once, forward then forward+backward, so that the machine's
+drift (other tenants of a shared host measured +-15% here) meets them alike. Scales are uniform
+in [0.5, 2]; deform_conv2d gets the offsets ``(s - 1) * dil * (a - kh//2, b - kw//2)`` that make it
+sample where SAC does. Ratios are to F.conv2d of the same shape in the same run.
 Shapes (see ``SHAPES``): res5 512->512 at 64x64; classifiers 2048->19 and 2048->150 at 64x64;
 res5 512->512 on a batch of two 97x97 maps. The reference path is skipped on the last by default.
 
@@ -82,22 +84,32 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_time(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
     _sync(device)
     start = time.perf_counter()
-    fn()  # warm-up: kernel selection, JIT, native build, allocator
+    fn()
     _sync(device)
-    warm_up = time.perf_counter() - start
-    # Multi-second calls (deform_conv2d, the reference path) vary little relative to their length.
-    repeats = min(repeats, 3) if warm_up > 1.0 else repeats
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return time.perf_counter() - start
+
+
+def _round_robin_medians(
+    calls: dict[str, tuple[Callable[[], object], Callable[[], object]]], repeats: int, device: torch.device
+) -> dict[str, tuple[float, float]]:
+    """Median seconds of each operator's forward and forward+backward.
+
+    Operators whose warm-up took over a second (deform_conv2d, the reference path) are timed first,
+    3 calls each: they vary little relative to their length, and their gigabytes of temporaries
+    would disturb whichever operator ran next. The others are then timed round-robin.
+    """
+    warm_up = {name: max(_timed(fn, device) for fn in pair) for name, pair in calls.items()}
+    times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in calls}
+    slow = [name for name in calls if warm_up[name] > 1.0]
+    for rounds, names in ((min(repeats, 3), slow), (repeats, [name for name in calls if name not in slow])):
+        for _ in range(rounds):
+            for name in names:
+                for fn, bucket in zip(calls[name], times[name]):
+                    bucket.append(_timed(fn, device))
+    return {name: (statistics.median(fwd), statistics.median(both)) for name, (fwd, both) in times.items()}
 
 
 def _peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
@@ -134,24 +146,25 @@ def _bench_shape(name: str, shape: Shape, ops: list[str], repeats: int, device: 
     s = (torch.rand(n, 1, h, h, generator=g) * 1.5 + 0.5).to(device)
     grad_out = torch.randn(n, shape.c_out, h, h, generator=g).to(device)
     x_, w_, s_ = (t.clone().requires_grad_() for t in (x, w, s))
-    rows = []
+    calls = {}
     for op_name, op in _operators(shape.dilation).items():
         if op_name not in ops:
             continue
 
-        def forward() -> None:
+        def forward(op: Callable[[Tensor, Tensor, Tensor], Tensor] = op) -> None:
             with torch.no_grad():
                 op(x, s, w)
 
-        def forward_backward() -> None:
+        def forward_backward(op: Callable[[Tensor, Tensor, Tensor], Tensor] = op, op_name: str = op_name) -> None:
             # conv2d has no scale: it still gets the same leaves so that the work compares.
             out = op(x_, s_, w_)
             torch.autograd.backward(out, grad_out, inputs=[x_, w_] if op_name == "conv2d" else [x_, w_, s_])
             x_.grad = w_.grad = s_.grad = None
 
-        t_fwd = _median_time(forward, repeats, device)
-        t_both = _median_time(forward_backward, repeats, device)
-        peak = _peak_bytes(forward_backward, device)
+        calls[op_name] = (forward, forward_backward)
+    rows = []
+    for op_name, (t_fwd, t_both) in _round_robin_medians(calls, repeats, device).items():
+        peak = _peak_bytes(calls[op_name][1], device)
         rows.append({"shape": name, "op": op_name, "fwd": t_fwd, "fwd+bwd": t_both, "peak": peak})
         print(f"  {name:<11} {op_name:<16} fwd {t_fwd * 1e3:9.1f} ms  fwd+bwd {t_both * 1e3:9.1f} ms  peak {peak / 2**20:8.1f} MiB", flush=True)
     return rows
@@ -183,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         help="operators (default: conv2d, deform_conv2d, sac:fast and, where it is cheap enough, sac:reference)",
     )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="intra-op threads (default: all cores)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds (median)")
     parser.add_argument("--quick", action="store_true", help="3 repeats, res5 and cls19 only unless --shapes is given")
     parser.add_argument("--reference-everywhere", action="store_true", help="also run sac:reference on the large shapes")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
