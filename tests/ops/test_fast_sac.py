@@ -214,3 +214,23 @@ def test_gradients_come_back_contiguous(impl, c_in, c_out):
     sac_conv2d(*leaves, bias, stride, padding, dilation, impl=impl).backward(grad_out)
     for leaf in leaves:
         assert leaf.grad.is_contiguous()
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("taps", [1, 4])
+def test_adjoint_kernel_under_any_thread_count(threads, taps, monkeypatch):
+    # The kernel splits the channels among threads, or the taps when the table has enough tap blocks.
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    g = torch.Generator().manual_seed(11)
+    h, w, c, pixels = 5, 6, 40, 7
+    table = torch.randn(h * w * taps, c, generator=g, dtype=torch.float64)
+    y = torch.rand(pixels * taps, generator=g, dtype=torch.float64) * (h + 2) - 1
+    x = torch.rand(pixels * taps, generator=g, dtype=torch.float64) * (w + 2) - 1
+    grad = torch.randn(pixels * taps, c, generator=g, dtype=torch.float64)
+    results = []
+    for native in (True, False):
+        grad_table = torch.zeros_like(table)
+        positions = bilinear.sample_rows_backward(table, h, w, taps, y, x, grad, grad_table, True, native=native)
+        results.append((grad_table, *positions))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want)
