@@ -214,6 +214,10 @@ def _linear(a: Tensor, b: Tensor) -> Tensor:
     up to 1.5x slower at these shapes on this project's (AMD) machine.
     """
     if _ONEDNN_LINEAR and a.device.type == "cpu" and a.dtype == torch.float32 and a.numel() > 0 and b.numel() > 0:
+        if not (b.is_contiguous() or b.t().is_contiguous()):
+            # A strided view (e.g. of an input sliced in height) sends oneDNN to a reference kernel
+            # that measured 250x slower; a transposed contiguous one is read as it is.
+            b = b.contiguous()
         return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
     return a @ b.t()
 

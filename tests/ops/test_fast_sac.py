@@ -234,3 +234,25 @@ def test_adjoint_kernel_under_any_thread_count(threads, taps, monkeypatch):
         results.append((grad_table, *positions))
     for got, want in zip(*results):
         torch.testing.assert_close(got, want)
+
+
+def test_gemm_reads_strided_views_right():
+    # A height-sliced NCHW input makes a plane a strided view; oneDNN must get it tight (or transposed).
+    a, planes = torch.randn(5, 16), torch.randn(16, 40)
+    for b in (planes.t(), planes.t()[:24], planes[:, :24].t(), planes.t().contiguous()):
+        torch.testing.assert_close(sac_module._linear(a, b), a @ b.t())
+
+
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize("c_in,c_out", [(6, 5), (48, 2)], ids=["sample-then-multiply", "multiply-then-sample"])
+def test_input_sliced_in_height(impl, c_in, c_out):
+    x, scale, weight, bias, stride, padding, dilation, grad_out = _case(12, c_in, c_out, (3, 3), (1, 1), (1, 1), (1, 1), size=(15, 13))
+    scale, grad_out = scale[:, :, 2:13], grad_out[:, :, 2:13]
+    results = []
+    for contiguous in (False, True):
+        leaf = x.clone().requires_grad_()
+        sliced = leaf[:, :, 2:13]  # the rows of a plane are no longer back to back
+        assert not sliced.is_contiguous()
+        out = sac_conv2d(sliced.contiguous() if contiguous else sliced, scale, weight, bias, stride, padding, dilation, impl=impl)
+        results.append((out, *torch.autograd.grad(out, leaf, grad_out)))
+    _assert_agree(results[0], results[1], names=("output", "input"))
