@@ -81,7 +81,7 @@ def native_library() -> ctypes.CDLL | None:
     for suffix in ("f32", "f64"):
         getattr(lib, f"sac_sample_{suffix}").argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, i64, ptr, cint]
         getattr(lib, f"sac_sample_sum_taps_{suffix}").argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, ptr, cint]
-        getattr(lib, f"sac_sample_backward_{suffix}").argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, cint]
+        getattr(lib, f"sac_sample_backward_{suffix}").argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, i64, ptr, i64, ptr, ptr, ptr, cint]
         getattr(lib, f"sac_transpose_{suffix}").argtypes = [ptr, i64, i64, i64, ptr, cint]
     _library = lib
     return lib
@@ -228,9 +228,8 @@ def sample_rows_backward(
         threads = torch.get_num_threads()
         gy = table.new_empty(m) if want_positions else None
         gx = table.new_empty(m) if want_positions else None
-        partial = table.new_zeros(threads, m, 2) if want_positions else None  # per-thread partial sums
         fn = lib.sac_sample_backward_f32 if table.dtype == torch.float32 else lib.sac_sample_backward_f64
-        fn(_ptr(table), h, w, c, taps, _ptr(y), _ptr(x), m, run, _ptr(grad), share, _ptr(grad_table), _ptr(gy), _ptr(gx), _ptr(partial), threads)
+        fn(_ptr(table), h, w, c, taps, _ptr(y), _ptr(x), m, run, _ptr(grad), share, _ptr(grad_table), _ptr(gy), _ptr(gx), threads)
         return (gy, gx) if want_positions else None  # type: ignore[return-value]
     if share > 1:
         grad = grad[:, None].expand(m // share, share, c).reshape(m, c)

@@ -6,13 +6,15 @@
 // sacseg.ops.sac_conv._bilinear_gather does. Samples come in runs of `run` (the taps of one output
 // pixel, tap fastest) and are visited tap-major: one tap of every pixel, then the next tap. Tap t
 // of neighbouring pixels reads neighbouring table rows, so the rows stay in cache; pixel-major
-// order measured 30% slower at 97 x 97 when the GEMM between two chunks had evicted the table. Built by sacseg/ops/_bilinear.py with the system
-// C++ compiler and loaded with ctypes, so it needs no torch headers.
+// order measured 30% slower at 97 x 97 when the GEMM between two chunks had evicted the table.
+// Built by sacseg/ops/_bilinear.py with the system C++ compiler and loaded with ctypes, so it
+// needs no torch headers.
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 namespace {
 
@@ -135,12 +137,11 @@ inline void adjoint(const T* table, const Corners<T>& k, const T* g, T* grad_tab
 
 // grad_table (optional) += adjoint of the sampling applied to grad [M / share, C] (sample r takes
 // row r / share: share = taps is the adjoint of sample_sum_taps, share = 1 of sample); grad_y/grad_x
-// (optional) [M] = derivative of the samples in the position, dotted with grad, using `partial`
-// ([threads, M, 2] zeros) for per-thread partial sums when the threads split the channels.
+// (optional) [M] = derivative of the samples in the position, dotted with grad.
 template <typename T>
 void sample_backward(const T* table, int64_t h, int64_t w, int64_t c, int64_t taps, const T* ys, const T* xs,
                      int64_t m, int64_t run, const T* grad, int64_t share, T* grad_table, T* grad_y, T* grad_x,
-                     T* partial, int threads) {
+                     int threads) {
   const bool want_pos = grad_y != nullptr;
   if (taps >= threads && m % taps == 0) {
     // A table of tap blocks (multiplying first): tap t's samples write only block t, so the
@@ -165,11 +166,13 @@ void sample_backward(const T* table, int64_t h, int64_t w, int64_t c, int64_t ta
   // Threads split the channels, so the scatter into grad_table needs no atomics. Below 16
   // channels a thread's share is too small to pay for the split.
   const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, c / 16)));
+  // Each thread's partial sums of the position derivatives, [nt, M, 2].
+  std::vector<T> partial(want_pos ? static_cast<size_t>(nt) * 2 * m : 0);
 #pragma omp parallel num_threads(nt)
   {
     const int tid = omp_get_thread_num(), n = omp_get_num_threads();
     const int64_t c0 = c * tid / n, c1 = c * (tid + 1) / n;
-    T* mine = want_pos ? partial + static_cast<size_t>(tid) * 2 * m : nullptr;
+    T* mine = want_pos ? partial.data() + static_cast<size_t>(tid) * 2 * m : nullptr;
     for (int64_t v = 0; v < m; ++v) {
       const int64_t r = visit(v, pixels, run);
       T sy = 0, sx = 0;
@@ -240,15 +243,14 @@ void sac_sample_sum_taps_f64(const double* table, int64_t h, int64_t w, int64_t 
 
 void sac_sample_backward_f32(const float* table, int64_t h, int64_t w, int64_t c, int64_t taps, const float* ys,
                              const float* xs, int64_t m, int64_t run, const float* grad, int64_t share,
-                             float* grad_table, float* grad_y, float* grad_x, float* partial, int threads) {
-  sample_backward(table, h, w, c, taps, ys, xs, m, run, grad, share, grad_table, grad_y, grad_x, partial, threads);
+                             float* grad_table, float* grad_y, float* grad_x, int threads) {
+  sample_backward(table, h, w, c, taps, ys, xs, m, run, grad, share, grad_table, grad_y, grad_x, threads);
 }
 
 void sac_sample_backward_f64(const double* table, int64_t h, int64_t w, int64_t c, int64_t taps,
                              const double* ys, const double* xs, int64_t m, int64_t run, const double* grad,
-                             int64_t share, double* grad_table, double* grad_y, double* grad_x, double* partial,
-                             int threads) {
-  sample_backward(table, h, w, c, taps, ys, xs, m, run, grad, share, grad_table, grad_y, grad_x, partial, threads);
+                             int64_t share, double* grad_table, double* grad_y, double* grad_x, int threads) {
+  sample_backward(table, h, w, c, taps, ys, xs, m, run, grad, share, grad_table, grad_y, grad_x, threads);
 }
 
 void sac_transpose_f32(const float* src, int64_t batch, int64_t rows, int64_t cols, float* dst, int threads) {
