@@ -251,7 +251,7 @@ def _tap_positions(
     dilation: tuple[int, int],
 ) -> tuple[Tensor, Tensor]:
     """Every tap's position, ``[N, H_out * W_out * kh * kw]`` each, tap fastest: output rows
-    ``p0:p1`` of image ``i`` are the contiguous slice ``[i, p0 * W_out * kh * kw : p1 * W_out * kh * kw]``.
+    ``p0:p1`` of image ``i`` are the contiguous slice ``[i, _rows_span(p0, p1, W_out, kh * kw)]``.
 
     Args:
         scale: ``[N, 1, H_out, W_out]``.
@@ -261,6 +261,11 @@ def _tap_positions(
     n, taps = scale.shape[0], kernel_size[0] * kernel_size[1]
     shape = (n, scale.shape[2] * scale.shape[3] * taps)
     return y.permute(0, 3, 4, 1, 2).reshape(shape), x.permute(0, 3, 4, 1, 2).reshape(shape)
+
+
+def _rows_span(p0: int, p1: int, w_out: int, taps: int) -> slice:
+    """Where output rows ``p0:p1`` sit along the last axis of :func:`_tap_positions`' results."""
+    return slice(p0 * w_out * taps, p1 * w_out * taps)
 
 
 class _SacFastFunction(torch.autograd.Function):
@@ -309,7 +314,8 @@ class _SacFastFunction(torch.autograd.Function):
         for i in range(n):
             for p0, p1 in chunks:
                 length = (p1 - p0) * w_out
-                y, x = ys[i, p0 * w_out * taps : p1 * w_out * taps], xs[i, p0 * w_out * taps : p1 * w_out * taps]
+                span = _rows_span(p0, p1, w_out, taps)
+                y, x = ys[i, span], xs[i, span]
                 if project:
                     res = sample_rows(tables[i], h, w, taps, y, x, sum_taps=True, native=native, out=buffer[:length]).t()
                 else:
@@ -340,7 +346,7 @@ class _SacFastFunction(torch.autograd.Function):
 
         def chunk(i: int, p0: int, p1: int) -> tuple[Tensor, Tensor, Tensor]:
             """Positions and output gradient ``[length, C_out]`` of output rows ``p0:p1`` of image ``i``."""
-            span = slice(p0 * w_out * taps, p1 * w_out * taps)
+            span = _rows_span(p0, p1, w_out, taps)
             return ys[i, span], xs[i, span], grad_out_cl[i, p0:p1].reshape((p1 - p0) * w_out, c_out)
 
         grad_weight = None
