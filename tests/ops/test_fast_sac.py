@@ -167,7 +167,7 @@ def test_summed_taps_and_their_adjoint(native):
 
 @pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("shape", [(1, 16, 16), (2, 37, 53), (3, 1, 5), (1, 97, 9)])
+@pytest.mark.parametrize("shape", [(1, 16, 16), (2, 37, 53), (3, 1, 5), (1, 97, 9), (2, 130, 75)])  # blocks, tiles, edges
 def test_transpose(native, dtype, shape):
     src = torch.randn(shape, dtype=dtype)
     assert torch.equal(bilinear.transpose(src, native=native), src.transpose(1, 2))
