@@ -306,9 +306,11 @@ class _SacFastFunction(torch.autograd.Function):
             # Channels-last, so that the four corners of a tap are contiguous rows.
             tables = transpose(input.reshape(n, c_in, h * w), native=native)
             matrix = _column_weight(weight, native)
-        row_bytes = w_out * taps * (c_out if project else c_in) * input.element_size()
-        chunks = _row_chunks(h_out, row_bytes, _CHUNK_BYTES)
-        buffer = _chunk_buffer(chunks, w_out, c_out if project else taps * c_in, input)
+        # The buffer holds a chunk's sampled columns, or (multiplying first) their sums over taps,
+        # which are no larger than the output: one chunk, one kernel call, at classifier shapes.
+        channels = c_out if project else taps * c_in
+        chunks = _row_chunks(h_out, w_out * channels * input.element_size(), _CHUNK_BYTES)
+        buffer = _chunk_buffer(chunks, w_out, channels, input)
         ys, xs = _tap_positions(scale, (kh, kw), stride, padding, dilation)
         out = input.new_empty(n, c_out, h_out, w_out)
         for i in range(n):
@@ -340,7 +342,7 @@ class _SacFastFunction(torch.autograd.Function):
         c_out, c_in, kh, kw = weight.shape
         taps = kh * kw
         h_out, w_out = scale.shape[-2:]
-        row_bytes = w_out * taps * (c_out if project else c_in) * weight.element_size()
+        row_bytes = w_out * taps * c_in * weight.element_size()  # of sampled columns, when sampling first
         ys, xs = _tap_positions(scale, (kh, kw), stride, padding, dilation)
         grad_out_cl = grad_out.permute(0, 2, 3, 1)
 
@@ -355,8 +357,9 @@ class _SacFastFunction(torch.autograd.Function):
             # gradient never coexist: the extra memory stays at about one (forward-sized) chunk.
             chunks = _row_chunks(h_out, row_bytes, _CHUNK_BYTES)
             grad_weight = _weight_gradient(tables, (h, w), weight.shape, chunk, chunks, w_out, native)
-        # Half-size chunks: the column gradient coexists with the weight's gradient and its reordered weight.
-        chunks = _row_chunks(h_out, row_bytes, _CHUNK_BYTES // 2)
+        # Half-size chunks: the column gradient coexists with the weight's gradient and its reordered
+        # weight. Multiplying first, the gradient of the sums is grad_out itself: no buffer, one chunk.
+        chunks = [(0, h_out)] if project else _row_chunks(h_out, row_bytes, _CHUNK_BYTES // 2)
 
         grad_tables = torch.zeros_like(tables) if need_input or (need_weight and project) else None
         grad_scale = torch.zeros_like(scale) if need_scale else None
