@@ -273,8 +273,8 @@ class _SacFastFunction(torch.autograd.Function):
 
     Sampling reads a channels-last table (``[H*W, C_in]``, or the projection ``[H*W*taps, C_out]``
     when multiplying first), so the four corners of a tap are contiguous rows. Backward recomputes
-    the samples instead of saving them, into one buffer reused by every chunk. The gradient of the
-    weight, when multiplying first, comes back with permuted strides (no copy spent on it).
+    the samples instead of saving them, into one buffer reused by every chunk. All gradients come
+    back contiguous, as F.conv2d's do.
     """
 
     @staticmethod
