@@ -166,8 +166,13 @@ def _bench_shape(name: str, shape: Shape, ops: list[str], repeats: int, device: 
     for op_name, (t_fwd, t_both) in _round_robin_medians(calls, repeats, device).items():
         peak = _peak_bytes(calls[op_name][1], device)
         rows.append({"shape": name, "op": op_name, "fwd": t_fwd, "fwd+bwd": t_both, "peak": peak})
-        print(f"  {name:<11} {op_name:<16} fwd {t_fwd * 1e3:9.1f} ms  fwd+bwd {t_both * 1e3:9.1f} ms  peak {peak / 2**20:8.1f} MiB", flush=True)
+        print(f"  {name:<11} {op_name:<16} fwd {_ms(t_fwd)} ms  fwd+bwd {_ms(t_both)} ms  peak {peak / 2**20:8.1f} MiB", flush=True)
     return rows
+
+
+def _ms(seconds: float) -> str:
+    """Milliseconds to the microsecond, so that tiny shapes do not print as 0.0."""
+    return f"{seconds * 1e3:9.3f}"
 
 
 def _table(rows: list[dict]) -> str:
@@ -180,7 +185,7 @@ def _table(rows: list[dict]) -> str:
             return f"{r[key] / b[key]:7.2f}" if b and b[key] > 0 else f"{'-':>7}"
 
         lines.append(
-            f"{r['shape']:<11} {r['op']:<16} {r['fwd'] * 1e3:9.1f} {ratio('fwd')} {r['fwd+bwd'] * 1e3:9.1f} "
+            f"{r['shape']:<11} {r['op']:<16} {_ms(r['fwd'])} {ratio('fwd')} {_ms(r['fwd+bwd'])} "
             f"{ratio('fwd+bwd')} {r['peak'] / 2**20:9.1f} {ratio('peak')}"
         )
     return "\n".join(lines)
