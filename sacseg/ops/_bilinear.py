@@ -119,6 +119,11 @@ def _check_out(out: Tensor | None, shape: tuple[int, ...], dtype: torch.dtype) -
         raise ValueError(f"out must be a contiguous {dtype} tensor of shape {list(shape)}, got {out.dtype} {tuple(out.shape)}")
 
 
+def _check_runs(m: int, size: int) -> None:
+    if size < 1 or m % size:
+        raise ValueError(f"{m} samples do not split into runs of {size} taps")
+
+
 def transpose(src: Tensor, *, native: bool = True, out: Tensor | None = None) -> Tensor:
     """``src`` ``[B, R, C]`` transposed into ``out`` or a new contiguous ``[B, C, R]`` (NCHW <-> NHWC, per image).
 
@@ -167,10 +172,9 @@ def sample_rows(
         ``[M, C]``, or ``[M / taps, C]`` with ``sum_taps`` (``out`` when given).
     """
     m, c = y.numel(), table.shape[1]
-    if sum_taps and m % taps:
-        raise ValueError(f"{m} samples do not split into runs of {taps} taps")
-    if run < 1 or m % run:
-        raise ValueError(f"{m} samples do not split into runs of {run} taps")
+    if sum_taps:
+        _check_runs(m, taps)
+    _check_runs(m, run)
     shape = (m // taps if sum_taps else m, c)
     _check_out(out, shape, table.dtype)
     lib = _use_native(table) if native else None
@@ -217,8 +221,7 @@ def sample_rows_backward(
     m, c = y.numel(), table.shape[1]
     if grad.shape not in ((m, c), (m // taps, c)) or (grad.shape[0] != m and m % taps):
         raise ValueError(f"grad of shape {tuple(grad.shape)} fits neither {m} samples nor their runs of {taps} taps")
-    if run < 1 or m % run:
-        raise ValueError(f"{m} samples do not split into runs of {run} taps")
+    _check_runs(m, run)
     share = m // grad.shape[0] if grad.shape[0] else 1
     lib = _use_native(table) if native else None
     if lib is not None:
