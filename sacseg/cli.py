@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# The keys that build the network (build_model_from_config); a checkpoint's weights fix them.
+_MODEL_KEYS = ("model", "output_stride", "upsample", "min_scale", "max_scale", "scale_bound", "frozen_bn")
+
+
 def _trained_model(args: argparse.Namespace, overrides: list[str]) -> tuple[nn.Module, TrainConfig]:
     """The checkpoint's model and the run's config: ``--config`` (else the checkpoint's) with ``overrides``."""
     import torch
@@ -56,6 +61,13 @@ def _trained_model(args: argparse.Namespace, overrides: list[str]) -> tuple[nn.M
         raise ValueError(
             f"config key 'num_classes' is {cfg.num_classes} but the model in {args.checkpoint} has {model_cfg.num_classes} classes"
         )
+    # The weights decide which network runs: its keys come from the checkpoint, whatever --config
+    # or --set say, so that what is printed and recorded is the model that was scored.
+    replaced = {key: getattr(cfg, key) for key in _MODEL_KEYS if getattr(cfg, key) != getattr(model_cfg, key)}
+    if replaced:
+        cfg = dataclasses.replace(cfg, **{key: getattr(model_cfg, key) for key in replaced})
+        changes = ", ".join(f"{key}={getattr(cfg, key)} (not {value})" for key, value in replaced.items())
+        print(f"sacseg {args.command}: the checkpoint's model keys replace the config's: {changes}", file=sys.stderr)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     return model, cfg
@@ -131,6 +143,23 @@ def _cmd_export(args: argparse.Namespace) -> int:
     checks = ", ".join(f"{error:.1e} at {'x'.join(map(str, shape))}" for shape, error in result.errors.items())
     print(f"{cfg.model}: wrote {result.path} (opset {result.opset}, outputs {', '.join(result.outputs)}); "
           f"onnxruntime vs PyTorch, max relative error {checks}")  # fmt: skip
+    return 0
+
+
+def _cmd_cityscapes_eval(args: argparse.Namespace) -> int:
+    from sacseg.engine.cityscapes_eval import RESULT_FILE, cityscapes_official_eval, format_official_results
+
+    try:
+        results = cityscapes_official_eval(
+            args.pred_dir, args.gt_root, args.out, split=args.split, instance_scores=args.instance_scores,
+            quiet=not args.verbose,
+        )  # fmt: skip
+    except RuntimeError as err:  # the evaluator stopped on a file it could not use
+        print(f"sacseg cityscapes-eval: {err}", file=sys.stderr)
+        return 1
+    print(f"official Cityscapes evaluation of {args.pred_dir} against {Path(args.gt_root) / 'gtFine' / args.split}:")
+    print(format_official_results(results))
+    print(f"results: {Path(args.out) / RESULT_FILE}")
     return 0
 
 
@@ -210,9 +239,26 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_cmd_export)
 
 
+def _add_cityscapes_eval(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "cityscapes-eval",
+        help="score Cityscapes labelId predictions with the official cityscapesscripts evaluator",
+        description="Runs cityscapesscripts' evaluateImgLists (IoU and iIoU of the 19 classes) on the labelId PNGs "
+        "that 'sacseg predict --format cityscapes' writes, against GT_ROOT/gtFine/SPLIT, and writes its JSON into --out only.",
+    )  # fmt: skip
+    parser.add_argument("pred_dir", metavar="PRED_DIR", help="folder searched for <city>_<seq>_<frame>*.png predictions")
+    parser.add_argument("--gt-root", required=True, help="the Cityscapes folder holding gtFine/")
+    parser.add_argument("--split", default="val", help="the gtFine split to score")
+    parser.add_argument("--out", required=True, help="folder for the evaluator's resultPixelLevelSemanticLabeling.json")
+    parser.add_argument("--no-instance-scores", dest="instance_scores", action="store_false",
+                        help="skip the instance-weighted iIoU (it reads *_gtFine_instanceIds.png)")  # fmt: skip
+    parser.add_argument("--verbose", action="store_true", help="also print the evaluator's own report")
+    parser.set_defaults(func=_cmd_cityscapes_eval)
+
+
 # One entry per sub-command: adding one is one function here.
 _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_train, _add_demo, _add_eval, _add_predict, _add_export
+    _add_train, _add_demo, _add_eval, _add_predict, _add_export, _add_cityscapes_eval
 )  # fmt: skip
 
 

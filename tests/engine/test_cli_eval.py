@@ -210,3 +210,16 @@ def test_eval_uses_the_given_config_for_a_config_less_checkpoint(
     assert main(["eval", "--checkpoint", str(tmp_path / "bare.pt"), "--config", str(config), "--out", str(tmp_path / "r.json")]) == 0
     assert "fcn_resnet18 on scale_scenes val (1 images" in capsys.readouterr().out
     assert json.loads((tmp_path / "r.json").read_text())["meta"]["images"] == 1
+
+
+def test_eval_with_a_baseline_config_reports_the_checkpoints_sac_model(
+    sac_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "baseline.yaml"
+    save_config(tiny_config(tmp_path, model="fcn_resnet18"), config)
+    out = tmp_path / "r.json"
+    assert main(["eval", "--checkpoint", str(sac_checkpoint), "--config", str(config), "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "sac_single_resnet18 on scale_scenes val (1 images" in printed.out and "fcn_resnet18" not in printed.out
+    assert "model keys replace the config's: model=sac_single_resnet18 (not fcn_resnet18)" in printed.err
+    assert json.loads(out.read_text())["meta"]["model"] == "sac_single_resnet18"
