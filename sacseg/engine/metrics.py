@@ -14,7 +14,7 @@ from torch import distributed as dist
 
 from sacseg.engine.io import atomic_open
 
-__all__ = ["ConfusionMatrix", "format_results", "save_results_json"]
+__all__ = ["ConfusionMatrix", "format_percent_table", "format_results", "save_results_json"]
 
 
 class ConfusionMatrix:
@@ -119,18 +119,34 @@ def _check_names(results: Mapping[str, Any], class_names: Sequence[str]) -> None
 def format_results(results: Mapping[str, Any], class_names: Sequence[str]) -> str:
     """The per-class table (class, IoU, Acc in percent; "nan" for absent classes) and the means."""
     _check_names(results, class_names)
-    width = max([len("class"), len("mean"), *(len(n) for n in class_names)])
-    lines = [f"{'class':<{width}}  {'IoU':>6}  {'Acc':>6}", "-" * (width + 16)]
-    for name, iou, acc in zip(class_names, results["iou"], results["acc"]):
-        lines.append(f"{name:<{width}}  {_pct(iou)}  {_pct(acc)}")
-    lines.append("-" * (width + 16))
-    lines.append(f"{'mean':<{width}}  {_pct(results['miou'])}  {_pct(results['mean_acc'])}")
-    lines.append(f"pixel accuracy {_pct(results['pixel_acc']).strip()}  ({results['num_pixels']} pixels)")
-    return "\n".join(lines)
+    table = format_percent_table(
+        ("IoU", "Acc"), list(zip(class_names, zip(results["iou"], results["acc"]))),
+        [("mean", (results["miou"], results["mean_acc"]))],
+    )  # fmt: skip
+    return table + f"\npixel accuracy {_pct(results['pixel_acc']).strip()}  ({results['num_pixels']} pixels)"
 
 
-def _pct(value: float) -> str:
-    return f"{'nan':>6}" if math.isnan(value) else f"{100.0 * value:6.2f}"
+def format_percent_table(
+    columns: Sequence[str],
+    rows: Sequence[tuple[str, Sequence[float | None]]],
+    means: Sequence[tuple[str, Sequence[float | None]]],
+) -> str:
+    """A table of fractions printed in percent: a header (``class`` and ``columns``), ``rows``, a rule,
+    then the ``means`` rows; NaN and None print as "nan"."""
+    width = max([len("class"), *(len(name) for name, _ in [*rows, *means])])
+    rule = "-" * (width + 8 * len(columns))
+
+    def line(name: str, values: Sequence[Any]) -> str:
+        return "  ".join([f"{name:<{width}}", *values])
+
+    header = line("class", [f"{c:>6}" for c in columns])
+    body = [line(name, [_pct(v) for v in values]) for name, values in rows]
+    tail = [line(name, [_pct(v) for v in values]) for name, values in means]
+    return "\n".join([header, rule, *body, rule, *tail])
+
+
+def _pct(value: float | None) -> str:
+    return f"{'nan':>6}" if value is None or math.isnan(value) else f"{100.0 * value:6.2f}"
 
 
 def save_results_json(
