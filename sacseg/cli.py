@@ -29,8 +29,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as err:
         print(f"sacseg train: {err}", file=sys.stderr)
         return 1
-    print(f"trained {summary['iteration']} iterations, best validation mIoU {summary['best_miou']:.4f}; "
-          f"checkpoints in {summary['out_dir']}")  # fmt: skip
+    if summary["is_main"]:  # under torchrun every process returns; one summary is enough
+        print(f"trained {summary['iteration']} iterations, best validation mIoU {100 * summary['best_miou']:.2f}; "
+              f"checkpoints in {summary['out_dir']}")  # fmt: skip
     return 0
 
 

@@ -28,13 +28,14 @@ def evaluate(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     progress: bool = False,
+    desc: str = "eval",
 ) -> ConfusionMatrix:
     """Confusion matrix of ``model`` over ``loader`` batches ``(images [N, 3, H, W], targets [N, H, W])``.
 
     Inference options are those of ``predict``; ``device`` defaults to the model's. The model runs in eval mode and is put back in
     its previous mode afterwards. Under torch.distributed (each process given its share of the
     data) the returned matrix is already summed over processes; call ``.compute()`` on it.
-    ``progress`` shows a tqdm bar (on stderr) over the batches.
+    ``progress`` shows a tqdm bar (on stderr) over the batches, labelled ``desc``.
     """
     if device is None:
         first = next(model.parameters(), None)
@@ -43,7 +44,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     try:
-        for images, targets in tqdm(loader, desc="eval", unit="batch", disable=not progress, dynamic_ncols=True):
+        for images, targets in tqdm(loader, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
             probs = predict(
                 model, images.to(device), mode=mode, crop_size=crop_size, stride=stride, scales=scales, flip=flip
             )

@@ -35,8 +35,11 @@ from sacseg.engine.distributed import (
     wrap_model,
 )
 from sacseg.engine.evaluate import evaluate
+from sacseg.engine.inference import predict_with_scales
+from sacseg.engine.metrics import format_results
 from sacseg.engine.sampling import ResumableSampler, SeededSamples, seed_worker
 from sacseg.models import build_model, load_baseline_and_freeze
+from sacseg.viz import colorize, denormalize, heatmap
 
 __all__ = [
     "NonFiniteLossError",
@@ -392,6 +395,7 @@ def _fit(cfg: TrainConfig, resume: str | None, ctx: DistContext, out_dir: Path, 
         cfg.model, cfg.dataset, total, iters_per_epoch, ctx.world_size, ctx.device, cfg.batch_size,
     )  # fmt: skip
     progress = tqdm(total=total, initial=iteration, disable=not ctx.is_main, desc="train", dynamic_ncols=True)
+    postfix: dict[str, str] = {}
     try:
         while iteration < total:
             epoch, done_in_epoch = divmod(iteration, iters_per_epoch)
@@ -399,18 +403,17 @@ def _fit(cfg: TrainConfig, resume: str | None, ctx: DistContext, out_dir: Path, 
             model.train()
             tick = time.perf_counter()
             for images, targets in loader:
+                lr = optimizer.param_groups[0]["lr"]  # the step's own lr, before the scheduler moves it on
                 loss, scales = train_step(
                     model, optimizer, scaler, images, targets, ctx, iteration, use_amp, cfg.grad_clip
                 )
                 scheduler.step()
                 iteration += 1
                 losses.append(loss)
-                now = time.perf_counter()
-                throughput = cfg.batch_size / max(now - tick, 1e-9)
-                tick = now
-                lr = optimizer.param_groups[0]["lr"]
+                throughput = cfg.batch_size / max(time.perf_counter() - tick, 1e-9)
                 progress.update(1)
-                progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{throughput:.1f}")
+                postfix.update(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{throughput:.1f}")
+                progress.set_postfix(postfix)
                 if writer is not None:
                     writer.add_scalar("train/loss", loss, iteration)
                     writer.add_scalar("train/lr", lr, iteration)
@@ -423,20 +426,26 @@ def _fit(cfg: TrainConfig, resume: str | None, ctx: DistContext, out_dir: Path, 
                     last_metrics = evaluate(
                         unwrap(model), val_loader, cfg.num_classes, ignore_index=IGNORE_INDEX, device=ctx.device,
                         mode=cfg.eval_mode, crop_size=cfg.eval_crop_size, stride=cfg.eval_stride,
+                        progress=ctx.is_main, desc="val",
                     ).compute()  # fmt: skip
                     miou = last_metrics["miou"]
-                    _log.info("iteration %d validation mIoU %.4f pixel acc %.4f", iteration, miou, last_metrics["pixel_acc"])
-                    if writer is not None:
-                        writer.add_scalar("val/miou", miou, iteration)
-                        writer.add_scalar("val/pixel_acc", last_metrics["pixel_acc"], iteration)
+                    if ctx.is_main:
+                        _report_validation(last_metrics, val_set, iteration, progress, writer)
+                        if writer is not None:
+                            _validation_pictures(unwrap(model), val_set, cfg, iteration, writer)
+                    postfix["val_miou"] = f"{100 * miou:.2f}"
+                    progress.set_postfix(postfix)
                     if miou > best:
                         best = miou
                         if ctx.is_main:
                             save(out_dir / "best.pt", iteration)
+                    progress.unpause()  # the bar's rate counts training only
                 if ctx.is_main and (iteration % (cfg.checkpoint_every * iters_per_unit) == 0 or iteration == total):
                     save(out_dir / "last.pt", iteration)
+                    progress.unpause()
                 if iteration >= total:
                     break
+                tick = time.perf_counter()  # images/s counts training only: not validation, not checkpoints
     except NonFiniteLossError as err:
         last = out_dir / "last.pt"
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
@@ -446,5 +455,54 @@ def _fit(cfg: TrainConfig, resume: str | None, ctx: DistContext, out_dir: Path, 
         progress.close()
         if writer is not None:
             writer.close()
-    _log.info("done: %d iterations, best validation mIoU %.4f", iteration, best)
-    return {"iteration": iteration, "best_miou": best, "last_metrics": last_metrics, "losses": losses, "out_dir": str(out_dir)}
+    _log.info("done: %d iterations, best validation mIoU %.2f", iteration, 100 * best)
+    return {
+        "iteration": iteration, "best_miou": best, "last_metrics": last_metrics, "losses": losses,
+        "out_dir": str(out_dir), "is_main": ctx.is_main,
+    }  # fmt: skip
+
+
+# Validation images drawn into TensorBoard at each validation (prediction, ground truth, scale maps).
+_VAL_PICTURES = 2
+
+
+def _report_validation(
+    metrics: dict[str, Any], val_set: Dataset, iteration: int, progress: tqdm, writer: SummaryWriter | None
+) -> None:
+    """A validation's scores to the terminal (the per-class table), ``train.log`` and TensorBoard; in percent
+    on the terminal and in the log, as ``sacseg eval`` prints them."""
+    classes = val_set.classes  # type: ignore[attr-defined]
+    miou, pixel_acc = 100 * metrics["miou"], 100 * metrics["pixel_acc"]
+    progress.write(f"iteration {iteration} validation:\n{format_results(metrics, classes)}")
+    _log.info("iteration %d validation mIoU %.2f pixel acc %.2f mean acc %.2f (percent)",
+              iteration, miou, pixel_acc, 100 * metrics["mean_acc"])  # fmt: skip
+    per_class = ", ".join(f"{name} {100 * iou:.2f}" for name, iou in zip(classes, metrics["iou"]))
+    _log.info("iteration %d validation IoU per class (percent, nan: absent): %s", iteration, per_class)
+    if writer is None:
+        return
+    for key in ("miou", "pixel_acc", "mean_acc"):
+        writer.add_scalar(f"val/{key}", metrics[key], iteration)
+    for name, iou in zip(classes, metrics["iou"]):
+        if not math.isnan(iou):  # absent from prediction and ground truth: no point to plot
+            writer.add_scalar(f"val/iou/{name}", iou, iteration)
+
+
+@torch.no_grad()
+def _validation_pictures(model: nn.Module, val_set: Dataset, cfg: TrainConfig, iteration: int, writer: SummaryWriter) -> None:
+    """The first validation images to TensorBoard: image | prediction | ground truth, and each scale map
+    as a heat map on ``[min_scale, max_scale]``."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        for index in range(min(_VAL_PICTURES, len(val_set))):  # type: ignore[arg-type]
+            image, target = val_set[index]
+            probs, scale_maps = predict_with_scales(model, image[None].to(device))
+            palette = val_set.palette  # type: ignore[attr-defined]
+            row = [denormalize(image), colorize(probs.argmax(1)[0].cpu(), palette), colorize(target, palette)]
+            writer.add_image(f"val/prediction/{index}", np.concatenate(row, axis=1), iteration, dataformats="HWC")
+            for name, scale in scale_maps.items():
+                picture = heatmap(scale[0, 0].cpu(), cfg.min_scale, cfg.max_scale)
+                writer.add_image(f"val/scale_{name}/{index}", picture, iteration, dataformats="HWC")
+    finally:
+        model.train(was_training)

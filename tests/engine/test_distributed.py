@@ -40,7 +40,8 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess[str]:
 def test_two_process_cli_run_trains_and_only_rank0_writes(tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path / "run", model="sac_single_resnet18", iterations=2, val_every=2)
     save_config(cfg, tmp_path / "cfg.yaml")
-    _torchrun("-m", "sacseg", "train", "--config", str(tmp_path / "cfg.yaml"))
+    result = _torchrun("-m", "sacseg", "train", "--config", str(tmp_path / "cfg.yaml"))
+    assert result.stdout.count("trained 2 iterations, best validation mIoU") == 1  # rank 0's summary only
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["iteration"] == 2
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
