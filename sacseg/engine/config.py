@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import types
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -46,6 +48,14 @@ class TrainConfig:
     scale_scenes_train_images: int = 64
     scale_scenes_val_images: int = 16
     scale_scenes_size: int = 128
+    # dataset "folder" (your own data): image and mask folders under data_root ("{split}" becomes
+    # the split's name), class names (a list, or a text file of one name a line under data_root),
+    # colours ([[r, g, b], ...], default generated) and the mask value that is ignored.
+    folder_images: str = "images/{split}"
+    folder_masks: str = "masks/{split}"
+    folder_classes: list[str] | str | None = None
+    folder_palette: list[list[int]] | None = None
+    folder_ignore_index: int = 255
     crop_size: int = 500
     scale_min: float = 0.5
     scale_max: float = 1.5
@@ -102,36 +112,65 @@ def _valid_keys() -> str:
     return ", ".join(f.name for f in dataclasses.fields(TrainConfig))
 
 
+class _Mismatch(Exception):
+    """A value that is not of the annotated type."""
+
+
 def _check_type(key: str, value: Any, annotation: Any, source: str) -> Any:
     """``value`` as the field's type, or a ValueError naming the key."""
-    args = typing.get_args(annotation)
-    optional = type(None) in args
-    base = next((a for a in args if a is not type(None)), annotation) if args else annotation
-    if value is None:
-        if optional:
+    try:
+        return _convert(value, annotation)
+    except _Mismatch:
+        raise ValueError(
+            f"{source}: config key {key!r} must be {_describe(annotation)}, got {value!r} ({type(value).__name__})"
+        ) from None
+
+
+def _convert(value: Any, annotation: Any) -> Any:
+    """``value`` as ``annotation`` (bool, int, float, str, None, ``list[...]`` and unions of them, the
+    first union member that fits winning), or ``_Mismatch``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for member in args:
+            with contextlib.suppress(_Mismatch):
+                return _convert(value, member)
+        raise _Mismatch
+    if origin is list:
+        if not isinstance(value, list):
+            raise _Mismatch
+        return [_convert(item, args[0]) for item in value]
+    if annotation is type(None):
+        if value is None:
             return None
-    elif base is bool:
+    elif annotation is bool:
         if isinstance(value, bool):
             return value
-    elif base is int:
+    elif annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-    elif base is float:
+    elif annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         # YAML 1.1 (PyYAML) reads "5e-4" as a string; accept what Python reads as a number.
         if isinstance(value, str):
-            try:
+            with contextlib.suppress(ValueError):
                 return float(value)
-            except ValueError:
-                pass
-    elif base is str:
+    elif annotation is str:
         if isinstance(value, str):
             return value
     else:  # pragma: no cover - a field type this checker does not know is a bug in TrainConfig
-        raise TypeError(f"config key {key!r} has unsupported type {annotation}")
-    expected = base.__name__ + (" or null" if optional else "")
-    raise ValueError(f"{source}: config key {key!r} must be {expected}, got {value!r} ({type(value).__name__})")
+        raise TypeError(f"unsupported config type {annotation}")
+    raise _Mismatch
+
+
+def _describe(annotation: Any) -> str:
+    """``float | None`` -> "float or null", ``list[str]`` -> "list of str"."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(member) for member in args)
+    if origin is list:
+        return f"list of {_describe(args[0])}"
+    return "null" if annotation is type(None) else annotation.__name__
 
 
 def _validate(cfg: TrainConfig, source: str) -> None:
@@ -168,6 +207,8 @@ def _validate(cfg: TrainConfig, source: str) -> None:
         )
     if cfg.grad_clip is not None and cfg.grad_clip <= 0:
         raise ValueError(f"{source}: config key 'grad_clip' must be > 0 or null, got {cfg.grad_clip}")
+    if cfg.dataset == "folder" and cfg.folder_classes is None:
+        raise ValueError(f"{source}: config key 'folder_classes' (a list of names or a file) is needed for dataset 'folder'")
     if cfg.eval_mode == "slide" and cfg.eval_crop_size is None:
         raise ValueError(f"{source}: config key 'eval_crop_size' is needed when eval_mode is 'slide'")
 

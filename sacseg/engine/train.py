@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from sacseg.data import DATASETS, ScaleScenes
+from sacseg.data import DATASETS, ScaleScenes, SegmentationFolder
 from sacseg.data.transforms import eval_transforms, train_transforms
 from sacseg.engine.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
 from sacseg.engine.config import TrainConfig, save_config
@@ -91,11 +91,41 @@ def _scale_scenes(cfg: TrainConfig, split: str, num_images: int, transforms: Any
 
 
 def dataset_class(cfg: TrainConfig) -> type[Dataset]:
-    """The ``sacseg.data`` class the config's ``dataset`` names (its ``classes`` and ``palette``)."""
-    if cfg.dataset not in DATASETS or cfg.dataset == "folder":
-        valid = ", ".join(sorted(name for name in DATASETS if name != "folder"))
-        raise ValueError(f"config key 'dataset': {cfg.dataset!r} is not a dataset a config can name; valid: {valid}")
+    """The ``sacseg.data`` class the config's ``dataset`` names (its ``classes`` and ``palette``), built
+    as ``(data_root, split, transforms=...)``; for ``folder``, ``SegmentationFolder`` laid out by the
+    config's ``folder_*`` keys."""
+    if cfg.dataset not in DATASETS:
+        raise ValueError(f"config key 'dataset': {cfg.dataset!r} is unknown; valid: {', '.join(sorted(DATASETS))}")
+    if cfg.dataset == "folder":
+        classes = _folder_classes(cfg)
+        return SegmentationFolder.with_layout(
+            cfg.folder_images, cfg.folder_masks, classes, _folder_palette(cfg, len(classes)), cfg.folder_ignore_index
+        )
     return DATASETS[cfg.dataset]
+
+
+def _folder_classes(cfg: TrainConfig) -> list[str]:
+    """``folder_classes``: the list itself, or the names in the file it names (relative to ``data_root``)."""
+    if isinstance(cfg.folder_classes, list):
+        return cfg.folder_classes
+    path = Path(cfg.data_root) / str(cfg.folder_classes)
+    if not path.is_file():
+        raise FileNotFoundError(f"config key 'folder_classes': class-name file not found: {path}")
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"config key 'folder_classes': no class names in {path}")
+    return names
+
+
+def _folder_palette(cfg: TrainConfig, num_classes: int) -> Tensor | None:
+    if cfg.folder_palette is None:
+        return None
+    palette = cfg.folder_palette
+    if len(palette) != num_classes or any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in palette):
+        raise ValueError(
+            f"config key 'folder_palette' must be {num_classes} colours [r, g, b] in 0..255 (one per class), got {palette}"
+        )
+    return torch.tensor(palette, dtype=torch.uint8)
 
 
 def _check_num_classes(cfg: TrainConfig, dataset: Dataset) -> Dataset:
