@@ -174,17 +174,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", required=True, help="a YAML file, e.g. configs/scale_scenes_sac_single_r18.yaml")
     _add_set_arg(parser)
     parser.add_argument("--resume", metavar="PATH|auto", default=None,
-                        help="continue from a checkpoint; 'auto' uses OUT/last.pt when it exists")  # fmt: skip
-    parser.add_argument("--out", default=None, help="output folder (overrides the config's out_dir)")
+                        help="continue from a checkpoint; 'auto' uses OUT/last.pt when it exists (default: start afresh)")  # fmt: skip
+    parser.add_argument("--out", default=None, help="output folder (default: the config's out_dir)")
     parser.set_defaults(func=_cmd_train)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("demo", help="train baseline and SAC-single on generated ScaleScenes (CPU, minutes)")
-    parser.add_argument("--out", default="demo_output", help="report folder (default: demo_output)")
-    parser.add_argument("--iterations", type=int, default=None, help="training iterations per model")
+    parser.add_argument("--out", default="demo_output", help="report folder")
+    parser.add_argument("--iterations", type=int, default=None, help="training iterations per model (default: the demo's 150)")
     parser.add_argument("--test-images", type=int, default=24, help="held-out scenes to evaluate on")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of both training runs")
     parser.set_defaults(func=_cmd_demo)
 
 
@@ -192,13 +192,13 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by sacseg train (best.pt, last.pt)")
     parser.add_argument("--config", default=None,
                         help="YAML config for the data and inference keys (default: the one stored in the checkpoint)")  # fmt: skip
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when available")
 
 
 def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=("whole", "slide"), default=None, help="default: config key eval_mode")
-    parser.add_argument("--crop-size", type=int, default=None, help="window size for --mode slide")
-    parser.add_argument("--stride", type=int, default=None, help="window step for --mode slide (default: the crop size)")
+    parser.add_argument("--crop-size", type=int, default=None, help="window size for --mode slide (default: config key eval_crop_size)")
+    parser.add_argument("--stride", type=int, default=None, help="window step for --mode slide (default: config key eval_stride, else the crop size)")
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0], metavar="S",
                         help="image scales whose probabilities are averaged, e.g. 0.5 0.75 1 1.25 1.5 1.75")  # fmt: skip
     parser.add_argument("--flip", action="store_true", help="also average the left-right mirrored images")
@@ -208,7 +208,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("eval", help="evaluate a checkpoint on a dataset split: per-class IoU, mIoU, accuracies")
     _add_model_args(parser)
     parser.add_argument("--split", default=None, help="default: config key val_split")
-    parser.add_argument("--data-root", default=None, help="the dataset's folder (overrides config key data_root)")
+    parser.add_argument("--data-root", default=None, help="the dataset's folder (default: config key data_root)")
     _add_set_arg(parser)
     _add_inference_args(parser)
     parser.add_argument("--out", default=None, help="results JSON (default: CHECKPOINT_DIR/eval_SPLIT.json)")
@@ -230,13 +230,13 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("export", help="export a checkpoint to ONNX, checked against PyTorch in onnxruntime")
     _add_model_args(parser)
     parser.add_argument("--out", required=True, help="the .onnx file to write")
-    parser.add_argument("--height", type=int, default=512, help="input height (default 512)")
-    parser.add_argument("--width", type=int, default=512, help="input width (default 512)")
+    parser.add_argument("--height", type=int, default=512, help="input height")
+    parser.add_argument("--width", type=int, default=512, help="input width")
     parser.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
     parser.add_argument("--with-scales", action="store_true", help="also output the scale maps (scale_<name>)")
-    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 17)")
     parser.add_argument("--rtol", type=float, default=1e-4,
-                        help="largest accepted max|onnxruntime - torch| / max|torch| (default 1e-4)")  # fmt: skip
+                        help="largest accepted max|onnxruntime - torch| / max|torch|")  # fmt: skip
     parser.set_defaults(func=_cmd_export)
 
 
@@ -263,11 +263,28 @@ _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
 )  # fmt: skip
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends each option's default to its help, except flags and defaults of None or an empty list,
+    whose help says in words what happens without them."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.nargs == 0 or action.default is None or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sacseg", description="Scene parsing with scale-adaptive convolutions.")
+    from sacseg import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="sacseg", description="Scene parsing with scale-adaptive convolutions.", formatter_class=_HelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in _COMMANDS:
         add(sub)
+    for command in sub.choices.values():
+        command.formatter_class = _HelpFormatter
     return parser
 
 

@@ -1,14 +1,17 @@
-"""Tests for the ``sacseg`` command line: train (with resume), config errors, the demo."""
+"""Tests for the ``sacseg`` command line: train (with resume), config errors, the demo, --version and --help."""
 
 from __future__ import annotations
 
+import argparse
+import importlib.metadata
 from pathlib import Path
 
 import pytest
 import torch
 
 import engine.train_helpers
-from sacseg.cli import main
+import sacseg
+from sacseg.cli import _build_parser, main
 from sacseg.engine.checkpoint import load_checkpoint
 from sacseg.engine.config import config_from_dict, save_config
 
@@ -62,6 +65,26 @@ def test_demo_writes_report_and_picture(tmp_path: Path, capsys: pytest.CaptureFi
     report = (tmp_path / "demo" / "report.md").read_text()
     assert f"report: {tmp_path / 'demo' / 'report.md'}" in printed
     assert "| class | baseline | SAC-single |" in report and "| **mIoU** |" in report
+    assert "one short run with one seed (0)" in report and "docs/results.md" in report
     for name in ("sky", "stripes", "rings"):
         assert f"| {name} |" in report
     assert (tmp_path / "demo" / "comparison.png").stat().st_size > 10_000
+
+
+def test_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"sacseg {importlib.metadata.version('sacseg')}\n"
+    assert sacseg.__version__ == importlib.metadata.version("sacseg")
+
+
+def test_every_option_states_its_default() -> None:
+    parser = _build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in subparsers.choices.items():
+        for action in command._actions:
+            if not action.option_strings or action.nargs == 0 or action.required or action.default == []:
+                continue  # positionals, flags, required options, repeatable --set: nothing to default
+            help_text = command._get_formatter()._expand_help(action)  # the text --help prints
+            assert "default" in help_text, f"sacseg {name} {action.option_strings[0]}: {help_text!r}"

@@ -132,6 +132,9 @@ def run_demo(
         f"(training took {train_seconds:.0f} s). IoU in percent on {len(test_set)} held-out scenes "
         f"({test_set.size}x{test_set.size}, generated with seed 2):\n\n"
         f"{table}\n\n"
+        f"This is one short run with one seed ({seed}): differences of a few points between the two models "
+        "are within what another seed changes. The study over three seeds, longer training and "
+        "object-size buckets is in docs/results.md (`python -m benchmarks.study_scalescenes`).\n\n"
         "![image, baseline, SAC-single, ground truth, SAC-single scale map](comparison.png)\n"
     )
     with atomic_open(report, "w", encoding="utf-8") as handle:
