@@ -492,8 +492,10 @@ def _fit(cfg: TrainConfig, resume: str | None, ctx: DistContext, out_dir: Path, 
     }  # fmt: skip
 
 
-# Validation images drawn into TensorBoard at each validation (prediction, ground truth, scale maps).
+# Validation images drawn into TensorBoard at each validation (prediction, ground truth, scale maps),
+# each panel subsampled to at most _PICTURE_SIZE pixels a side (a Cityscapes frame is 2048 wide).
 _VAL_PICTURES = 2
+_PICTURE_SIZE = 512
 
 
 def _report_validation(
@@ -529,10 +531,12 @@ def _validation_pictures(model: nn.Module, val_set: Dataset, cfg: TrainConfig, i
             image, target = val_set[index]
             probs, scale_maps = predict_with_scales(model, image[None].to(device))
             palette = val_set.palette  # type: ignore[attr-defined]
+            step = math.ceil(max(target.shape) / _PICTURE_SIZE)  # nearest subsampling keeps the class colours exact
             row = [denormalize(image), colorize(probs.argmax(1)[0].cpu(), palette), colorize(target, palette)]
-            writer.add_image(f"val/prediction/{index}", np.concatenate(row, axis=1), iteration, dataformats="HWC")
+            picture = np.concatenate([panel[::step, ::step] for panel in row], axis=1)
+            writer.add_image(f"val/prediction/{index}", picture, iteration, dataformats="HWC")
             for name, scale in scale_maps.items():
-                picture = heatmap(scale[0, 0].cpu(), cfg.min_scale, cfg.max_scale)
+                picture = heatmap(scale[0, 0, ::step, ::step].cpu(), cfg.min_scale, cfg.max_scale)
                 writer.add_image(f"val/scale_{name}/{index}", picture, iteration, dataformats="HWC")
     finally:
         model.train(was_training)

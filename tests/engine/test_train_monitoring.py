@@ -119,3 +119,19 @@ def test_logged_lr_is_the_lr_the_step_used(run: tuple[Path, dict[str, Any], str,
     # poly: step i (from 0) runs at lr * (1 - i / 3) ** 0.9; the first step at lr itself
     expected = [cfg.lr * (1 - i / 3) ** cfg.poly_power for i in range(3)]
     assert lrs == pytest.approx(expected, rel=1e-6)
+
+
+def test_large_validation_pictures_are_subsampled(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, model="sac_single_resnet18")
+    model = train_module.build_model_from_config(cfg)
+    val_set = ScaleScenes(1, size=600, seed=1)
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    class _Writer:
+        def add_image(self, tag: str, picture: Any, step: int, dataformats: str) -> None:
+            shapes[tag] = picture.shape
+
+    train_module._validation_pictures(model, val_set, cfg, 1, _Writer())  # type: ignore[arg-type]
+    # 600 px > 512: every second pixel, three panels side by side
+    assert shapes == {"val/prediction/0": (300, 900, 3), "val/scale_classifier/0": (300, 300, 3)}
+    assert model.training  # put back as it was
