@@ -331,7 +331,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     torchrun for several processes; only rank 0 writes files.
 
     Returns ``{"iteration", "best_miou", "last_metrics" (the last validation's scores), "losses"
-    (this run's loss per iteration), "out_dir"}``.
+    (this run's loss per iteration), "out_dir", "is_main" (rank 0, the process that reports)}``.
     """
     ctx = init_distributed(cfg.device)
     try:
