@@ -164,7 +164,11 @@ def run(args: argparse.Namespace, device: torch.device) -> list[dict]:
         torch._dynamo.reset()  # a fresh cache: earlier compilations in this process must not count
     entries = _entries(args.models, args.modes, args.depth, args.num_classes, images, targets, device, args.dtype)
     calls = {f"{e.model}/{e.mode}": e.calls for e in entries}
-    first = round_robin(calls, 1, device)
+    first = {}
+    for key, fns in calls.items():  # one entry at a time, so that a run cut short still says how far it got
+        first[key] = round_robin({key: fns}, 1, device)[key]
+        print(f"  {key:<22} first call (compilation included): train {first[key][0][0]:.2f} s, "
+              f"infer {first[key][1][0]:.2f} s", flush=True)  # fmt: skip
     round_robin(calls, args.warmup - 1, device)
     times = round_robin(calls, args.rounds, device)
     median = medians(times)
