@@ -19,6 +19,7 @@ __all__ = [
     "device_name",
     "ms",
     "peak_bytes",
+    "precision",
     "round_robin",
     "medians",
     "sync",
@@ -84,6 +85,11 @@ def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextMana
     if target is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=target)
+
+
+def precision(dtype: str) -> str:
+    """``float32`` or ``autocast bf16``, for the header of a table."""
+    return "float32" if DTYPES[dtype] is None else f"autocast {dtype}"
 
 
 def sync(device: torch.device) -> None:

@@ -51,16 +51,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from benchmarks._study import format_table, run_record, write_json  # noqa: E402
-from benchmarks._timing import (  # noqa: E402
-    DTYPES,
-    add_device_arguments,
-    autocast,
-    device_from_args,
-    device_name,
-    medians,
-    peak_bytes,
-    round_robin,
-)
+from benchmarks import _timing  # noqa: E402
 from sacseg.engine.train import segmentation_loss  # noqa: E402
 from sacseg.models import build_model  # noqa: E402
 
@@ -115,7 +106,7 @@ def _calls(
 
     def train() -> None:
         model.train()
-        with autocast(device, dtype):
+        with _timing.autocast(device, dtype):
             loss = segmentation_loss(runner(images)["out"], targets)
         loss.backward()
         optimizer.step()
@@ -124,7 +115,7 @@ def _calls(
 
     def infer() -> None:
         model.eval()
-        with torch.no_grad(), autocast(device, dtype):
+        with torch.no_grad(), _timing.autocast(device, dtype):
             runner(images)
 
     return _Entry(kind, mode, (train, infer), losses)
@@ -166,17 +157,17 @@ def run(args: argparse.Namespace, device: torch.device) -> list[dict]:
     calls = {f"{e.model}/{e.mode}": e.calls for e in entries}
     first = {}
     for key, fns in calls.items():  # one entry at a time, so that a run cut short still says how far it got
-        first[key] = round_robin({key: fns}, 1, device)[key]
+        first[key] = _timing.round_robin({key: fns}, 1, device)[key]
         print(f"  {key:<22} first call (compilation included): train {first[key][0][0]:.2f} s, "
               f"infer {first[key][1][0]:.2f} s", flush=True)  # fmt: skip
-    round_robin(calls, args.warmup - 1, device)
-    times = round_robin(calls, args.rounds, device)
-    median = medians(times)
+    _timing.round_robin(calls, args.warmup - 1, device)
+    times = _timing.round_robin(calls, args.rounds, device)
+    median = _timing.medians(times)
     results = []
     for e in entries:
         key = f"{e.model}/{e.mode}"
         measure = device.type == "cuda" or args.cpu_memory
-        peaks = [peak_bytes(fn, device) if measure else None for fn in e.calls]
+        peaks = [_timing.peak_bytes(fn, device) if measure else None for fn in e.calls]
         losses = torch.stack(e.losses).float().cpu()
         if not bool(torch.isfinite(losses).all()):
             print(f"warning: {key}: the training loss became non-finite; its times may not be typical", file=sys.stderr)
@@ -203,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first, compilation included (default: 2)")
     parser.add_argument("--cpu-memory", action="store_true", help="also measure peak memory on CPU (torch.profiler)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also save the raw numbers (a new file)")
-    add_device_arguments(parser, dtypes=("fp32", "bf16"))
+    _timing.add_device_arguments(parser, dtypes=("fp32", "bf16"))
     args = parser.parse_args(argv)
     for name in ("batch", "num_classes", "rounds", "warmup"):
         if getattr(args, name) < 1:
@@ -213,20 +204,19 @@ def main(argv: list[str] | None = None) -> None:
     args.models, args.modes = list(dict.fromkeys(args.models)), list(dict.fromkeys(args.modes))
     if args.json is not None and args.json.exists():
         parser.error(f"--json: {args.json} exists; not overwriting it (remove it or pick another path)")
-    device = device_from_args(parser, args)
+    device = _timing.device_from_args(parser, args)
     results = run(args, device)
-    precision = "float32" if DTYPES[args.dtype] is None else f"autocast {args.dtype}"
     h, w = args.size
     print(
-        f"torch {torch.__version__}, device {device_name(device)}, {precision}; ResNet-{args.depth}, "
-        f"{h}x{w}, batch {args.batch}, {args.num_classes} classes; median of {args.rounds} interleaved rounds "
+        f"torch {torch.__version__}, device {_timing.device_name(device)}, {_timing.precision(args.dtype)}; "
+        f"ResNet-{args.depth}, {h}x{w}, batch {args.batch}, {args.num_classes} classes; median of {args.rounds} interleaved rounds "
         f"after {args.warmup} warm-up round(s)\n"
     )
     print(_table(results))
     if args.json is not None:
         record = run_record("bench_model_step", sys.argv[1:] if argv is None else argv)
         record["machine"]["torch_threads_per_job"] = args.threads
-        record["device"] = device_name(device)
+        record["device"] = _timing.device_name(device)
         settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items() if k != "json"}
         write_json({**record, "settings": settings, "results": results}, args.json)
         print(f"\nraw numbers: {args.json}")

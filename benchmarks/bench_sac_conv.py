@@ -56,6 +56,7 @@ from benchmarks._timing import (  # noqa: E402
     medians,
     ms,
     peak_bytes,
+    precision,
     round_robin,
 )
 from sacseg.ops import SAC_IMPLEMENTATIONS, sac_conv2d  # noqa: E402
@@ -229,8 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.repeats = 3
         shapes = args.shapes or ["res5", "cls19"]
-    precision = "float32" if DTYPES[args.dtype] is None else f"autocast {args.dtype}"
-    print(f"torch {torch.__version__}, device {device_name(device)}, {precision}, median of {args.repeats}")
+    print(f"torch {torch.__version__}, device {device_name(device)}, {precision(args.dtype)}, median of {args.repeats}")
     rows = []
     for name in shapes:
         shape = SHAPES[name]
