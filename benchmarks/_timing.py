@@ -73,10 +73,11 @@ def device_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 
 
 def device_name(device: torch.device) -> str:
-    """``cuda (NVIDIA H200)`` or ``cpu (N threads)`` for the header of a table."""
+    """``cuda:0 (NVIDIA H200, CUDA 13.0)`` or ``cpu (N threads)`` for the header of a table."""
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda})"
-    return f"cpu ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"cpu ({threads} thread{'s' * (threads != 1)})"
 
 
 def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager[object]:

@@ -68,3 +68,9 @@ def test_table_of_a_tiny_shape_on_cuda(dtype, monkeypatch, capsys):
     assert set(rows) == {"conv2d", "deform_conv2d", "sac:fast", "sac:reference"}
     assert all(float(values[0]) > 0 and float(values[2]) > 0 and float(values[4]) > 0 for values in rows.values())
     assert rows["conv2d"][-1] == ("float32" if dtype == "fp32" else "bfloat16")
+
+
+def test_threads_apply_to_the_run(monkeypatch, capsys):
+    monkeypatch.setitem(bench.SHAPES, "tiny", bench.Shape(1, 8, 4, 9, 2, True))
+    bench.main(["--shapes", "tiny", "--ops", "conv2d", "--repeats", "1", "--threads", "1"])
+    assert "cpu (1 thread)" in capsys.readouterr().out.splitlines()[0] and torch.get_num_threads() == 1
