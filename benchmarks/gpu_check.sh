@@ -4,7 +4,7 @@
 # Usage, from anywhere, with the repository's .venv ready (it is built with `make .venv/.installed`
 # when missing or broken, which needs a local pip cache on a machine without internet):
 #
-#     OUT=/path/to/results bash benchmarks/gpu_check.sh      # OUT defaults to ./gpu_out
+#     OUT=/path/to/results bash benchmarks/gpu_check.sh      # OUT defaults to <repository>/gpu_out
 #
 # Environment: OUT (output folder), PYTHON (default .venv/bin/python), GPU_CHECK_BUDGET (seconds for
 # the whole run, default 470: each step's timeout is cut to what is left, and a step with less than
@@ -21,9 +21,10 @@
 # never stops the next. Exit code: 0 when every step passed, else 1.
 set -u
 
-cd "$(dirname "$0")/.." || exit 1
-OUT=${OUT:-./gpu_out}
-mkdir -p "$OUT" || exit 1
+ROOT=$(cd "$(dirname "$0")/.." && pwd) || exit 1
+OUT=${OUT:-$ROOT/gpu_out} # a relative $OUT is taken from where the script was started
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd) || exit 1
+cd "$ROOT" || exit 1
 PY=${PYTHON:-.venv/bin/python}
 BUDGET=${GPU_CHECK_BUDGET:-470}
 SUMMARY="$OUT/summary.tsv"
