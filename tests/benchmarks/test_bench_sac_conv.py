@@ -1,4 +1,4 @@
-"""The operator benchmark: round-robin timing and the printed table, on a tiny shape."""
+"""The operator benchmark: round-robin timing, the table of a tiny shape, autocast, argument errors, CUDA runs."""
 
 from __future__ import annotations
 
