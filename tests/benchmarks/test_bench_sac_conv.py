@@ -1,7 +1,8 @@
-"""The operator benchmark: round-robin timing and the printed table, on a tiny shape."""
+"""The operator benchmark: round-robin timing, the table of a tiny shape, autocast, argument errors, CUDA runs."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from benchmarks import bench_sac_conv as bench
@@ -25,3 +26,51 @@ def test_table_of_a_tiny_shape(monkeypatch, capsys):
     assert set(rows) == {"conv2d", "sac:fast", "sac:reference"}
     assert rows["conv2d"][1] == rows["conv2d"][3] == "1.00"  # ratios are to conv2d itself
     assert all(float(values[0]) > 0 and float(values[2]) > 0 for values in rows.values())  # fwd, f+b ms
+
+
+def test_bf16_autocast_on_cpu_says_what_each_operator_returned(monkeypatch, capsys):
+    monkeypatch.setitem(bench.SHAPES, "tiny", bench.Shape(1, 8, 4, 9, 2, True, width=11))
+    bench.main(["--shapes", "tiny", "--ops", "conv2d", "deform_conv2d", "sac:fast", "--repeats", "1", "--threads", "1",
+                "--dtype", "bf16"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "autocast bf16" in out.splitlines()[0]
+    table = out.split("\n\n")[-1].splitlines()
+    assert table[0].split()[-2:] == ["out", "dtype"]
+    dtypes = {line.split()[1]: line.split()[-1] for line in table[1:] if line.startswith("tiny")}
+    assert dtypes["conv2d"] == "bfloat16"  # autocast ran cuDNN/oneDNN in bf16
+    assert dtypes["deform_conv2d"] == "float32" and "run in float32" in table[-1]  # no bf16 kernel: said so
+    assert set(dtypes) == {"conv2d", "deform_conv2d", "sac:fast"}
+
+
+@pytest.mark.parametrize(("args", "message"), [(["--dtype", "fp64"], "invalid choice"), (["--threads", "0"], "--threads")])
+def test_bad_dtype_or_threads_are_usage_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--shapes", "res5", *args])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where CUDA is absent")
+def test_device_cuda_without_cuda_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--shapes", "res5", "--device", "cuda"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("bench_sac_conv.py: error: --device cuda: CUDA is not available")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_table_of_a_tiny_shape_on_cuda(dtype, monkeypatch, capsys):
+    monkeypatch.setitem(bench.SHAPES, "tiny", bench.Shape(2, 8, 4, 9, 2, True, width=11))
+    bench.main(["--shapes", "tiny", "--repeats", "2", "--device", "cuda", "--dtype", dtype])
+    table = capsys.readouterr().out.split("\n\n")[-1].splitlines()
+    rows = {line.split()[1]: line.split()[2:] for line in table[1:] if line.startswith("tiny")}
+    assert set(rows) == {"conv2d", "deform_conv2d", "sac:fast", "sac:reference"}
+    assert all(float(values[0]) > 0 and float(values[2]) > 0 and float(values[4]) > 0 for values in rows.values())
+    assert rows["conv2d"][-1] == ("float32" if dtype == "fp32" else "bfloat16")
+
+
+def test_threads_apply_to_the_run(monkeypatch, capsys):
+    monkeypatch.setitem(bench.SHAPES, "tiny", bench.Shape(1, 8, 4, 9, 2, True))
+    bench.main(["--shapes", "tiny", "--ops", "conv2d", "--repeats", "1", "--threads", "1"])
+    assert "cpu (1 thread)" in capsys.readouterr().out.splitlines()[0] and torch.get_num_threads() == 1
