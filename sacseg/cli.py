@@ -24,10 +24,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides = list(args.set) + ([f"out_dir={args.out}"] if args.out is not None else [])
     cfg = apply_overrides(load_config(args.config), overrides)
     try:
-        summary = train(cfg, resume=args.resume)
+        summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
     except NonFiniteLossError as err:
         print(f"sacseg train: {err}", file=sys.stderr)
         return 1
+    if not summary["losses"]:
+        print(f"nothing left to train: {summary['resumed_from']} is at iteration {summary['iteration']} of "
+              f"{summary['total']}; nothing was written to {summary['out_dir']}")  # fmt: skip
+        return 0
     print(f"trained {summary['iteration']} iterations, best validation mIoU {summary['best_miou']:.4f}; "
           f"checkpoints in {summary['out_dir']}")  # fmt: skip
     return 0
@@ -146,6 +150,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", metavar="PATH|auto", default=None,
                         help="continue from a checkpoint; 'auto' uses OUT/last.pt when it exists")  # fmt: skip
     parser.add_argument("--out", default=None, help="output folder (overrides the config's out_dir)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in the output folder (its checkpoints, log, TensorBoard "
+                             "events and config are deleted first); without it such a folder is refused")  # fmt: skip
     parser.set_defaults(func=_cmd_train)
 
 
@@ -229,5 +236,5 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # OSError: files that cannot be read or written, a timeout
         parser.exit(2, f"sacseg {args.command}: error: {err}\n")
