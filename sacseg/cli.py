@@ -53,6 +53,8 @@ def _trained_model(args: argparse.Namespace, overrides: list[str]) -> tuple[nn.M
     from sacseg.engine.config import apply_overrides, load_config
 
     given = load_config(args.config) if args.config is not None else None
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: CUDA is not available here; use --device cpu (or auto)")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     model, model_cfg = load_trained_model(args.checkpoint, device, default_config=given)
     cfg = apply_overrides(given if given is not None else model_cfg, overrides)
@@ -85,19 +87,22 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     overrides = list(args.set) + ([f"data_root={args.data_root}"] if args.data_root is not None else [])
     model, cfg = _trained_model(args, overrides)
     split = args.split if args.split is not None else cfg.val_split
+    out = Path(args.out) if args.out is not None else Path(args.checkpoint).parent / f"eval_{split}.json"
+    if out.is_dir():  # found now, not after minutes of evaluation
+        raise ValueError(f"--out {out} is a folder; give the results file to write")
     dataset = build_eval_dataset(cfg, split)
     classes, count = dataset.classes, len(dataset)  # type: ignore[attr-defined, arg-type]
     options = _inference_options(args, cfg)
     loader = DataLoader(dataset, batch_size=1, num_workers=min(cfg.workers, 2))  # images may differ in size
     results = evaluate(model, loader, cfg.num_classes, **options, progress=True).compute()
-    out = Path(args.out) if args.out is not None else Path(args.checkpoint).parent / f"eval_{split}.json"
     meta = {
         "checkpoint": str(args.checkpoint), "model": cfg.model, "dataset": cfg.dataset, "data_root": cfg.data_root,
         "split": split, "images": count, **options, "scales": list(options["scales"]),
     }  # fmt: skip
-    save_results_json(results, out, classes, extra=meta)
+    # The table first: a results file that cannot be written must not lose the scores.
     print(f"{cfg.model} on {cfg.dataset} {split} ({count} images; {_describe(options)}):")
-    print(format_results(results, classes))
+    print(format_results(results, classes), flush=True)
+    save_results_json(results, out, classes, extra=meta)
     print(f"results: {out}")
     return 0
 
@@ -113,7 +118,7 @@ def _describe(options: dict[str, Any]) -> str:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from sacseg.engine.predict_files import find_images, predict_files
 
-    paths = find_images(args.inputs)
+    paths = find_images(args.inputs, out_dir=args.out)
     model, cfg = _trained_model(args, [])
     written = predict_files(
         model, cfg, paths, args.out, fmt=args.format, **_inference_options(args, cfg), progress=True
