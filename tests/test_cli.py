@@ -65,3 +65,15 @@ def test_demo_writes_report_and_picture(tmp_path: Path, capsys: pytest.CaptureFi
     for name in ("sky", "stripes", "rings"):
         assert f"| {name} |" in report
     assert (tmp_path / "demo" / "comparison.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("flag", ["--iterations", "--test-images"])
+def test_demo_names_the_argument_given_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", flag, "0", "--out", str(tmp_path / "demo")])
+    assert exit_info.value.code == 2
+    name = flag.lstrip("-").replace("-", "_")
+    assert capsys.readouterr().err == f"sacseg demo: error: {name} must be >= 1, got 0\n"
+    assert not (tmp_path / "demo").exists()  # nothing trained
