@@ -17,7 +17,7 @@ import torch
 
 import sacseg.engine.train as train_module
 from sacseg.cli import main
-from sacseg.engine.checkpoint import load_checkpoint
+from sacseg.engine.checkpoint import atomic_torch_save, load_checkpoint
 from sacseg.engine.config import config_from_dict, save_config
 from sacseg.engine.run_dir import locked_run_folder
 from sacseg.engine.train import train
@@ -228,3 +228,15 @@ def test_disk_full_while_saving_keeps_the_checkpoint_and_names_the_file(run_copy
     assert "torch.save failed, is the disk full? ([enforce fail at inline_container.cc" in last_line
     assert {name: (run_copy / name).read_bytes() for name in before} == before
     assert not list(run_copy.glob(".*.tmp"))
+
+
+def test_resuming_a_checkpoint_of_another_class_count_is_refused(
+    finished_run: tuple[Path, Path], run_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = load_checkpoint(run_copy / "last.pt")
+    state["config"]["num_classes"] = 5  # as a run of a 5-class data set would have stored it
+    atomic_torch_save(state, run_copy / "last.pt")
+    before = _snapshot(run_copy)
+    err = _train_error(capsys, "--config", str(finished_run[0]), "--out", str(run_copy), "--resume", "auto", "--set", "iterations=3")
+    assert f"checkpoint {run_copy / 'last.pt'} was trained with num_classes 5 but the config says 7" in err
+    assert _snapshot(run_copy) == before
