@@ -131,10 +131,11 @@ def load_trained(settings: Mapping[str, Any], checkpoint: str = "best.pt") -> nn
 def train_and_load(settings: Mapping[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
     """Train with the config ``settings`` via ``sacseg.engine.train.train``; return the model of
     ``best.pt`` (the best validation mIoU) in eval mode and a summary ``{"iterations",
-    "best_val_miou", "best_iteration", "train_seconds", "final_loss"}``."""
+    "best_val_miou", "best_iteration", "train_seconds", "final_loss"}``. A run already in the
+    study's work folder is replaced: running a study again recomputes it."""
     cfg = config_from_dict(settings, source="study")
     start = time.perf_counter()
-    summary = train(cfg)
+    summary = train(cfg, overwrite=True)
     seconds = time.perf_counter() - start
     best_iteration = load_checkpoint(Path(cfg.out_dir) / "best.pt")["iteration"]
     losses = summary["losses"]

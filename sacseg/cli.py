@@ -25,13 +25,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides = list(args.set) + ([f"out_dir={args.out}"] if args.out is not None else [])
     cfg = apply_overrides(load_config(args.config), overrides)
     try:
-        summary = train(cfg, resume=args.resume)
+        summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
     except NonFiniteLossError as err:
         print(f"sacseg train: {err}", file=sys.stderr)
         return 1
-    if summary["is_main"]:  # under torchrun every process returns; one summary is enough
-        print(f"trained {summary['iteration']} iterations, best validation mIoU {100 * summary['best_miou']:.2f}; "
-              f"checkpoints in {summary['out_dir']}")  # fmt: skip
+    if not summary["is_main"]:  # under torchrun every process returns; one summary is enough
+        return 0
+    if not summary["losses"]:
+        print(f"nothing left to train: {summary['resumed_from']} is at iteration {summary['iteration']} of "
+              f"{summary['total']}; nothing was written to {summary['out_dir']}")  # fmt: skip
+        return 0
+    print(f"trained {summary['iteration']} iterations, best validation mIoU {100 * summary['best_miou']:.2f}; "
+          f"checkpoints in {summary['out_dir']}")  # fmt: skip
     return 0
 
 
@@ -55,6 +60,8 @@ def _trained_model(args: argparse.Namespace, overrides: list[str]) -> tuple[nn.M
     from sacseg.engine.config import apply_overrides, load_config
 
     given = load_config(args.config) if args.config is not None else None
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: CUDA is not available here; use --device cpu (or auto)")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     model, model_cfg = load_trained_model(args.checkpoint, device, default_config=given)
     cfg = apply_overrides(given if given is not None else model_cfg, overrides)
@@ -94,19 +101,22 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     overrides = list(args.set) + ([f"data_root={args.data_root}"] if args.data_root is not None else [])
     model, cfg = _trained_model(args, overrides)
     split = args.split if args.split is not None else cfg.val_split
+    out = Path(args.out) if args.out is not None else Path(args.checkpoint).parent / f"eval_{split}.json"
+    if out.is_dir():  # found now, not after minutes of evaluation
+        raise ValueError(f"--out {out} is a folder; give the results file to write")
     dataset = build_eval_dataset(cfg, split)
     classes, count = dataset.classes, len(dataset)  # type: ignore[attr-defined, arg-type]
     options = _inference_options(args, cfg)
     loader = DataLoader(dataset, batch_size=1, num_workers=min(cfg.workers, 2))  # images may differ in size
     results = evaluate(model, loader, cfg.num_classes, **options, progress=True).compute()
-    out = Path(args.out) if args.out is not None else Path(args.checkpoint).parent / f"eval_{split}.json"
     meta = {
         "checkpoint": str(args.checkpoint), "model": cfg.model, "dataset": cfg.dataset, "data_root": cfg.data_root,
         "split": split, "images": count, **options, "scales": list(options["scales"]),
     }  # fmt: skip
-    save_results_json(results, out, classes, extra=meta)
+    # The table first: a results file that cannot be written must not lose the scores.
     print(f"{cfg.model} on {cfg.dataset} {split} ({count} images; {_describe(options)}):")
-    print(format_results(results, classes))
+    print(format_results(results, classes), flush=True)
+    save_results_json(results, out, classes, extra=meta)
     print(f"results: {out}")
     return 0
 
@@ -122,7 +132,7 @@ def _describe(options: dict[str, Any]) -> str:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from sacseg.engine.predict_files import find_images, predict_files
 
-    paths = find_images(args.inputs)
+    paths = find_images(args.inputs, out_dir=args.out)
     model, cfg = _trained_model(args, [])
     written = predict_files(
         model, cfg, paths, args.out, fmt=args.format, **_inference_options(args, cfg), progress=True
@@ -176,6 +186,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", metavar="PATH|auto", default=None,
                         help="continue from a checkpoint; 'auto' uses OUT/last.pt when it exists (default: start afresh)")  # fmt: skip
     parser.add_argument("--out", default=None, help="output folder (default: the config's out_dir)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in the output folder (its checkpoints, log, TensorBoard "
+                             "events and config are deleted first); without it such a folder is refused")  # fmt: skip
     parser.set_defaults(func=_cmd_train)
 
 
@@ -293,5 +306,5 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # OSError: files that cannot be read or written, a timeout
         parser.exit(2, f"sacseg {args.command}: error: {err}\n")

@@ -88,3 +88,15 @@ def test_every_option_states_its_default() -> None:
                 continue  # positionals, flags, required options, repeatable --set: nothing to default
             help_text = command._get_formatter()._expand_help(action)  # the text --help prints
             assert "default" in help_text, f"sacseg {name} {action.option_strings[0]}: {help_text!r}"
+
+
+@pytest.mark.parametrize("flag", ["--iterations", "--test-images"])
+def test_demo_names_the_argument_given_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", flag, "0", "--out", str(tmp_path / "demo")])
+    assert exit_info.value.code == 2
+    name = flag.lstrip("-").replace("-", "_")
+    assert capsys.readouterr().err == f"sacseg demo: error: {name} must be >= 1, got 0\n"
+    assert not (tmp_path / "demo").exists()  # nothing trained

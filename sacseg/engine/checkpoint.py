@@ -31,9 +31,15 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
     """``torch.save(obj, path)`` through a temporary file, fsync and ``os.replace``.
 
     A reader, or a crash at any moment, sees the old file or the complete new one, never a part.
+    A failed write (disk full, ...) is an OSError naming ``path``; the old file stays.
     """
     with atomic_open(path, "wb") as handle:
-        torch.save(obj, handle)
+        try:
+            torch.save(obj, handle)
+        except RuntimeError as err:
+            # torch's zip writer reports a short write as "[enforce fail at inline_container.cc:...]
+            # unexpected pos ..."; atomic_open turns the OSError into "cannot write <path>: ...".
+            raise OSError(f"torch.save failed, is the disk full? ({str(err).splitlines()[0]})") from err
 
 
 def capture_rng_state() -> dict[str, Any]:

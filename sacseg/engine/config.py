@@ -25,7 +25,8 @@ class TrainConfig:
     Lengths (``lr_step``, ``val_every``, ``checkpoint_every``) count epochs when ``epochs > 0`` and
     iterations when ``iterations > 0``; exactly one of the two must be set. ``batch_size`` is the
     global batch: with N processes each takes ``batch_size / N`` samples per step. ``threads``
-    sets torch's CPU threads per process (0 keeps torch's default).
+    sets torch's CPU threads per process (0 keeps torch's default). ``dist_timeout``: seconds a
+    process waits for its peers in one collective operation before the run fails (torchrun runs).
     """
 
     # What to train.
@@ -79,6 +80,7 @@ class TrainConfig:
     deterministic: bool = True
     device: str = "auto"
     threads: int = 0
+    dist_timeout: float = 600.0
     # Bookkeeping and evaluation.
     val_every: int = 1
     checkpoint_every: int = 1
@@ -99,7 +101,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 _POSITIVE = (
     "num_classes", "scale_scenes_train_images", "scale_scenes_val_images", "scale_scenes_size", "crop_size",
-    "batch_size", "val_every", "checkpoint_every", "log_every", "lr", "scale_lr_mult",
+    "batch_size", "val_every", "checkpoint_every", "log_every", "lr", "scale_lr_mult", "dist_timeout",
 )  # fmt: skip
 _NON_NEGATIVE = ("epochs", "iterations", "workers", "momentum", "weight_decay", "lr_step", "seed", "threads")
 

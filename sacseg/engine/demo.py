@@ -88,19 +88,21 @@ def run_demo(
     """Train both models, evaluate them on ``test_images`` held-out scenes, write ``report.md`` and ``comparison.png``.
 
     Returns the report's path. Training runs (checkpoints, logs, TensorBoard) are kept in
-    ``out_dir/<model>/``.
+    ``out_dir/<model>/``; those of an earlier demo there are replaced.
     """
     out_dir = Path(out_dir)
     iterations = DEMO_SETTINGS["iterations"] if iterations is None else iterations
+    # Checked here, not through the training config, whose error would name val_every.
+    for name, value in (("iterations", iterations), ("test_images", test_images)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
     start = time.perf_counter()
     configs = {title: demo_config(name, out_dir / name, iterations, seed) for title, name in _MODELS.items()}
     for title, cfg in configs.items():
         print(f"training {title} ({cfg.model}, {iterations} iterations)")
-        train(cfg)
+        train(cfg, overwrite=True)
     train_seconds = time.perf_counter() - start
 
-    if test_images < 1:
-        raise ValueError(f"test_images must be >= 1, got {test_images}")
     test_set = ScaleScenes(test_images, size=DEMO_SETTINGS["scale_scenes_size"], seed=2)  # held out: seed 2
     models = {title: load_trained_model(Path(cfg.out_dir) / "last.pt")[0] for title, cfg in configs.items()}
     matrices = {title: ConfusionMatrix(len(test_set.classes)) for title in models}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 
 import torch
@@ -42,11 +43,13 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from err
 
 
-def init_distributed(device: str = "auto") -> DistContext:
+def init_distributed(device: str = "auto", timeout: float | None = None) -> DistContext:
     """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ...).
 
     ``device``: "auto" (CUDA if available, else CPU), "cuda" or "cpu". With more than one process
     the backend is NCCL on CUDA and Gloo on CPU, and each process takes GPU ``LOCAL_RANK``.
+    ``timeout``: seconds a collective operation waits for the other processes (None: torch's
+    default); Gloo then raises a RuntimeError ("Timed out ..."), NCCL's watchdog ends the process.
     Without torchrun's variables this is a single process and nothing is initialised.
     """
     if device not in ("auto", "cpu", "cuda"):
@@ -63,7 +66,11 @@ def init_distributed(device: str = "auto") -> DistContext:
     else:
         torch_device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=torch_device if use_cuda else None)
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo",
+            device_id=torch_device if use_cuda else None,
+            timeout=None if timeout is None else datetime.timedelta(seconds=timeout),
+        )
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=torch_device)
 
 

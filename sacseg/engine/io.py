@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
@@ -12,7 +13,14 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image
 
-__all__ = ["atomic_open", "save_png"]
+__all__ = ["atomic_open", "stale_temp_files", "save_png"]
+
+# atomic_open's temporary files: ".<name>.<8 random characters from mkstemp>.tmp" next to the target.
+_TEMP_SUFFIX = ".tmp"
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}."
 
 
 @contextlib.contextmanager
@@ -21,13 +29,17 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
 
     The parent folder is created when missing. ``mode`` is ``"w"`` (text) or ``"wb"`` (binary);
     extra keyword arguments go to ``open`` (e.g. ``encoding``). On an exception the temporary
-    file is removed and ``path`` is left as it was.
+    file is removed and ``path`` is left as it was; an OSError (disk full, read-only folder,
+    ``path`` a folder) comes back as an OSError whose message names ``path``.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=_temp_prefix(target), suffix=_TEMP_SUFFIX)
+    except OSError as err:
+        raise OSError(f"cannot write {target}: {err.strerror or err}") from err
     try:
         # mkstemp makes the file private (0600); results are meant to be shared like any output.
         os.chmod(tmp, 0o644)
@@ -36,10 +48,24 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise OSError(f"cannot write {target}: {err.strerror or err}") from err
         raise
+
+
+def stale_temp_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The temporary files ``atomic_open`` left next to ``path`` when its process was killed mid-write.
+
+    Only names of ``atomic_open``'s own pattern are listed. They are stale only if no process is
+    still writing ``path``: the caller must know that (e.g. by holding the run folder's lock).
+    """
+    target = Path(path)
+    random_part = "?" * 8  # tempfile.mkstemp's random names are 8 characters long
+    pattern = glob.escape(_temp_prefix(target)) + random_part + _TEMP_SUFFIX
+    return sorted(p for p in target.parent.glob(pattern) if p.is_file())
 
 
 def save_png(array: np.ndarray, path: str | os.PathLike[str]) -> None:

@@ -27,13 +27,16 @@ __all__ = ["PREDICTION_FORMATS", "find_images", "load_image", "predict_files"]
 PREDICTION_FORMATS = ("color", "cityscapes")
 
 
-def find_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+def find_images(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str] | None = None) -> list[Path]:
     """Image files named by ``inputs``: files as given, folders searched (recursively, sorted) for images.
 
-    Image files are those with a suffix in ``sacseg.data``'s list (PNG, JPG, ...). Raises
-    FileNotFoundError for a missing path and ValueError for a folder without images.
+    Image files are those with a suffix in ``sacseg.data``'s list (PNG, JPG, ...). A folder's
+    files that ``predict_files`` writes into ``out_dir`` for another image found are left out, so
+    an ``out_dir`` equal to or inside an input folder is not predicted again on the next run.
+    Raises FileNotFoundError for a missing path and ValueError for a folder without images.
     """
     found: list[Path] = []
+    searched: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
@@ -41,11 +44,32 @@ def find_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
             if not images:
                 raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
             found.extend(images)
+            searched.extend(images)
         elif path.is_file():
             found.append(path)
         else:
             raise FileNotFoundError(f"image or folder not found: {path}")
-    return found
+    if out_dir is None:
+        return found
+    out, stems = Path(out_dir).resolve(), {p.stem for p in found}
+    outputs = {p for p in searched if _is_output_of(p.resolve(), stems, out)}
+    return [p for p in found if p not in outputs]
+
+
+def _is_output_of(path: Path, stems: set[str], out_dir: Path) -> bool:
+    """Whether ``path`` is a file ``predict_files`` writes into ``out_dir`` for an image whose stem is in ``stems``."""
+    name = path.name
+    if path.parent == out_dir:  # <stem>_color.png, <stem>_overlay.png, <stem>_scale_<layer>.png
+        for suffix in ("_color.png", "_overlay.png"):
+            if name.endswith(suffix) and name[: -len(suffix)] in stems:
+                return True
+        cut = name.find("_scale_")
+        while cut > 0 and name.endswith(".png"):
+            if name[:cut] in stems:
+                return True
+            cut = name.find("_scale_", cut + 1)
+    suffix = "_pred_labelIds.png"  # cityscapes_result_path: <city>/<city>_<seq>_<frame>_pred_labelIds.png
+    return path.parent.parent == out_dir and name.endswith(suffix) and f"{name[: -len(suffix)]}_leftImg8bit" in stems
 
 
 def load_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, Tensor]:

@@ -36,7 +36,9 @@ from sacseg.engine.distributed import (
 )
 from sacseg.engine.evaluate import evaluate
 from sacseg.engine.inference import predict_with_scales
+from sacseg.engine.io import atomic_open
 from sacseg.engine.metrics import format_results
+from sacseg.engine.run_dir import check_run_folder, clear_run, locked_run_folder, remove_stale_temp_files
 from sacseg.engine.sampling import ResumableSampler, SeededSamples, seed_worker
 from sacseg.models import build_model, load_baseline_and_freeze
 from sacseg.viz import colorize, denormalize, heatmap
@@ -321,21 +323,36 @@ def _resume_path(resume: str | None, out_dir: Path) -> Path | None:
     return Path(resume)
 
 
-def train(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
+def _continues_run(resume: str | None, checkpoint: Path | None, out_dir: Path) -> bool:
+    """Whether the run carries on the one in ``out_dir``: ``--resume auto``, or a checkpoint inside it."""
+    return resume == "auto" or (checkpoint is not None and checkpoint.resolve().parent == out_dir.resolve())
+
+
+def train(cfg: TrainConfig, resume: str | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train as ``cfg`` says, writing into ``cfg.out_dir``; returns a summary.
 
     Writes ``config.yaml`` (resolved), ``git_revision.txt``, ``train.log``, TensorBoard events in
     ``tb/``, ``last.pt`` every ``checkpoint_every`` and ``best.pt`` at each new best validation
     mIoU. ``resume``: a checkpoint path, or "auto" for ``out_dir/last.pt`` when it exists. On CPU
-    a resumed run ends with the same weights, bit for bit, as one never interrupted. Run under
-    torchrun for several processes; only rank 0 writes files.
+    a resumed run ends with the same weights, bit for bit, as one never interrupted; the config's
+    ``lr``, ``momentum``, ``weight_decay`` and ``scale_lr_mult`` replace the checkpoint's. Run
+    under torchrun for several processes; only rank 0 writes files.
+
+    The run folder is safe: everything that can fail on bad input (config, datasets, model, the
+    checkpoint) fails before it is touched; a folder that holds a run is refused (ValueError)
+    unless ``resume`` continues it or ``overwrite`` is set (its run files are deleted first); rank
+    0 holds an exclusive lock on it while training (a second run into it is refused, naming the
+    first), and removes temporary files that a killed run left. A checkpoint already at the last
+    iteration trains nothing and writes nothing.
 
     Returns ``{"iteration", "best_miou", "last_metrics" (the last validation's scores), "losses"
-    (this run's loss per iteration), "out_dir", "is_main" (rank 0, the process that reports)}``.
+    (this run's loss per iteration; empty when nothing was left to train), "out_dir", "total"
+    (the run's iterations), "resumed_from" (the checkpoint's path, or None), "is_main" (rank 0,
+    the process that reports)}``.
     """
-    ctx = init_distributed(cfg.device)
+    ctx = init_distributed(cfg.device, timeout=cfg.dist_timeout)
     try:
-        return _train(cfg, resume, ctx)
+        return _train(cfg, resume, overwrite, ctx)
     finally:
         cleanup_distributed()
 
@@ -356,26 +373,80 @@ def _restored_torch_settings() -> Iterator[None]:
         torch.backends.cudnn.benchmark = benchmark
 
 
-def _train(cfg: TrainConfig, resume: str | None, ctx: DistContext) -> dict[str, Any]:
+@dataclasses.dataclass
+class _Run:
+    """A run ready to train: everything built from the config, and the checkpoint's state when resuming."""
+
+    train_set: Dataset
+    val_set: Dataset
+    model: nn.Module
+    optimizer: torch.optim.SGD
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    use_amp: bool
+    iters_per_epoch: int
+    iters_per_unit: int
+    total: int
+    iteration: int = 0
+    best: float = -math.inf
+    changed: list[str] = dataclasses.field(default_factory=list)  # config keys changed since the checkpoint
+
+
+def _train(cfg: TrainConfig, resume: str | None, overwrite: bool, ctx: DistContext) -> dict[str, Any]:
     out_dir = Path(cfg.out_dir)
     if cfg.batch_size % ctx.world_size:
         raise ValueError(f"config key 'batch_size' ({cfg.batch_size}) must divide by the process count {ctx.world_size}")
-    revision = git_revision()
+    checkpoint = _resume_path(resume, out_dir)
+    continues = _continues_run(resume, checkpoint, out_dir)
+    if overwrite and continues:
+        raise ValueError(f"--overwrite would delete the run in {out_dir} that --resume continues; give one of them")
     if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
-        (out_dir / "git_revision.txt").write_text(revision + "\n", encoding="utf-8")
-    handler = _setup_logging(out_dir, ctx.is_main)
-    try:
-        with _restored_torch_settings():
-            return _fit(cfg, resume, ctx, out_dir, revision)
-    finally:
-        if handler is not None:
-            _log.removeHandler(handler)
-            handler.close()
+        check_run_folder(out_dir, continues, overwrite)  # fail fast, before the slow set-up
+    with _restored_torch_settings():
+        run = _prepare(cfg, checkpoint, ctx)
+        summary = {"iteration": run.iteration, "best_miou": run.best, "last_metrics": {}, "losses": [],
+                   "out_dir": str(out_dir), "total": run.total, "is_main": ctx.is_main,
+                   "resumed_from": None if checkpoint is None else str(checkpoint)}  # fmt: skip
+        if run.iteration >= run.total:
+            return summary  # nothing left to train: the folder is not touched
+        revision = git_revision()
+        with locked_run_folder(out_dir) if ctx.is_main else contextlib.nullcontext():
+            notes = _start_run_files(cfg, out_dir, revision, continues, overwrite) if ctx.is_main else []
+            handler = _setup_logging(out_dir, ctx.is_main)
+            try:
+                for note in notes:
+                    _log.info(note)
+                if checkpoint is not None:
+                    _log.info("resumed from %s at iteration %d%s", checkpoint, run.iteration,
+                              f" (config keys changed since: {', '.join(run.changed)})" if run.changed else "")  # fmt: skip
+                elif resume == "auto":
+                    _log.info("no %s yet: starting from scratch", out_dir / "last.pt")
+                return {**summary, **_fit(cfg, run, ctx, out_dir, revision)}
+            finally:
+                if handler is not None:
+                    _log.removeHandler(handler)
+                    handler.close()
 
 
-def _fit(cfg: TrainConfig, resume: str | None, ctx: DistContext, out_dir: Path, revision: str) -> dict[str, Any]:
+def _start_run_files(cfg: TrainConfig, out_dir: Path, revision: str, continues: bool, overwrite: bool) -> list[str]:
+    """With the folder's lock held: check it again, clear or clean it, write the config; return notes for the log."""
+    # Checked again: another run may have written the folder since the check before the set-up.
+    check_run_folder(out_dir, continues, overwrite)
+    notes = []
+    cleared = clear_run(out_dir) if overwrite else []
+    if cleared:
+        notes.append(f"--overwrite: deleted the previous run's {', '.join(cleared)}")
+    freed = remove_stale_temp_files(out_dir)
+    if freed:
+        notes.append(f"deleted temporary files of interrupted checkpoint writes ({freed / 1e6:.1f} MB)")
+    save_config(cfg, out_dir / "config.yaml")
+    with atomic_open(out_dir / "git_revision.txt", "w", encoding="utf-8") as handle:
+        handle.write(revision + "\n")
+    return notes
+
+
+def _prepare(cfg: TrainConfig, checkpoint: Path | None, ctx: DistContext) -> _Run:
+    """Build datasets, model, optimiser and schedule, and load ``checkpoint``; writes nothing."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed, cfg.deterministic)
@@ -391,25 +462,59 @@ def _fit(cfg: TrainConfig, resume: str | None, ctx: DistContext, out_dir: Path, 
     scheduler = build_scheduler(cfg, optimizer, iters_per_unit, total)
     use_amp = cfg.amp and ctx.device.type == "cuda"
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=use_amp)
+    run = _Run(train_set, val_set, model, optimizer, scheduler, scaler, use_amp, iters_per_epoch, iters_per_unit, total)
+    if checkpoint is not None:
+        _resume(cfg, checkpoint, run)
+    return run
 
-    iteration, best = 0, -math.inf
-    checkpoint_path = _resume_path(resume, out_dir)
-    if checkpoint_path is not None:
-        state = load_checkpoint(checkpoint_path)  # CPU: RNG states must stay CPU tensors
-        unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        restore_rng_state(state["rng"])
-        iteration, best = state["iteration"], state["best_metric"]
-        changed = sorted(k for k, v in state["config"].items() if k != "out_dir" and getattr(cfg, k, None) != v)
-        _log.info("resumed from %s at iteration %d%s", checkpoint_path, iteration,
-                  f" (config keys changed since: {', '.join(changed)})" if changed else "")  # fmt: skip
-    elif resume == "auto":
-        _log.info("no %s yet: starting from scratch", out_dir / "last.pt")
+
+_RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "iteration", "best_metric")
+# Optimiser settings the config decides even on resume (the scheduler's base learning rate is "initial_lr").
+_OPTIMIZER_SETTINGS = ("initial_lr", "momentum", "weight_decay")
+
+
+def _resume(cfg: TrainConfig, path: Path, run: _Run) -> None:
+    """Load the checkpoint at ``path`` into ``run``; errors name the file.
+
+    ``load_state_dict`` brings back the checkpoint's learning rates, momentum and weight decay;
+    the config's are put back after it, so a value changed on resume takes effect (and the value
+    recorded in ``config.yaml`` and later checkpoints is the one used).
+    """
+    state = load_checkpoint(path)  # CPU: RNG states must stay CPU tensors
+    missing = [key for key in _RESUME_KEYS if key not in state]
+    if missing:
+        raise ValueError(f"checkpoint {path} cannot be resumed: it lacks {', '.join(missing)}")
+    saved = state.get("config") or {}
+    for key in ("model", "num_classes"):
+        if key in saved and saved[key] != getattr(cfg, key):
+            raise ValueError(
+                f"checkpoint {path} was trained with {key} {saved[key]!r} but the config says "
+                f"{getattr(cfg, key)!r}; resuming needs the same {key}"
+            )
+    wanted = [{key: group[key] for key in _OPTIMIZER_SETTINGS} for group in run.optimizer.param_groups]
+    try:
+        unwrap(run.model).load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"checkpoint {path} does not fit model {cfg.model!r} of the config: {str(err).splitlines()[0]}") from err
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    restore_rng_state(state["rng"])
+    for group, values, factor in zip(run.optimizer.param_groups, wanted, run.scheduler.lr_lambdas):
+        group.update(values)
+        group["lr"] = values["initial_lr"] * factor(run.scheduler.last_epoch)  # as LambdaLR computes it
+    run.scheduler.base_lrs = [values["initial_lr"] for values in wanted]
+    run.iteration, run.best = state["iteration"], state["best_metric"]
+    run.changed = sorted(k for k, v in saved.items() if k != "out_dir" and getattr(cfg, k, None) != v)
+
+
+def _fit(cfg: TrainConfig, run: _Run, ctx: DistContext, out_dir: Path, revision: str) -> dict[str, Any]:
+    model, optimizer, scheduler, scaler = run.model, run.optimizer, run.scheduler, run.scaler
+    iteration, best, total = run.iteration, run.best, run.total
+    iters_per_epoch, iters_per_unit = run.iters_per_epoch, run.iters_per_unit
 
     writer = SummaryWriter(str(out_dir / "tb")) if ctx.is_main else None
-    val_loader = _val_loader(cfg, val_set, ctx)
+    val_loader = _val_loader(cfg, run.val_set, ctx)
     config_dict = dataclasses.asdict(cfg)
     last_metrics: dict[str, Any] = {}
     losses: list[float] = []
@@ -429,13 +534,13 @@ def _fit(cfg: TrainConfig, resume: str | None, ctx: DistContext, out_dir: Path, 
     try:
         while iteration < total:
             epoch, done_in_epoch = divmod(iteration, iters_per_epoch)
-            loader = make_train_loader(cfg, train_set, ctx, epoch, done_in_epoch)
+            loader = make_train_loader(cfg, run.train_set, ctx, epoch, done_in_epoch)
             model.train()
             tick = time.perf_counter()
             for images, targets in loader:
                 lr = optimizer.param_groups[0]["lr"]  # the step's own lr, before the scheduler moves it on
                 loss, scales = train_step(
-                    model, optimizer, scaler, images, targets, ctx, iteration, use_amp, cfg.grad_clip
+                    model, optimizer, scaler, images, targets, ctx, iteration, run.use_amp, cfg.grad_clip
                 )
                 scheduler.step()
                 iteration += 1
@@ -460,9 +565,9 @@ def _fit(cfg: TrainConfig, resume: str | None, ctx: DistContext, out_dir: Path, 
                     ).compute()  # fmt: skip
                     miou = last_metrics["miou"]
                     if ctx.is_main:
-                        _report_validation(last_metrics, val_set, iteration, progress, writer)
+                        _report_validation(last_metrics, run.val_set, iteration, progress, writer)
                         if writer is not None:
-                            _validation_pictures(unwrap(model), val_set, cfg, iteration, writer)
+                            _validation_pictures(unwrap(model), run.val_set, cfg, iteration, writer)
                     postfix["val_miou"] = f"{100 * miou:.2f}"
                     progress.set_postfix(postfix)
                     if miou > best:
@@ -481,6 +586,16 @@ def _fit(cfg: TrainConfig, resume: str | None, ctx: DistContext, out_dir: Path, 
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
         _log.error("%s; %s", err, kept)
         raise NonFiniteLossError(f"{err}; {kept}") from err
+    except RuntimeError as err:
+        # Gloo's "Timed out waiting ...ms for recv operation" (NCCL's watchdog ends the process itself).
+        if not (ctx.distributed and "timed out" in str(err).lower()):
+            raise
+        message = (
+            f"rank {ctx.rank} of {ctx.world_size} waited more than {cfg.dist_timeout:g} s (config key "
+            f"dist_timeout) for the other processes after iteration {iteration}: one of them stalled or died"
+        )
+        _log.error(message)
+        raise TimeoutError(message) from err
     finally:
         progress.close()
         if writer is not None:
@@ -488,7 +603,7 @@ def _fit(cfg: TrainConfig, resume: str | None, ctx: DistContext, out_dir: Path, 
     _log.info("done: %d iterations, best validation mIoU %.2f", iteration, 100 * best)
     return {
         "iteration": iteration, "best_miou": best, "last_metrics": last_metrics, "losses": losses,
-        "out_dir": str(out_dir), "is_main": ctx.is_main,
+        "out_dir": str(out_dir),
     }  # fmt: skip
 
 

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from sacseg.data import ADE20K, CamVid, Cityscapes, SegmentationFolder
+from sacseg.data._base import read_image
 
 
 def _write(path: Path, array: np.ndarray) -> Path:
@@ -145,3 +146,28 @@ def test_folder_rgb_mask(tmp_path: Path) -> None:
 def test_folder_rejects_bad_ignore_index(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="ignore_index"):
         SegmentationFolder(tmp_path, tmp_path, ["a", "b"], ignore_index=1)
+
+
+def test_16_bit_grey_images_are_scaled_and_16_bit_masks_kept_exact(tmp_path: Path) -> None:
+    grey = np.arange(8 * 12, dtype=np.uint16).reshape(8, 12) * 2  # 0..190
+    image = _write(tmp_path / "img/x.png", grey * 257)  # the same picture at 16 bits: 0..48830
+    mask = np.array([0, 1, 2, 255] * 24, dtype=np.uint16).reshape(8, 12)
+    _write(tmp_path / "mask/x.png", mask)
+    with Image.open(image) as img:
+        assert img.mode.startswith("I")  # what a 16-bit PNG decodes to
+    expected = np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
+    np.testing.assert_array_equal(np.asarray(read_image(image)), expected)  # predict's reader too
+    picture, target = SegmentationFolder(tmp_path / "img", tmp_path / "mask", ["a", "b", "c"]).load(0)
+    np.testing.assert_array_equal(np.asarray(picture), expected)
+    np.testing.assert_array_equal(target.numpy(), mask)  # class indices, not scaled
+    _write(tmp_path / "white.png", np.full((4, 4), 65535, dtype=np.uint16))
+    assert np.asarray(read_image(tmp_path / "white.png")).min() == 255
+
+
+def test_float_and_wide_integer_images_are_refused(tmp_path: Path) -> None:
+    floats = _write(tmp_path / "floats.tif", np.full((4, 4), 0.5, dtype=np.float32))
+    with pytest.raises(ValueError, match=f"cannot read image file {_named(floats)}: PIL mode F"):
+        read_image(floats)
+    wide = _write(tmp_path / "wide.tif", np.full((4, 4), 70000, dtype=np.int32))
+    with pytest.raises(ValueError, match=f"cannot read image file {_named(wide)}: PIL mode I with values 70000..70000"):
+        read_image(wide)

@@ -24,6 +24,8 @@ from sacseg.engine.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from sacseg.engine.io import stale_temp_files
+from sacseg.engine.run_dir import remove_stale_temp_files
 from sacseg.engine.train import build_model_from_config
 from sacseg.models import load_baseline_and_freeze
 from train_helpers import tiny_config
@@ -139,6 +141,12 @@ def test_kill_during_write_keeps_previous_checkpoint(tmp_path: Path) -> None:
     assert torch.equal(state["model"]["weight"], torch.ones(64, 64))
     with pytest.raises(ValueError, match=partial[0].name):
         load_checkpoint(partial[0])
+    # What the next run in the folder removes (with the folder's lock held): that file only.
+    (tmp_path / "notes.tmp").write_text("not a checkpoint's")
+    assert stale_temp_files(tmp_path / "last.pt") == partial
+    size = partial[0].stat().st_size
+    assert remove_stale_temp_files(tmp_path) == size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "notes.tmp", "writer.py"]
 
 
 def test_load_trained_model_of_an_only_run_needs_no_baseline_file(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from sacseg.engine.config import apply_overrides, load_config, save_config
 from sacseg.engine.evaluate import evaluate
 from sacseg.engine.inference import predict
 from sacseg.engine.metrics import format_results
-from sacseg.engine.predict_files import load_image
+from sacseg.engine.predict_files import find_images, load_image
 from sacseg.engine.train import build_eval_dataset, build_model_from_config, train
 from sacseg.viz import colorize
 from train_helpers import single_thread, tiny_config
@@ -223,3 +223,69 @@ def test_eval_with_a_baseline_config_reports_the_checkpoints_sac_model(
     assert "sac_single_resnet18 on scale_scenes val (1 images" in printed.out and "fcn_resnet18" not in printed.out
     assert "model keys replace the config's: model=sac_single_resnet18 (not fcn_resnet18)" in printed.err
     assert json.loads(out.read_text())["meta"]["model"] == "sac_single_resnet18"
+
+
+def test_eval_prints_the_scores_before_a_results_file_it_cannot_write(
+    sac_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("a file where a folder should be")
+    unwritable = tmp_path / "file" / "results.json"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--checkpoint", str(sac_checkpoint), "--out", str(unwritable)])
+    assert exit_info.value.code == 2
+    printed = capsys.readouterr()
+    assert "mean" in printed.out and "pixel accuracy" in printed.out  # the table came first
+    assert printed.err.splitlines()[-1].startswith(f"sacseg eval: error: cannot write {unwritable}: ")
+
+    with pytest.raises(SystemExit) as exit_info:  # a folder is found before evaluating
+        main(["eval", "--checkpoint", str(sac_checkpoint), "--out", str(tmp_path)])
+    printed = capsys.readouterr()
+    assert exit_info.value.code == 2 and "pixel accuracy" not in printed.out
+    assert printed.err == f"sacseg eval: error: --out {tmp_path} is a folder; give the results file to write\n"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["eval"], ["predict", "{tmp}/image.png", "--out", "{tmp}/predictions"], ["export", "--out", "{tmp}/model.onnx"]],
+    ids=["eval", "predict", "export"],
+)
+def test_device_cuda_without_cuda_is_one_error_line(
+    sac_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    Image.new("RGB", (32, 32)).save(tmp_path / "image.png")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        main([arg.format(tmp=tmp_path) for arg in command] + ["--checkpoint", str(sac_checkpoint), "--device", "cuda"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"sacseg {command[0]}: error: --device cuda: CUDA is not available here; use --device cpu (or auto)\n"
+
+
+@pytest.mark.parametrize("inside", [False, True], ids=["out-is-the-input-folder", "out-inside-the-input-folder"])
+def test_predict_does_not_predict_its_own_outputs(
+    sac_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], inside: bool
+) -> None:
+    inputs = tmp_path / "images"
+    inputs.mkdir()
+    Image.fromarray(ScaleScenes(1, size=64, seed=3).load(0)[0].permute(1, 2, 0).numpy()).save(inputs / "a.png")
+    out = inputs / "predictions" if inside else inputs
+    for _ in range(2):
+        assert main(["predict", "--checkpoint", str(sac_checkpoint), str(inputs), "--out", str(out)]) == 0
+        assert f"3 files for 1 images in {out}" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir() if p.name != "predictions") == sorted(
+        (["a.png"] if not inside else []) + ["a_color.png", "a_overlay.png", "a_scale_classifier.png"]
+    )
+
+
+def test_find_images_skips_the_outputs_of_images_it_found(tmp_path: Path) -> None:
+    names = ["a.png", "a_color.png", "a_overlay.png", "a_scale_layer4.png", "x_color.png", "a_scale_.jpg",
+             "aachen_000000_000019_leftImg8bit.png", "aachen/aachen_000000_000019_pred_labelIds.png",
+             "aachen/bremen_000000_000019_pred_labelIds.png"]  # fmt: skip
+    for name in names:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    found = find_images([tmp_path], out_dir=tmp_path)
+    assert sorted(str(p.relative_to(tmp_path)) for p in found) == [
+        "a.png", "a_scale_.jpg", "aachen/bremen_000000_000019_pred_labelIds.png", "aachen_000000_000019_leftImg8bit.png",
+        "x_color.png",
+    ]  # fmt: skip
+    assert len(find_images([tmp_path])) == len(names)  # without an output folder, every image

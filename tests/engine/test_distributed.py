@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -61,3 +62,53 @@ def test_two_process_first_step_gradients_equal_one_process(tmp_path: Path) -> N
     assert one is not None and set(one) == set(two) and any("scale_regressors" in k for k in one)
     for name, grad in one.items():
         torch.testing.assert_close(two[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+# Both ranks run the CLI; rank 1 stops itself (SIGSTOP) when its second step begins: a stalled peer,
+# alive and holding its sockets, but silent.
+_STALLING_RANK = """
+import os, signal, sys
+import sacseg.engine.train as train_module
+from sacseg.cli import main
+
+real_step, calls = train_module.train_step, []
+
+
+def step(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2 and os.environ["RANK"] == "1":
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return real_step(*args, **kwargs)
+
+
+train_module.train_step = step
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow  # ~35 s on 2 busy cores: two processes start, then rank 0 waits out the timeout
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs POSIX signals")
+def test_a_stalled_peer_fails_the_run_after_dist_timeout_naming_rank_and_step(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path / "run", dist_timeout=8.0)
+    save_config(cfg, tmp_path / "cfg.yaml")
+    (tmp_path / "stall.py").write_text(_STALLING_RANK)
+    port = str(_free_port())
+    ranks = []
+    try:
+        for rank in range(2):
+            env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
+                       RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")  # fmt: skip
+            command = [sys.executable, str(tmp_path / "stall.py"), "train", "--config", str(tmp_path / "cfg.yaml")]
+            ranks.append(subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True))
+        _, err = ranks[0].communicate(timeout=240)
+        assert ranks[1].poll() is None  # still stopped: rank 0 did not wait for it to end
+    finally:
+        for proc in ranks:
+            if proc.poll() is None:
+                proc.kill()  # SIGKILL ends a stopped process too
+                proc.communicate()
+    assert ranks[0].returncode == 2, err[-3000:]
+    expected = ("rank 0 of 2 waited more than 8 s (config key dist_timeout) for the other processes after "
+                "iteration 1: one of them stalled or died")  # fmt: skip
+    assert err.strip().splitlines()[-1] == f"sacseg train: error: {expected}"
+    assert expected in (tmp_path / "run" / "train.log").read_text()
