@@ -21,7 +21,8 @@ class TrainConfig:
     """Everything one training run needs, one flat level of keys.
 
     Lengths (``lr_step``, ``val_every``, ``checkpoint_every``) count epochs when ``epochs > 0`` and
-    iterations when ``iterations > 0``; exactly one of the two must be set. ``batch_size`` is the
+    iterations when ``iterations > 0``; exactly one of the two must be set. ``eval_crop_size`` and
+    ``eval_stride`` are one int (square) or ``[H, W]``. ``batch_size`` is the
     global batch: with N processes each takes ``batch_size / N`` samples per step. ``threads``
     sets torch's CPU threads per process (0 keeps torch's default).
     """
@@ -74,8 +75,8 @@ class TrainConfig:
     checkpoint_every: int = 1
     log_every: int = 10
     eval_mode: str = "whole"
-    eval_crop_size: int | None = None
-    eval_stride: int | None = None
+    eval_crop_size: int | list[int] | None = None
+    eval_stride: int | list[int] | None = None
     out_dir: str = "runs/default"
 
 
@@ -107,7 +108,11 @@ def _check_type(key: str, value: Any, annotation: Any, source: str) -> Any:
     args = typing.get_args(annotation)
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), annotation) if args else annotation
-    if value is None:
+    pair = list[int] in args  # a size: one int, or [H, W]
+    if pair and isinstance(value, list):
+        if len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return value
+    elif value is None:
         if optional:
             return None
     elif base is bool:
@@ -130,7 +135,7 @@ def _check_type(key: str, value: Any, annotation: Any, source: str) -> Any:
             return value
     else:  # pragma: no cover - a field type this checker does not know is a bug in TrainConfig
         raise TypeError(f"config key {key!r} has unsupported type {annotation}")
-    expected = base.__name__ + (" or null" if optional else "")
+    expected = base.__name__ + (" or a list [H, W] of two ints" if pair else "") + (" or null" if optional else "")
     raise ValueError(f"{source}: config key {key!r} must be {expected}, got {value!r} ({type(value).__name__})")
 
 

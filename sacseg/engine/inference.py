@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from sacseg.ops.sac_conv import IntOrPair, _pair
 
-__all__ = ["INFERENCE_MODES", "predict", "predict_with_scales"]
+__all__ = ["INFERENCE_MODES", "predict", "predict_labels", "predict_with_scales"]
 
 INFERENCE_MODES = ("whole", "slide")
 
@@ -142,3 +142,28 @@ def predict_with_scales(model: nn.Module, images: Tensor) -> tuple[Tensor, dict[
         for name, s in dict(out.get("scales", {})).items()
     }
     return out["out"].float().softmax(dim=1), scale_maps
+
+
+@torch.no_grad()
+def predict_labels(
+    model: nn.Module,
+    images: Tensor,
+    mode: str = "whole",
+    crop_size: IntOrPair | None = None,
+    stride: IntOrPair | None = None,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    with_scales: bool = True,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Class indices ``[N, H, W]`` (long) for normalised images ``[N, 3, H, W]``, and the scale maps.
+
+    The labels are the argmax of :func:`predict`'s probabilities under the given options. With
+    ``with_scales`` the scale maps ``{name: [N, 1, H, W]}`` come from one whole-image pass at scale 1
+    (:func:`predict_with_scales`, which also gives the labels when the options ask for nothing more);
+    without, the dict is empty.
+    """
+    plain = mode == "whole" and tuple(scales) == (1.0,) and not flip
+    probs, scale_maps = predict_with_scales(model, images) if with_scales else (None, {})
+    if probs is None or not plain:
+        probs = predict(model, images, mode=mode, crop_size=crop_size, stride=stride, scales=scales, flip=flip)
+    return probs.argmax(1), scale_maps
