@@ -55,11 +55,11 @@ def _trained_model(args: argparse.Namespace, overrides: list[str]) -> tuple[nn.M
 
 def _size(values: list[int] | None, flag: str) -> int | tuple[int, int] | None:
     """``--crop-size N`` -> N, ``--crop-size H W`` -> (H, W)."""
-    if values is None or len(values) == 1:
-        return values[0] if values else None
-    if len(values) != 2:
+    if values is None:
+        return None
+    if len(values) > 2:
         raise ValueError(f"{flag} takes one number (a square) or two (H W), got {len(values)}: {values}")
-    return values[0], values[1]
+    return values[0] if len(values) == 1 else (values[0], values[1])
 
 
 def _inference_options(args: argparse.Namespace, cfg: TrainConfig) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -146,24 +147,19 @@ def predict_with_scales(model: nn.Module, images: Tensor) -> tuple[Tensor, dict[
 
 @torch.no_grad()
 def predict_labels(
-    model: nn.Module,
-    images: Tensor,
-    mode: str = "whole",
-    crop_size: IntOrPair | None = None,
-    stride: IntOrPair | None = None,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-    with_scales: bool = True,
+    model: nn.Module, images: Tensor, with_scales: bool = True, **options: Any
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Class indices ``[N, H, W]`` (long) for normalised images ``[N, 3, H, W]``, and the scale maps.
 
-    The labels are the argmax of :func:`predict`'s probabilities under the given options. With
-    ``with_scales`` the scale maps ``{name: [N, 1, H, W]}`` come from one whole-image pass at scale 1
-    (:func:`predict_with_scales`, which also gives the labels when the options ask for nothing more);
-    without, the dict is empty.
+    The labels are the argmax of :func:`predict`'s probabilities under ``options`` (``mode``,
+    ``crop_size``, ``stride``, ``scales``, ``flip``). With ``with_scales`` the scale maps
+    ``{name: [N, 1, H, W]}`` come from one whole-image pass at scale 1 (:func:`predict_with_scales`,
+    which also gives the labels when the options ask for no more than that pass); without, the dict
+    is empty.
     """
-    plain = mode == "whole" and tuple(scales) == (1.0,) and not flip
+    plain = options.get("mode", "whole") == "whole" and tuple(options.get("scales", (1.0,))) == (1.0,)
+    plain = plain and not options.get("flip", False)
     probs, scale_maps = predict_with_scales(model, images) if with_scales else (None, {})
     if probs is None or not plain:
-        probs = predict(model, images, mode=mode, crop_size=crop_size, stride=stride, scales=scales, flip=flip)
+        probs = predict(model, images, **options)
     return probs.argmax(1), scale_maps
