@@ -96,7 +96,9 @@ class ScaleRegressor(nn.Module):
     features. (The paper's small ``sigma`` is not small on deep features: with ``sigma = 1e-3`` the
     3x3 regressor on a torchvision ResNet-50's 1024 res4 channels, batch norm fitted to real
     images, starts at scales of 0.63-1.28.) The weights still get a gradient, the features times
-    the gradient of the map, so they learn from the first step. ``init_std > 0`` draws the weights
+    the gradient of the map, so they learn from the first step (which, with every tap on an integer
+    position, follows the sampler's right-hand derivative there and need not lower the loss; the
+    steps after it do). ``init_std > 0`` draws the weights
     from ``N(0, init_std^2)`` instead. The raw output then passes a non-negative transformation
     bounded to ``[min_scale, max_scale]`` that maps 1 to 1:
 
