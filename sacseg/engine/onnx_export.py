@@ -109,14 +109,20 @@ def _export_graph(
         )
 
 
-def _check_graph(path: Path, metadata: Mapping[str, str]) -> int:
-    """Validate the graph, refuse non-default domains, add ``metadata``; return its default-domain opset."""
+def _add_metadata(path: Path, metadata: Mapping[str, str]) -> None:
+    """Store ``metadata`` in the file's ``metadata_props`` (next to any the exporter wrote)."""
     import onnx
 
     graph = onnx.load(str(path))
-    if metadata:
-        onnx.helper.set_model_props(graph, {**{p.key: p.value for p in graph.metadata_props}, **metadata})
-        onnx.save(graph, str(path))
+    onnx.helper.set_model_props(graph, {**{p.key: p.value for p in graph.metadata_props}, **metadata})
+    onnx.save(graph, str(path))
+
+
+def _check_graph(path: Path) -> int:
+    """Validate the graph, refuse non-default domains; return its default-domain opset."""
+    import onnx
+
+    graph = onnx.load(str(path))
     onnx.checker.check_model(graph)
     custom = sorted({f"{node.domain}::{node.op_type}" for node in graph.graph.node if node.domain not in ("", "ai.onnx")})
     if custom:
@@ -228,7 +234,9 @@ def export_onnx(
         module = _TupleOutputs(model, scale_names).eval()
         output_names = ["out", *(f"scale_{name}" for name in scale_names)]
         _export_graph(module, example, tmp, output_names, dynamic, opset, dynamo)
-        written_opset = _check_graph(tmp, metadata or {})
+        if metadata:
+            _add_metadata(tmp, metadata)
+        written_opset = _check_graph(tmp)
         session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         errors = {}
         for i, shape in enumerate(check_shapes):

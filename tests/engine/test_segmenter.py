@@ -18,6 +18,7 @@ from sacseg.data import CamVid
 from sacseg.engine.checkpoint import atomic_torch_save
 from sacseg.engine.config import TrainConfig
 from sacseg.engine.inference import predict, predict_with_scales
+from sacseg.engine.onnx_export import export_onnx
 from sacseg.engine.predict_files import load_image
 from sacseg.engine.train import build_model_from_config
 from train_helpers import single_thread
@@ -137,6 +138,8 @@ def test_export_stores_classes_palette_and_normalisation(checkpoint: Path, tmp_p
     assert json.loads(props["mean"]) == pytest.approx([0.485, 0.456, 0.406])
     assert json.loads(props["std"]) == pytest.approx([0.229, 0.224, 0.225])
     assert props["model"] == "sac_single_resnet18" and props["dataset"] == "camvid" and props["ignore_index"] == "255"
+    with pytest.raises(ValueError, match="metadata keys and values must be strings"):
+        export_onnx(nn.Conv2d(3, 2, 1), tmp_path / "x.onnx", 8, 8, metadata={"classes": ["sky"]})  # type: ignore[dict-item]
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:  # --set reaches the config: a wrong key value is refused
         main([*args, "--set", "num_classes=5"])
