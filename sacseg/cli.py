@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -48,44 +47,40 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-# The keys that build the network (build_model_from_config); a checkpoint's weights fix them.
-_MODEL_KEYS = ("model", "output_stride", "upsample", "min_scale", "max_scale", "scale_bound", "frozen_bn")
-
-
 def _trained_model(args: argparse.Namespace, overrides: list[str]) -> tuple[nn.Module, TrainConfig]:
     """The checkpoint's model and the run's config: ``--config`` (else the checkpoint's) with ``overrides``."""
     import torch
 
-    from sacseg.engine.checkpoint import load_trained_model
-    from sacseg.engine.config import apply_overrides, load_config
+    from sacseg.engine.segmenter import load_model_and_config
 
-    given = load_config(args.config) if args.config is not None else None
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: CUDA is not available here; use --device cpu (or auto)")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    model, model_cfg = load_trained_model(args.checkpoint, device, default_config=given)
-    cfg = apply_overrides(given if given is not None else model_cfg, overrides)
-    if cfg.num_classes != model_cfg.num_classes:
-        raise ValueError(
-            f"config key 'num_classes' is {cfg.num_classes} but the model in {args.checkpoint} has {model_cfg.num_classes} classes"
-        )
-    # The weights decide which network runs: its keys come from the checkpoint, whatever --config
-    # or --set say, so that what is printed and recorded is the model that was scored.
-    replaced = {key: getattr(cfg, key) for key in _MODEL_KEYS if getattr(cfg, key) != getattr(model_cfg, key)}
-    if replaced:
-        cfg = dataclasses.replace(cfg, **{key: getattr(model_cfg, key) for key in replaced})
-        changes = ", ".join(f"{key}={getattr(cfg, key)} (not {value})" for key, value in replaced.items())
-        print(f"sacseg {args.command}: the checkpoint's model keys replace the config's: {changes}", file=sys.stderr)
+
+    def report(note: str) -> None:
+        print(f"sacseg {args.command}: {note}", file=sys.stderr)
+
+    model, cfg = load_model_and_config(args.checkpoint, args.device, args.config, overrides, report=report)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     return model, cfg
 
 
+def _size(values: list[int] | None, flag: str) -> int | tuple[int, int] | None:
+    """``--crop-size N`` -> N, ``--crop-size H W`` -> (H, W)."""
+    if values is None:
+        return None
+    if len(values) > 2:
+        raise ValueError(f"{flag} takes one number (a square) or two (H W), got {len(values)}: {values}")
+    return values[0] if len(values) == 1 else (values[0], values[1])
+
+
 def _inference_options(args: argparse.Namespace, cfg: TrainConfig) -> dict[str, Any]:
     """``predict``'s keyword arguments: the command line's, else the config's ``eval_*`` keys."""
     mode = args.mode if args.mode is not None else cfg.eval_mode
-    crop_size = args.crop_size if args.crop_size is not None else cfg.eval_crop_size
-    stride = args.stride if args.stride is not None else cfg.eval_stride
+    crop_size = _size(args.crop_size, "--crop-size")
+    crop_size = crop_size if crop_size is not None else cfg.eval_crop_size
+    stride = _size(args.stride, "--stride")
+    stride = stride if stride is not None else cfg.eval_stride
     if mode == "slide" and crop_size is None:
         raise ValueError("--mode slide needs --crop-size (or config key eval_crop_size)")
     return {"mode": mode, "crop_size": crop_size, "stride": stride, "scales": tuple(args.scales), "flip": args.flip}
@@ -121,10 +116,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size_text(size: int | tuple[int, int] | list[int]) -> str:
+    return "x".join(map(str, size)) if isinstance(size, (tuple, list)) else str(size)
+
+
 def _describe(options: dict[str, Any]) -> str:
     text = f"mode {options['mode']}"
     if options["mode"] == "slide":
-        text += f", crop {options['crop_size']}, stride {options['stride'] or options['crop_size']}"
+        crop, stride = options["crop_size"], options["stride"] or options["crop_size"]
+        text += f", crop {_size_text(crop)}, stride {_size_text(stride)}"
     text += ", scales " + " ".join(f"{s:g}" for s in options["scales"])
     return text + (", flip" if options["flip"] else "")
 
@@ -133,9 +133,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from sacseg.engine.predict_files import find_images, predict_files
 
     paths = find_images(args.inputs, out_dir=args.out)
-    model, cfg = _trained_model(args, [])
+    model, cfg = _trained_model(args, list(args.set))
     written = predict_files(
-        model, cfg, paths, args.out, fmt=args.format, **_inference_options(args, cfg), progress=True
+        model, cfg, paths, args.out, fmt=args.format, **_inference_options(args, cfg), progress=True,
+        legend=not args.no_legend,
     )
     print(f"{len(written)} files for {len(paths)} images in {args.out}")
     return 0
@@ -143,11 +144,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from sacseg.engine.onnx_export import export_onnx
+    from sacseg.engine.segmenter import Segmenter
 
-    model, cfg = _trained_model(args, [])
+    model, cfg = _trained_model(args, list(args.set))
+    metadata = Segmenter(model, cfg).metadata()  # classes, palette, normalisation for the deployed file
     try:
-        result = export_onnx(model, args.out, args.height, args.width, dynamic=args.dynamic,
-                             with_scales=args.with_scales, opset=args.opset, rtol=args.rtol)  # fmt: skip
+        result = export_onnx(model, args.out, args.height, args.width, dynamic=args.dynamic, with_scales=args.with_scales,
+                             opset=args.opset, rtol=args.rtol, metadata=metadata)  # fmt: skip
     except RuntimeError as err:  # onnxruntime disagrees, or a non-default ONNX domain
         print(f"sacseg export: {err}", file=sys.stderr)
         return 1
@@ -210,8 +213,12 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=("whole", "slide"), default=None, help="default: config key eval_mode")
-    parser.add_argument("--crop-size", type=int, default=None, help="window size for --mode slide (default: config key eval_crop_size)")
-    parser.add_argument("--stride", type=int, default=None, help="window step for --mode slide (default: config key eval_stride, else the crop size)")
+    parser.add_argument("--crop-size", type=int, nargs="+", default=None, metavar="N",
+                        help="window size for --mode slide: N (square) or H W, e.g. 512 1024 "
+                             "(default: config key eval_crop_size)")  # fmt: skip
+    parser.add_argument("--stride", type=int, nargs="+", default=None, metavar="N",
+                        help="window step for --mode slide: N or H W (default: config key eval_stride, "
+                             "else the crop size)")  # fmt: skip
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0], metavar="S",
                         help="image scales whose probabilities are averaged, e.g. 0.5 0.75 1 1.25 1.5 1.75")  # fmt: skip
     parser.add_argument("--flip", action="store_true", help="also average the left-right mirrored images")
@@ -229,12 +236,17 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("predict", help="predict image files: colour PNGs, overlays, scale heat maps, or Cityscapes labelIds")
+    parser = sub.add_parser("predict", help="predict image files: colour PNGs, overlays, scale heat maps, "
+                                            "class-index PNGs or Cityscapes labelIds")  # fmt: skip
     _add_model_args(parser)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched for images")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--format", choices=("color", "cityscapes"), default="color",
-                        help="color: pictures; cityscapes: labelId PNGs for the official evaluator")  # fmt: skip
+    parser.add_argument("--format", choices=("color", "index", "cityscapes"), default="color",
+                        help="color: pictures; index: class-index PNGs (<stem>_index.png); "
+                             "cityscapes: labelId PNGs for the official evaluator")  # fmt: skip
+    parser.add_argument("--no-legend", action="store_true",
+                        help="color pictures without the strip naming the classes present (image-sized)")  # fmt: skip
+    _add_set_arg(parser)
     _add_inference_args(parser)
     parser.set_defaults(func=_cmd_predict)
 
@@ -243,6 +255,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("export", help="export a checkpoint to ONNX, checked against PyTorch in onnxruntime")
     _add_model_args(parser)
     parser.add_argument("--out", required=True, help="the .onnx file to write")
+    _add_set_arg(parser)
     parser.add_argument("--height", type=int, default=512, help="input height")
     parser.add_argument("--width", type=int, default=512, help="input width")
     parser.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")

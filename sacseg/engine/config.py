@@ -23,7 +23,8 @@ class TrainConfig:
     """Everything one training run needs, one flat level of keys.
 
     Lengths (``lr_step``, ``val_every``, ``checkpoint_every``) count epochs when ``epochs > 0`` and
-    iterations when ``iterations > 0``; exactly one of the two must be set. ``batch_size`` is the
+    iterations when ``iterations > 0``; exactly one of the two must be set. ``eval_crop_size`` and
+    ``eval_stride`` are one int (square) or ``[H, W]``. ``batch_size`` is the
     global batch: with N processes each takes ``batch_size / N`` samples per step. ``threads``
     sets torch's CPU threads per process (0 keeps torch's default). ``dist_timeout``: seconds a
     process waits for its peers in one collective operation before the run fails (torchrun runs).
@@ -86,8 +87,8 @@ class TrainConfig:
     checkpoint_every: int = 1
     log_every: int = 10
     eval_mode: str = "whole"
-    eval_crop_size: int | None = None
-    eval_stride: int | None = None
+    eval_crop_size: int | list[int] | None = None
+    eval_stride: int | list[int] | None = None
     out_dir: str = "runs/default"
 
 
@@ -185,6 +186,9 @@ def _validate(cfg: TrainConfig, source: str) -> None:
     for key in _NON_NEGATIVE:
         if getattr(cfg, key) < 0:
             raise ValueError(f"{source}: config key {key!r} must be >= 0, got {getattr(cfg, key)!r}")
+    for key in ("eval_crop_size", "eval_stride"):  # a size: one int, or [H, W]
+        if isinstance(getattr(cfg, key), list) and len(getattr(cfg, key)) != 2:
+            raise ValueError(f"{source}: config key {key!r} must be int or a list [H, W] of two ints or null, got {getattr(cfg, key)!r}")
     if (cfg.epochs > 0) == (cfg.iterations > 0):
         raise ValueError(
             f"{source}: set exactly one of config keys 'epochs' and 'iterations' > 0, "

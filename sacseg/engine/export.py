@@ -1,4 +1,4 @@
-"""Prediction exports: label-id PNGs, named as the official Cityscapes evaluator expects."""
+"""Prediction exports: label-id PNGs (8- or 16-bit), named as the official Cityscapes evaluator expects."""
 
 from __future__ import annotations
 
@@ -33,20 +33,23 @@ def cityscapes_result_path(image_path: str | os.PathLike[str], out_dir: str | os
 
 
 def save_label_png(
-    labels: Tensor, path: str | os.PathLike[str], id_map: Callable[[Tensor], Tensor] | None = None
+    labels: Tensor, path: str | os.PathLike[str], id_map: Callable[[Tensor], Tensor] | None = None, bits: int = 8
 ) -> None:
-    """Write a label map ``[H, W]`` as a single-channel 8-bit PNG (atomically).
+    """Write a label map ``[H, W]`` as a single-channel 8-bit (or ``bits=16``) PNG (atomically).
 
     ``id_map`` converts the ids first, e.g. ``Cityscapes.train_id_to_label_id`` for trainIds ->
-    labelIds. The written ids must lie in ``[0, 255]``.
+    labelIds. The written ids must lie in ``[0, 2**bits - 1]``.
     """
+    if bits not in (8, 16):
+        raise ValueError(f"bits must be 8 or 16, got {bits}")
     if labels.dim() != 2 or labels.is_floating_point():
         raise ValueError(f"labels for {path} must be an integer map [H, W], got {labels.dtype} {tuple(labels.shape)}")
     ids = id_map(labels) if id_map is not None else labels
     ids = ids.detach().to("cpu", torch.int64)
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) > 255):
-        raise ValueError(f"label ids for {path} must lie in [0, 255], got [{int(ids.min())}, {int(ids.max())}]")
-    save_png(ids.numpy().astype(np.uint8), path)
+    top = 2**bits - 1
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) > top):
+        raise ValueError(f"label ids for {path} must lie in [0, {top}], got [{int(ids.min())}, {int(ids.max())}]")
+    save_png(ids.numpy().astype(np.uint8 if bits == 8 else np.uint16), path)
 
 
 def export_cityscapes_prediction(

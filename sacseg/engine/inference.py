@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -10,7 +11,7 @@ from torch.nn import functional as F
 
 from sacseg.ops.sac_conv import IntOrPair, _pair
 
-__all__ = ["INFERENCE_MODES", "predict", "predict_with_scales"]
+__all__ = ["INFERENCE_MODES", "predict", "predict_labels", "predict_with_scales"]
 
 INFERENCE_MODES = ("whole", "slide")
 
@@ -142,3 +143,23 @@ def predict_with_scales(model: nn.Module, images: Tensor) -> tuple[Tensor, dict[
         for name, s in dict(out.get("scales", {})).items()
     }
     return out["out"].float().softmax(dim=1), scale_maps
+
+
+@torch.no_grad()
+def predict_labels(
+    model: nn.Module, images: Tensor, with_scales: bool = True, **options: Any
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Class indices ``[N, H, W]`` (long) for normalised images ``[N, 3, H, W]``, and the scale maps.
+
+    The labels are the argmax of :func:`predict`'s probabilities under ``options`` (``mode``,
+    ``crop_size``, ``stride``, ``scales``, ``flip``). With ``with_scales`` the scale maps
+    ``{name: [N, 1, H, W]}`` come from one whole-image pass at scale 1 (:func:`predict_with_scales`,
+    which also gives the labels when the options ask for no more than that pass); without, the dict
+    is empty.
+    """
+    plain = options.get("mode", "whole") == "whole" and tuple(options.get("scales", (1.0,))) == (1.0,)
+    plain = plain and not options.get("flip", False)
+    probs, scale_maps = predict_with_scales(model, images) if with_scales else (None, {})
+    if probs is None or not plain:
+        probs = predict(model, images, **options)
+    return probs.argmax(1), scale_maps

@@ -69,8 +69,12 @@ def stale_temp_files(path: str | os.PathLike[str]) -> list[Path]:
 
 
 def save_png(array: np.ndarray, path: str | os.PathLike[str]) -> None:
-    """Write a uint8 array ``[H, W]`` (grey / label ids) or ``[H, W, 3]`` (RGB) as a PNG, atomically."""
-    if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
-        raise ValueError(f"expected a uint8 array [H, W] or [H, W, 3] for {path}, got {array.dtype} {array.shape}")
+    """Write a uint8 array ``[H, W]`` (grey / label ids) or ``[H, W, 3]`` (RGB), or a uint16 ``[H, W]``
+    (16-bit label ids), as a PNG, atomically."""
+    grey = array.ndim == 2 and array.dtype in (np.uint8, np.uint16)
+    if not grey and not (array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3):
+        raise ValueError(
+            f"expected a uint8 array [H, W] or [H, W, 3], or a uint16 [H, W], for {path}, got {array.dtype} {array.shape}"
+        )
     with atomic_open(path, "wb") as handle:
         Image.fromarray(array).save(handle, format="PNG")

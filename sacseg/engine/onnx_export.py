@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +109,15 @@ def _export_graph(
         )
 
 
+def _add_metadata(path: Path, metadata: Mapping[str, str]) -> None:
+    """Store ``metadata`` in the file's ``metadata_props`` (next to any the exporter wrote)."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    onnx.helper.set_model_props(graph, {**{p.key: p.value for p in graph.metadata_props}, **metadata})
+    onnx.save(graph, str(path))
+
+
 def _check_graph(path: Path) -> int:
     """Validate the graph, refuse non-default domains; return its default-domain opset."""
     import onnx
@@ -154,6 +164,7 @@ def export_onnx(
     dynamo: bool = False,
     rtol: float = 1e-4,
     seed: int = 0,
+    metadata: Mapping[str, str] | None = None,
 ) -> OnnxExport:
     """Export ``model`` to ONNX at ``path`` and check it in onnxruntime before keeping the file.
 
@@ -181,6 +192,8 @@ def export_onnx(
             TorchScript-based one, which exports several times faster and needs nothing more.
         rtol: tolerance of the onnxruntime check.
         seed: seed of the random check inputs.
+        metadata: string key-value pairs stored in the file's ``metadata_props`` (``sacseg export``
+            stores the class names, palette and normalisation: :meth:`sacseg.Segmenter.metadata`).
 
     Raises:
         ValueError: bad sizes, or ``with_scales`` for a model without scale maps.
@@ -194,6 +207,9 @@ def export_onnx(
 
     if height < 1 or width < 1:
         raise ValueError(f"height and width must be >= 1, got {height}x{width}")
+    bad = {k: v for k, v in (metadata or {}).items() if not isinstance(k, str) or not isinstance(v, str)}
+    if bad:
+        raise ValueError(f"metadata keys and values must be strings, got {bad!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if opset is None:
@@ -218,6 +234,8 @@ def export_onnx(
         module = _TupleOutputs(model, scale_names).eval()
         output_names = ["out", *(f"scale_{name}" for name in scale_names)]
         _export_graph(module, example, tmp, output_names, dynamic, opset, dynamo)
+        if metadata:
+            _add_metadata(tmp, metadata)
         written_opset = _check_graph(tmp)
         session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         errors = {}

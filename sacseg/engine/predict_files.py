@@ -1,4 +1,4 @@
-"""Predictions for image files on disk: colour-coded PNGs, overlays, scale heat maps, Cityscapes labelId exports."""
+"""Predictions for image files on disk: colour-coded PNGs, overlays, scale heat maps, class-index and Cityscapes labelId PNGs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -15,16 +16,16 @@ from sacseg.data import Cityscapes
 from sacseg.data._base import IMAGE_SUFFIXES, read_image
 from sacseg.data.transforms import eval_transforms
 from sacseg.engine.config import TrainConfig
-from sacseg.engine.export import export_cityscapes_prediction
-from sacseg.engine.inference import predict, predict_with_scales
+from sacseg.engine.export import export_cityscapes_prediction, save_label_png
+from sacseg.engine.inference import predict_labels
 from sacseg.engine.io import save_png
 from sacseg.engine.train import dataset_class
 from sacseg.ops.sac_conv import IntOrPair
-from sacseg.viz import colorize, overlay, save_scale_map
+from sacseg.viz import add_legend, colorize, overlay, save_scale_map
 
-__all__ = ["PREDICTION_FORMATS", "find_images", "load_image", "predict_files"]
+__all__ = ["PREDICTION_FORMATS", "find_images", "load_image", "predict_files", "to_model_input"]
 
-PREDICTION_FORMATS = ("color", "cityscapes")
+PREDICTION_FORMATS = ("color", "index", "cityscapes")
 
 
 def find_images(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str] | None = None) -> list[Path]:
@@ -72,15 +73,20 @@ def _is_output_of(path: Path, stems: set[str], out_dir: Path) -> bool:
     return path.parent.parent == out_dir and name.endswith(suffix) and f"{name[: -len(suffix)]}_leftImg8bit" in stems
 
 
+def to_model_input(picture: Image.Image) -> Tensor:
+    """An RGB picture as the normalised tensor ``[3, H, W]`` models take (the evaluation transform)."""
+    # The eval transform is joint (image, label); an empty label keeps one normalisation for both uses.
+    image, _ = eval_transforms()(picture, torch.zeros(picture.height, picture.width, dtype=torch.uint8))
+    return image
+
+
 def load_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, Tensor]:
     """An image file as uint8 RGB ``[H, W, 3]`` and as the normalised tensor ``[3, H, W]`` models take.
 
     ValueError names a file that cannot be decoded.
     """
     picture = read_image(Path(path))
-    # The eval transform is joint (image, label); an empty label keeps one normalisation for both uses.
-    image, _ = eval_transforms()(picture, torch.zeros(picture.height, picture.width, dtype=torch.uint8))
-    return np.asarray(picture), image
+    return np.asarray(picture), to_model_input(picture)
 
 
 def _output_stems(paths: Sequence[Path]) -> list[str]:
@@ -104,13 +110,18 @@ def predict_files(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     progress: bool = False,
+    legend: bool = True,
 ) -> list[Path]:
     """Predict each image file with ``model`` (eval mode) and write the results into ``out_dir``; return them.
 
     ``fmt="color"`` writes per image ``<stem>_color.png`` (the prediction in the palette of the
-    config's dataset), ``<stem>_overlay.png`` (half-transparent over the image) and, for SAC
-    models, ``<stem>_scale_<layer>.png`` per scale map: a heat map with a colour bar, from one
-    whole-image pass at scale 1. ``fmt="cityscapes"`` (Cityscapes configs only) writes
+    config's dataset), ``<stem>_overlay.png`` (half-transparent over the image), both with a
+    legend strip below naming the classes present (``legend=False``: none; the pictures then have
+    the image's size) and, for SAC models, ``<stem>_scale_<layer>.png`` per scale map: a heat map
+    with a colour bar, from one whole-image pass at scale 1. ``fmt="index"`` writes
+    ``<stem>_index.png``: the class indices ``0..K-1``, one channel, 8-bit for ``K <= 255`` (so 255
+    stays the ignore value, as in the data sets' label maps) and 16-bit above. ``fmt="cityscapes"``
+    (Cityscapes configs only) writes
     ``<city>/<city>_<seq>_<frame>_pred_labelIds.png`` with official labelIds for
     ``cityscapesscripts``' evaluator. Inference options are those of ``predict``.
     """
@@ -118,12 +129,12 @@ def predict_files(
         raise ValueError(f"unknown prediction format {fmt!r}; valid: {', '.join(PREDICTION_FORMATS)}")
     if fmt == "cityscapes" and cfg.dataset != "cityscapes":
         raise ValueError(f"--format cityscapes needs a model trained on Cityscapes trainIds; its config says dataset {cfg.dataset!r}")
-    palette = dataset_class(cfg).palette  # type: ignore[attr-defined]
+    kind = dataset_class(cfg)
+    classes, palette = kind.classes, kind.palette  # type: ignore[attr-defined]
     if len(palette) != cfg.num_classes:
         raise ValueError(f"config key 'num_classes' is {cfg.num_classes} but dataset {cfg.dataset!r} has {len(palette)} colours")
     stems = _output_stems(paths)
     options = {"mode": mode, "crop_size": crop_size, "stride": stride, "scales": scales, "flip": flip}
-    plain = mode == "whole" and tuple(scales) == (1.0,) and not flip
     device = next(model.parameters()).device
     out_dir = Path(out_dir)
     written: list[Path] = []
@@ -131,15 +142,20 @@ def predict_files(
         picture, image = load_image(path)
         x = image.unsqueeze(0).to(device)
         if fmt == "cityscapes":
-            pred = predict(model, x, **options).argmax(1)[0]
+            pred = predict_labels(model, x, **options, with_scales=False)[0][0]
             written.append(export_cityscapes_prediction(pred, path, out_dir, Cityscapes.train_id_to_label_id))
             continue
-        probs, scale_maps = predict_with_scales(model, x)
-        if not plain:
-            probs = predict(model, x, **options)
-        colours = colorize(probs.argmax(1)[0], palette)
+        if fmt == "index":
+            written.append(out_dir / f"{stem}_index.png")
+            labels = predict_labels(model, x, **options, with_scales=False)[0][0]
+            save_label_png(labels, written[-1], bits=8 if cfg.num_classes <= 255 else 16)
+            continue
+        labels, scale_maps = predict_labels(model, x, **options)
+        colours = colorize(labels[0], palette)
         outputs = {out_dir / f"{stem}_color.png": colours, out_dir / f"{stem}_overlay.png": overlay(picture, colours)}
         for target, array in outputs.items():
+            if legend:
+                array = add_legend(array, labels[0], classes, palette)
             save_png(array, target)
             written.append(target)
         for name, scale in scale_maps.items():

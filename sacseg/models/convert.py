@@ -107,7 +107,7 @@ def sac_convert(
     stages: Sequence[str] = ("layer4",),
     min_scale: float = 0.25,
     max_scale: float = 4.0,
-    init_std: float = 1e-3,
+    init_std: float = 0.0,
 ) -> nn.Module:
     """Make the 3x3 convolutions of chosen stages of a ResNet-style ``model`` scale-adaptive, in place.
 
@@ -115,12 +115,13 @@ def sac_convert(
     torchvision ResNet, say), becomes a :class:`SACStage`: a new :class:`ScaleRegressor` reads the
     stage input and its scale map drives every non-1x1 convolution of the stage's blocks (see
     :func:`sac_block`), as SAC-multiple does for res5. The convolutions keep their weights and the
-    regressor starts at scale ~1, so the converted model starts as (almost exactly) the original.
+    regressor starts at scale exactly 1 (zero weights, bias 1), so the converted model starts as the
+    original, up to floating-point rounding, whatever its feature magnitudes.
 
     Args:
         model: the backbone; modified in place and returned.
         stages: attribute paths of the stages to convert (``"layer4"``, ``"backbone.layer3"``).
-        min_scale, max_scale, init_std: for each :class:`ScaleRegressor`.
+        min_scale, max_scale, init_std: for each :class:`ScaleRegressor` (``init_std=0``: exactly scale 1).
 
     Returns:
         ``model``. Read a stage's scale map with ``stage.forward_with_scale(x)`` or a forward hook

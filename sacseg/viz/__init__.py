@@ -1,9 +1,10 @@
-"""Pictures for reports: colourised labels, overlays, scale-coefficient heat maps, figure grids."""
+"""Pictures for reports: colourised labels, class legends, overlays, scale-coefficient heat maps, figure grids."""
 
 from sacseg.viz.figures import save_report_grid, save_scale_map
-from sacseg.viz.labels import colorize, denormalize, heatmap, overlay
+from sacseg.viz.labels import add_legend, colorize, denormalize, heatmap, overlay
 
 __all__ = [
+    "add_legend",
     "colorize",
     "denormalize",
     "heatmap",

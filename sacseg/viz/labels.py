@@ -1,4 +1,4 @@
-"""Pictures as arrays: denormalised images, colourised label maps, overlays and heat maps."""
+"""Pictures as arrays: denormalised images, colourised label maps, class legends, overlays and heat maps."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import Tensor
 
 from sacseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["denormalize", "colorize", "overlay", "heatmap"]
+__all__ = ["add_legend", "denormalize", "colorize", "overlay", "heatmap"]
 
 
 def denormalize(
@@ -64,3 +64,58 @@ def heatmap(values: Tensor, vmin: float, vmax: float, cmap: str = "jet") -> np.n
     norm = ((values.detach().to("cpu", torch.float64) - vmin) / (vmax - vmin)).clamp(0, 1).numpy()
     rgba = matplotlib.colormaps[cmap](norm, bytes=True)
     return np.ascontiguousarray(rgba[..., :3])
+
+
+def add_legend(
+    picture: np.ndarray,
+    labels: Tensor,
+    classes: Sequence[str],
+    palette: Tensor | np.ndarray,
+    ignore_index: int = 255,
+) -> np.ndarray:
+    """``picture`` uint8 RGB ``[H, W, 3]`` with a legend strip below: the classes present in ``labels``.
+
+    ``labels [H', W']`` holds class indices into ``classes`` and ``palette`` uint8 ``[K, 3]`` (as for
+    :func:`colorize`). Each class present gets a swatch of its colour and its name, largest area
+    first, on white rows as wide as the picture (an entry wider than the picture is cut at its
+    edge). Without a class present (everything ``ignore_index``) the picture comes back unchanged.
+
+    Returns:
+        uint8 RGB ``[H + h, W, 3]``; the first ``H`` rows are ``picture``.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    if picture.dtype != np.uint8 or picture.ndim != 3 or picture.shape[2] != 3:
+        raise ValueError(f"picture must be uint8 [H, W, 3], got {picture.dtype} {picture.shape}")
+    table = palette.detach().cpu().numpy() if isinstance(palette, Tensor) else np.asarray(palette)
+    if table.shape != (len(classes), 3):
+        raise ValueError(f"palette must be [{len(classes)}, 3] for {len(classes)} classes, got {table.shape}")
+    ids = labels.detach().to("cpu", torch.int64).flatten()
+    present, counts = torch.unique(ids[ids != ignore_index], return_counts=True)
+    if present.numel() and (int(present.min()) < 0 or int(present.max()) >= len(classes)):
+        raise ValueError(f"labels outside [0, {len(classes)}) and not ignore_index: {present.tolist()[:10]}")
+    order = present[torch.argsort(counts, descending=True, stable=True)].tolist()
+    if not order:
+        return picture
+
+    font = ImageFont.load_default()
+    left, top, right, bottom = font.getbbox("Ag")
+    text_h = bottom - top
+    swatch, gap, pad = text_h + 2, 4, 4
+    row_h = swatch + pad
+    width = picture.shape[1]
+    # Flow the entries left to right, wrapping at the picture's width.
+    places: list[tuple[int, int, int]] = []
+    x, y = pad, pad
+    for k in order:
+        entry = swatch + gap + int(font.getlength(classes[k])) + 2 * gap
+        if x > pad and x + entry > width:
+            x, y = pad, y + row_h
+        places.append((k, x, y))
+        x += entry
+    strip = Image.new("RGB", (width, y + row_h + pad // 2), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for k, x, y in places:
+        draw.rectangle((x, y, x + swatch - 1, y + swatch - 1), fill=tuple(int(c) for c in table[k]), outline=(64, 64, 64))
+        draw.text((x + swatch + gap, y + (swatch - text_h) // 2 - top), classes[k], fill=(0, 0, 0), font=font)
+    return np.concatenate([picture, np.asarray(strip)], axis=0)

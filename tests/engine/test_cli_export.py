@@ -20,7 +20,7 @@ ort = pytest.importorskip("onnxruntime")
 
 
 def test_export_command_writes_a_checked_onnx_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = dataclasses.replace(TrainConfig(), model="sac_single_resnet18", num_classes=4, iterations=1)
+    cfg = dataclasses.replace(TrainConfig(), model="sac_single_resnet18", num_classes=7, iterations=1)  # ScaleScenes
     torch.manual_seed(0)
     model = build_model_from_config(cfg).eval()
     for regressor in model.scale_regressors.values():

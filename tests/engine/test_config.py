@@ -56,6 +56,8 @@ def test_unknown_key_names_it_and_lists_valid_keys(tmp_path: Path) -> None:
         ({"output_stride": 32, "iterations": 1}, "output_stride"),
         ({"scale_bound": "tanh", "iterations": 1}, "scale_bound"),
         ({"scale_lr_mult": 0.0, "iterations": 1}, "scale_lr_mult"),
+        ({"eval_crop_size": [512, 1024, 3], "iterations": 1}, "eval_crop_size"),
+        ({"eval_stride": [256, 5.5], "iterations": 1}, "eval_stride"),
     ],
 )
 def test_bad_value_names_the_key(values: dict, key: str) -> None:
@@ -95,3 +97,13 @@ def test_camvid_config_reads_the_real_sample(shared_data: Path) -> None:
     assert (len(train_set), len(val_set)) == (367, 101)
     image, target = train_set[0]
     assert image.shape == (3, cfg.crop_size, cfg.crop_size) and target.shape == (cfg.crop_size, cfg.crop_size)
+
+
+def test_window_sizes_are_an_int_or_height_and_width() -> None:
+    cfg = config_from_dict({"iterations": 1, "eval_mode": "slide", "eval_crop_size": [512, 1024], "eval_stride": 256})
+    assert (cfg.eval_crop_size, cfg.eval_stride) == ([512, 1024], 256)
+    cfg = apply_overrides(cfg, ["eval_stride=[256, 512]"])
+    assert cfg.eval_stride == [256, 512]
+    assert config_from_dict(dataclasses.asdict(cfg)) == cfg  # as saved into checkpoints
+    with pytest.raises(ValueError, match=r"'eval_crop_size' must be int or a list \[H, W\] of two ints or null"):
+        apply_overrides(cfg, ["eval_crop_size=[1, 2, 3]"])

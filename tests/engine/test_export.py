@@ -55,6 +55,17 @@ def test_label_png_round_trip(tmp_path: Path) -> None:
         save_label_png(labels.expand(2, -1, -1), tmp_path / "c.png")
 
 
+def test_label_png_in_16_bits_keeps_ids_above_255(tmp_path: Path) -> None:
+    labels = torch.tensor([[0, 254, 255], [256, 299, 65535]])
+    save_label_png(labels, tmp_path / "a.png", bits=16)
+    with Image.open(tmp_path / "a.png") as img:
+        assert img.mode.startswith("I")  # I;16 (or I): a 16-bit grey PNG
+        back = np.array(img)
+    np.testing.assert_array_equal(back, labels.numpy())
+    with pytest.raises(ValueError, match=r"\[0, 65535\]"):
+        save_label_png(labels + 1, tmp_path / "b.png", bits=16)
+
+
 # every other frame by default (both cities); all 8 under `make test-slow`
 @pytest.mark.parametrize("step", [2, pytest.param(1, marks=pytest.mark.slow)])
 def test_miou_matches_official_cityscapes_evaluator(shared_data: Path, tmp_path: Path, monkeypatch, step: int) -> None:

@@ -19,7 +19,7 @@ ort = pytest.importorskip("onnxruntime")
 def _sac_model(name: str, std: float = 0.02) -> nn.Module:
     torch.manual_seed(0)
     model = build_model(name, 5)
-    # Scales visibly away from 1 (the regressors start within ~1e-3 of it), so the check
+    # Scales visibly away from 1 (the regressors start at exactly 1), so the check
     # covers the interpolating sampler, not only integer taps.
     for regressor in model.scale_regressors.values():
         nn.init.normal_(regressor.conv.weight, std=std)

@@ -50,9 +50,12 @@ def test_sac_models_learn(tmp_path: Path, model: str) -> None:
 
 def test_only_variant_trains_just_the_scale_regressor(tmp_path: Path, baseline_run: tuple[Path, dict[str, Any]]) -> None:
     baseline = load_checkpoint(baseline_run[0] / "last.pt")["model"]
+    # Six steps: the regressors start at exactly scale 1, where every tap sits on an integer position
+    # and the sampler's gradient is its one-sided (right-hand) derivative there, so the first step
+    # need not lower the loss (here it raises it by 7e-4); the steps after it do.
     cfg = tiny_config(
         tmp_path, model="sac_single_resnet18", baseline_checkpoint=str(baseline_run[0] / "last.pt"), lr=5e-4,
-        iterations=3, val_every=3,
+        iterations=6, val_every=6,
     )  # fmt: skip
     summary = train(cfg)
     assert summary["losses"][-1] < summary["losses"][0]

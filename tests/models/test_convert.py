@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torchvision
@@ -10,11 +12,6 @@ from torch import nn
 from sacseg.nn import ScaleAdaptiveConv2d, ScaleRegressor
 from sacseg.models.convert import SACStage, sac_block, sac_convert
 from sacseg.models.resnet import BasicBlock, Bottleneck
-
-
-def _force_unit_scale(stage: SACStage) -> None:
-    # The regressor's init gives scales within ~1e-3 of 1; zero weights make them exactly 1.
-    nn.init.zeros_(stage.regressor.conv.weight)
 
 
 def test_resnet50_unchanged_at_scale_one_and_regressors_learn():
@@ -27,8 +24,6 @@ def test_resnet50_unchanged_at_scale_one_and_regressors_learn():
     assert sac_convert(model, stages=("layer3", "layer4")) is model
     for stage in (model.layer3, model.layer4):
         assert isinstance(stage, SACStage)
-        _force_unit_scale(stage)
-    for stage in (model.layer3, model.layer4):
         assert all(isinstance(stage.get_submodule(str(i)), Bottleneck) for i in range(stage.num_blocks))
     sac_layers = [m for m in model.modules() if isinstance(m, ScaleAdaptiveConv2d)]
     assert len(sac_layers) == 6 + 3  # one 3x3 convolution per bottleneck
@@ -75,12 +70,32 @@ def test_dilated_bottleneck_stage_converts_with_its_dilation():
     torch.manual_seed(0)
     model = torchvision.models.resnet50(replace_stride_with_dilation=[False, False, True]).eval()
     sac_convert(model, stages=("layer4",))
-    _force_unit_scale(model.layer4)
     assert model.layer4.get_submodule("1").conv2.dilation == (2, 2)
     features = torch.randn(1, 1024, 5, 6)
     with torch.no_grad():
         out, scale = model.layer4.forward_with_scale(features)
     assert out.shape == (1, 2048, 5, 6) and scale.shape == (1, 1, 5, 6)
+
+
+def test_converted_resnet50_with_real_statistics_starts_as_the_original(
+    real_images: torch.Tensor, real_bn_statistics: Callable[[nn.Module], nn.Module]
+):
+    # Batch norm fitted to real images: the regressors read features of the magnitudes a trained
+    # network gives, where small random regressor weights already move the scales by tens of percent.
+    torch.manual_seed(0)
+    model = real_bn_statistics(torchvision.models.resnet50())
+    with torch.no_grad():
+        expected = model(real_images)
+    sac_convert(model, stages=("layer3", "layer4"))
+    maps: dict[str, torch.Tensor] = {}
+    for name in ("layer3", "layer4"):
+        getattr(model, name).regressor.register_forward_hook(lambda m, i, o, name=name: maps.__setitem__(name, o))
+    with torch.no_grad():
+        out = model(real_images)
+    assert set(maps) == {"layer3", "layer4"}
+    for name, scale in maps.items():
+        assert (scale - 1).abs().max().item() <= 0.01, f"{name}: scales {scale.min().item():.3f}..{scale.max().item():.3f}"
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-4 * expected.abs().max().item())
 
 
 def test_bad_stages_and_blocks_are_rejected():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -92,12 +93,6 @@ def test_state_dicts_move_between_baseline_and_sac_models():
     assert missing == [] and set(unexpected) == {k for k in sac.state_dict() if k.startswith("scale_regressors.")}
 
 
-def _force_unit_scales(model: DilatedFCN) -> None:
-    for regressor in model.scale_regressors.values():
-        nn.init.zeros_(regressor.conv.weight)
-        nn.init.ones_(regressor.conv.bias)
-
-
 @pytest.mark.parametrize("variant", ["sac_single", "sac_multiple"])
 @pytest.mark.parametrize("output_stride", [8, 16])
 def test_sac_with_unit_scales_is_the_baseline(variant: str, output_stride: int):
@@ -105,11 +100,26 @@ def test_sac_with_unit_scales_is_the_baseline(variant: str, output_stride: int):
     baseline = build_model("fcn_resnet18", 5, output_stride=output_stride)
     sac = build_model(f"{variant}_resnet18", 5, output_stride=output_stride)
     sac.load_state_dict(baseline.state_dict(), strict=False)
-    _force_unit_scales(sac)
     images = torch.randn(1, 3, 41, 37)
     sac_out = _forward(sac, images)
     assert all(torch.equal(s, torch.ones_like(s)) for s in sac_out["scales"].values())
     torch.testing.assert_close(sac_out["out"], _forward(baseline, images)["out"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bound", ["clip", "smooth"])
+def test_fresh_sac_model_with_real_statistics_starts_as_the_baseline(
+    bound: str, real_images: torch.Tensor, real_bn_statistics: Callable[[nn.Module], nn.Module]
+):
+    # As built, with no weights forced: eq. (1) means scales of 1 on the feature magnitudes of real
+    # images (batch norm fitted to them), for either bound.
+    torch.manual_seed(0)
+    sac = real_bn_statistics(build_model("sac_multiple_resnet18", 5, scale_bound=bound))
+    baseline = build_model("fcn_resnet18", 5).eval()
+    baseline.load_state_dict(sac.state_dict(), strict=False)
+    sac_out, expected = _forward(sac, real_images), _forward(baseline, real_images)["out"]
+    for name, scale in sac_out["scales"].items():
+        assert (scale - 1).abs().max().item() <= 0.01, f"{name}: scales {scale.min().item():.3f}..{scale.max().item():.3f}"
+    torch.testing.assert_close(sac_out["out"], expected, rtol=0, atol=1e-4 * expected.abs().max().item())
 
 
 @pytest.mark.parametrize("variant", ["sac_single", "sac_multiple"])

@@ -14,7 +14,7 @@ from PIL import Image
 
 from sacseg.data import IMAGENET_MEAN, IMAGENET_STD
 from sacseg.engine.io import save_png
-from sacseg.viz import colorize, denormalize, heatmap, overlay, save_report_grid, save_scale_map
+from sacseg.viz import add_legend, colorize, denormalize, heatmap, overlay, save_report_grid, save_scale_map
 
 PALETTE = torch.tensor([[128, 64, 128], [244, 35, 232], [70, 70, 70]], dtype=torch.uint8)
 
@@ -106,3 +106,28 @@ def test_importing_sacseg_viz_does_not_import_matplotlib() -> None:
     repo = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo)
     assert out.stdout.strip() == "False"
+
+
+def test_legend_lists_the_classes_present_with_their_colours() -> None:
+    palette = torch.tensor([[200, 0, 0], [0, 200, 0], [0, 0, 200], [200, 200, 0]], dtype=torch.uint8)
+    labels = torch.full((20, 120), 255)
+    labels[:, :80] = 2  # most pixels first
+    labels[:, 80:90] = 0
+    picture = colorize(labels, palette)
+    out = add_legend(picture, labels, ("red", "green", "blue", "yellow"), palette)
+    assert out.shape[0] > 20 and out.shape[1:] == (120, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[:20], picture)
+    strip = out[20:]
+
+    def columns(colour: list[int]) -> np.ndarray:
+        return np.nonzero((strip == colour).all(-1).any(0))[0]
+
+    assert len(columns([0, 0, 200])) and len(columns([200, 0, 0]))  # swatches of the classes present
+    assert columns([0, 0, 200]).max() < columns([200, 0, 0]).min()  # largest area first
+    assert not len(columns([0, 200, 0])) and not len(columns([200, 200, 0]))  # absent classes are not listed
+    text = strip[:, columns([0, 0, 200]).max() + 2 : columns([200, 0, 0]).min() - 1]
+    assert (text.max(-1) < 128).any()  # the name "blue" in dark text between the two swatches
+    ignored = torch.full((4, 4), 255)
+    assert add_legend(colorize(ignored, palette), ignored, ("red", "green", "blue", "yellow"), palette).shape == (4, 4, 3)
+    with pytest.raises(ValueError, match=r"palette must be \[3, 3\]"):
+        add_legend(picture, labels, ("red", "green", "blue"), palette)
