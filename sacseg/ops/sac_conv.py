@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from sacseg.ops._bilinear import sample_rows, sample_rows_backward, transpose
+from sacseg.ops._bilinear import position_dtype, sample_rows, sample_rows_backward, transpose
 
 __all__ = ["sac_conv2d", "sac_output_size", "SAC_IMPLEMENTATIONS"]
 
@@ -96,6 +96,25 @@ def _check_args(
     return stride_, padding_, dilation_
 
 
+def _check_scale_finite(scale: Tensor) -> None:
+    """A clear error for NaN or Inf in a scale map, whose taps would have no position.
+
+    One reduction and one host sync per call, small next to the convolution.
+    """
+    bad = int(scale.numel() - torch.isfinite(scale).sum())
+    if bad:
+        raise ValueError(
+            f"scale has {bad} non-finite value(s) (NaN or Inf) among {scale.numel()} of shape "
+            f"{tuple(scale.shape)}: every tap position must be finite"
+        )
+
+
+def _capturing() -> bool:
+    """Whether a graph is being recorded (ONNX export by either exporter, torch.jit.trace,
+    torch.compile, torch.export) rather than run."""
+    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
 def sample_positions(
     scale: Tensor,
     kernel_size: tuple[int, int],
@@ -110,11 +129,13 @@ def sample_positions(
 
     Returns:
         ``(y, x)``, each ``[N, kh, kw, H_out, W_out]`` in input pixels (row, column), in
-        ``scale``'s dtype. With ``scale == 1`` they are exact integers, the taps of ``F.conv2d``.
+        :func:`~sacseg.ops._bilinear.position_dtype` of ``scale``'s dtype. With ``scale == 1`` they are exact integers,
+        the taps of ``F.conv2d``.
     """
     kh, kw = kernel_size
     _, _, h_out, w_out = scale.shape
-    opts = {"dtype": scale.dtype, "device": scale.device}
+    opts = {"dtype": position_dtype(scale.dtype), "device": scale.device}
+    scale = scale.to(opts["dtype"])
     # Centre of the patch of output (p, q); the taps spread from it by (a - kh//2) * d * s.
     cy = torch.arange(h_out, **opts) * stride[0] - padding[0] + (kh // 2) * dilation[0]
     cx = torch.arange(w_out, **opts) * stride[1] - padding[1] + (kw // 2) * dilation[1]
@@ -131,12 +152,12 @@ def _bilinear_gather(input: Tensor, y: Tensor, x: Tensor) -> Tensor:
 
     Args:
         input: ``[N, C, H, W]``.
-        y, x: ``[N, P]`` positions in input pixels.
+        y, x: ``[N, P]`` positions in input pixels, float32 (float64 for float64 data).
 
     Returns:
-        ``[N, C, P]``. The corners are ``floor`` and ``floor + 1``, so the derivative in a
-        position is eq. (14) and, at integer positions, its right-hand limit (as in
-        spatial transformers, ``grid_sample`` and ``deform_conv2d``).
+        ``[N, C, P]`` in ``input``'s dtype. The corners are ``floor`` and ``floor + 1``, so the
+        derivative in a position is eq. (14) and, at integer positions, its right-hand limit (as
+        in spatial transformers, ``grid_sample`` and ``deform_conv2d``).
     """
     n, c, h, w = input.shape
     flat = input.reshape(n, c, h * w)
@@ -149,12 +170,17 @@ def _bilinear_gather(input: Tensor, y: Tensor, x: Tensor) -> Tensor:
         for dx, wx in ((0, 1 - fx), (1, fx)):
             yi, xi = y0 + dy, x0 + dx
             inside = (yi >= 0) & (yi <= h - 1) & (xi >= 0) & (xi <= w - 1)
-            index = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)).long()
+            index = yi.clamp(0, h - 1).long() * w + xi.clamp(0, w - 1).long()
             values = flat.gather(2, index[:, None, :].expand(n, c, -1))
-            corner = values * (wy * wx * inside)[:, None, :]
+            weight = (wy * wx * inside)[:, None, :]
+            # A corner of zero weight (outside, or a whole pixel away) adds nothing even where the
+            # input is NaN or Inf, as in F.conv2d; its value still enters the position's derivative
+            # (the right-hand limit at integer positions), so it is made finite rather than zero.
+            values = torch.where(weight != 0, values, values.nan_to_num(0.0, 0.0, 0.0))
+            corner = values * weight
             out = corner if out is None else out + corner
     assert out is not None
-    return out
+    return out.to(input.dtype)
 
 
 def _sac_reference(
@@ -167,6 +193,8 @@ def _sac_reference(
     dilation: tuple[int, int],
 ) -> Tensor:
     """Equations (7)-(9) as written; autograd derives (10)-(17) from them."""
+    if not _capturing():  # a recorded graph cannot raise on data: see sac_conv2d's docstring
+        _check_scale_finite(scale)
     n, c_in = input.shape[:2]
     c_out, _, kh, kw = weight.shape
     y, x = sample_positions(scale, (kh, kw), stride, padding, dilation)
@@ -361,10 +389,13 @@ class _SacFastFunction(torch.autograd.Function):
         # weight. Multiplying first, the gradient of the sums is grad_out itself: no buffer, one chunk.
         chunks = [(0, h_out)] if project else _row_chunks(h_out, row_bytes, _CHUNK_BYTES // 2)
 
-        grad_tables = torch.zeros_like(tables) if need_input or (need_weight and project) else None
+        # Half-precision tables accumulate their gradient in float32: a row takes up to 4 * taps sums.
+        accumulate = position_dtype(tables.dtype)
+        need_tables = need_input or (need_weight and project)
+        grad_tables = torch.zeros(tables.shape, dtype=accumulate, device=tables.device) if need_tables else None
         grad_scale = torch.zeros_like(scale) if need_scale else None
         if grad_tables is not None or need_scale:
-            opts = {"dtype": scale.dtype, "device": scale.device}
+            opts = {"dtype": accumulate, "device": scale.device}
             oy = ((torch.arange(kh, **opts) - kh // 2) * dilation[0]).repeat_interleave(kw)  # d position / d scale
             ox = ((torch.arange(kw, **opts) - kw // 2) * dilation[1]).repeat(kh)
             matrix_t = None if project else _column_weight(weight, native).t()
@@ -393,6 +424,8 @@ class _SacFastFunction(torch.autograd.Function):
                         grad_scale[i, 0, p0:p1] = ds.view(p1 - p0, w_out)
                     del grad_z  # before the next chunk's exists
         grad_input = None
+        if grad_tables is not None:
+            grad_tables = grad_tables.to(tables.dtype)
         if project and grad_tables is not None:
             # oneDNN copies a transposed first operand (not a transposed second one): both GEMMs
             # are laid out so that their first operand is contiguous.
@@ -402,9 +435,11 @@ class _SacFastFunction(torch.autograd.Function):
             # fresh page costs a fault: 2.7k of them, about 5 ms, at 2048 -> 150).
             if need_weight:
                 planes = input.reshape(n, c_in, h * w)
-                grad_projection_t = _linear(planes[0], grad_proj[0].t()) if n else weight.new_zeros(c_in, taps * c_out)
+                # Summed over images in float32 for half precision (a no-op otherwise).
+                grad_projection_t = (_linear(planes[0], grad_proj[0].t()) if n else weight.new_zeros(c_in, taps * c_out)).to(accumulate)
                 for i in range(1, n):
                     grad_projection_t += _linear(planes[i], grad_proj[i].t())
+                grad_projection_t = grad_projection_t.to(weight.dtype)
                 # [C_in * taps, C_out] -> [C_out, C_in * taps]: contiguous, as autograd stores a weight's gradient.
                 grad_weight = transpose(grad_projection_t.view(1, c_in * taps, c_out), native=native).view(c_out, c_in, kh, kw)
                 del grad_projection_t
@@ -449,11 +484,12 @@ def _weight_gradient(
             z = sample_rows(tables[i], h, w_in, 1, y, x, run=taps, native=native, out=buffer[:length].view(length * taps, c_in))
             # oneDNN reads the transposes as they are; MKL's addmm_ measured 15% slower here.
             part = _linear(g.t(), z.view(length, taps * c_in).t())
-            total = part if total is None else total.add_(part)
+            # Summed in float32 for half precision (a no-op otherwise).
+            total = part.to(position_dtype(part.dtype)) if total is None else total.add_(part)
             del part  # before the next chunk's exists
     if total is None:  # no image to sum over
         return tables.new_zeros(c_out, c_in, kh, kw)
-    return transpose(total.view(c_out, taps, c_in), native=native).view(c_out, c_in, kh, kw)
+    return transpose(total.to(tables.dtype).view(c_out, taps, c_in), native=native).view(c_out, c_in, kh, kw)
 
 
 def _column_weight(weight: Tensor, native: bool) -> Tensor:
@@ -481,6 +517,7 @@ def _fast_impl(native: bool) -> "SacImpl":
         padding: tuple[int, int],
         dilation: tuple[int, int],
     ) -> Tensor:
+        _check_scale_finite(scale)
         return _SacFastFunction.apply(input, scale.contiguous(), weight, bias, stride, padding, dilation, native)
 
     return impl
@@ -505,7 +542,7 @@ def _choose_impl() -> SacImpl:
     # records the ops that run. The reference is made of standard ops only (floor, gather,
     # arithmetic, matmul): it exports with the default ONNX domain and inductor fuses it, where a
     # native kernel is opaque to all of them. Keep this check first.
-    if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+    if _capturing():
         return _sac_reference
     # The fast path wins at every measured shape (benchmarks/bench_sac_conv.py); the native
     # kernels only exist for CPU float32/float64, elsewhere it falls back to torch ops itself.
@@ -548,8 +585,17 @@ def sac_conv2d(
             (compiled on first use and cached, see ``sacseg.ops._bilinear.native_library``) and in
             torch ops elsewhere; ``"fast_torch"`` is the same path with torch ops only.
 
+    Raises:
+        ValueError: if ``scale`` holds NaN or Inf (it names how many), with every ``impl``. The
+            check needs the values, so a recorded graph skips it: an ONNX graph, and
+            ``impl="reference"`` under ``torch.compile``/``torch.export``, give undefined
+            outputs for such a scale.
+
     Returns:
-        ``[N, C_out, H_out, W_out]``. Under autocast the operator runs in float32 (sample
+        ``[N, C_out, H_out, W_out]``. Half-precision inputs give half-precision outputs, with
+        positions and bilinear weights in float32 (see ``sacseg.ops._bilinear.position_dtype``).
+        Non-finite values of ``input`` reach the outputs whose taps read them with a nonzero
+        weight: at ``scale == 1`` exactly those of ``F.conv2d``. Under autocast the operator runs in float32 (sample
         positions in half precision would blur the scale gradient) and returns float32.
     """
     device_type = input.device.type
