@@ -162,7 +162,8 @@ def transpose(src: Tensor, *, native: bool = True, out: Tensor | None = None) ->
     _check_out(out, (b, c, r), src.dtype)
     lib = _use_native(src) if native else None
     if lib is None:
-        return src.transpose(1, 2).contiguous() if out is None else out.copy_(src.transpose(1, 2))
+        # A copy even where the transpose is already contiguous (R or C of 1): never a view of src.
+        return src.transpose(1, 2).clone(memory_format=torch.contiguous_format) if out is None else out.copy_(src.transpose(1, 2))
     src = src.contiguous()
     out = src.new_empty(b, c, r) if out is None else out
     fn = lib.sac_transpose_f32 if src.dtype == torch.float32 else lib.sac_transpose_f64
