@@ -1,16 +1,19 @@
-"""torch.compile (inductor) of the models gives eager's outputs; in float64 so that only semantics count."""
+"""torch.compile (inductor) and torch.export of the models keep the SAC operator and give eager's outputs; in float64 so that only semantics count."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
+from torch._dynamo.backends.registry import lookup_backend
+from torch._dynamo.utils import counters
 
 from sacseg.models import MODELS, build_model
 
 # One compile takes about a minute on 2 CPU cores (a C++ compiler builds the kernels): one model
 # by default, the others with -m slow.
 DEFAULT = "sac_multiple_resnet18"
+SAC_OP = {"sacseg.sac_conv2d", "sacseg.sac_conv2d.default"}
 
 
 def _model(name: str) -> nn.Module:
@@ -26,21 +29,36 @@ def _assert_close(got: torch.Tensor, expected: torch.Tensor) -> None:
     assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
+def _targets(gm: torch.fx.GraphModule) -> set[str]:
+    return {str(node.target) for node in gm.graph.nodes if node.op == "call_function"}
+
+
 def _check_compiled_forward(name: str) -> None:
     torch._dynamo.reset()  # a fresh cache: a hit recompile limit would silently fall back to eager
+    counters.clear()
+    graphs: list[torch.fx.GraphModule] = []
+
+    def inductor(gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor]):  # records dynamo's graphs
+        graphs.append(gm)
+        return lookup_backend("inductor")(gm, example_inputs)
+
     model = _model(name).eval()
-    # fullgraph: a graph break (e.g. an operator dynamo cannot trace) is an error, not a fallback.
-    compiled = torch.compile(model, fullgraph=True)
+    compiled = torch.compile(model, backend=inductor)
     images = torch.randn(1, 3, 64, 64, dtype=torch.float64)
     with torch.no_grad():
         expected, got = model(images), compiled(images)
+    # Counted rather than refused (fullgraph=True), so that a failure names the breaks.
+    assert dict(counters["graph_break"]) == {}
+    assert len(graphs) == 1
+    if name.startswith("sac_"):
+        assert _targets(graphs[0]) & SAC_OP, "the compiled graph must call the SAC operator"
     _assert_close(got["out"], expected["out"])
     assert got["scales"].keys() == expected["scales"].keys()
     for key, scale in expected["scales"].items():
         _assert_close(got["scales"][key], scale)
 
 
-def test_compiled_model_matches_eager() -> None:
+def test_compiled_model_has_no_graph_break_and_matches_eager() -> None:
     _check_compiled_forward(DEFAULT)
 
 
@@ -64,3 +82,16 @@ def test_compiled_training_step_matches_eager() -> None:
         grads.append({name: p.grad.clone() for name, p in model.named_parameters()})
     for name, expected in grads[0].items():
         _assert_close(grads[1][name], expected)
+
+
+def test_exported_model_keeps_the_operator_and_matches_eager() -> None:
+    model = _model(DEFAULT).eval()
+    images = torch.randn(1, 3, 48, 64, dtype=torch.float64)
+    program = torch.export.export(model, (images,))
+    assert _targets(program.graph_module) & SAC_OP
+    other = torch.randn(1, 3, 48, 64, dtype=torch.float64)
+    with torch.no_grad():
+        expected, got = model(other), program.module()(other)
+    _assert_close(got["out"], expected["out"])
+    for key, scale in expected["scales"].items():
+        _assert_close(got["scales"][key], scale)
