@@ -129,8 +129,8 @@ def sample_positions(
 
     Returns:
         ``(y, x)``, each ``[N, kh, kw, H_out, W_out]`` in input pixels (row, column), in
-        :func:`~sacseg.ops._bilinear.position_dtype` of ``scale``'s dtype. With ``scale == 1`` they are exact integers,
-        the taps of ``F.conv2d``.
+        :func:`~sacseg.ops._bilinear.position_dtype` of ``scale``'s dtype. With ``scale == 1``
+        they are exact integers, the taps of ``F.conv2d``.
     """
     kh, kw = kernel_size
     _, _, h_out, w_out = scale.shape
@@ -377,9 +377,9 @@ def _fast_backward(
     gradients come back contiguous, as F.conv2d's do.
 
     Args:
-    input: needed only when multiplying first (for the weight's gradient), else ``None``.
-    tables: :func:`_fast_forward`'s.
-    size: the input's ``(H, W)``.
+        input: needed only when multiplying first (for the weight's gradient), else ``None``.
+        tables: :func:`_fast_forward`'s.
+        size: the input's ``(H, W)``.
     """
     (h, w), (need_input, need_scale, need_weight, need_bias) = size, output_mask
     n = tables.shape[0]
@@ -409,7 +409,7 @@ def _fast_backward(
     accumulate = position_dtype(tables.dtype)
     need_tables = need_input or (need_weight and project)
     grad_tables = torch.zeros(tables.shape, dtype=accumulate, device=tables.device) if need_tables else None
-    grad_scale = torch.zeros_like(scale) if need_scale else None
+    grad_scale = scale.new_zeros(scale.shape) if need_scale else None  # contiguous, as the fake says
     if grad_tables is not None or need_scale:
         opts = {"dtype": accumulate, "device": scale.device}
         oy = ((torch.arange(kh, **opts) - kh // 2) * dilation[0]).repeat_interleave(kw)  # d position / d scale
@@ -597,8 +597,17 @@ def _backward(ctx: Any, grad_out: Tensor, _grad_tables: Tensor | None) -> tuple[
     return (*(g if wanted else None for g, wanted in zip(grads, mask)), None, None, None, None, None)
 
 
-# Double backward raises ("no autograd formula" for the backward operator) instead of going wrong.
+def _no_double_backward(ctx: Any, *grads: Tensor) -> tuple[None, ...]:
+    raise RuntimeError("sacseg::sac_conv2d is differentiable once: its backward is hand-written and has no derivative")
+
+
 _sac_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
+# Gradients made with create_graph=True carry this, so that a second derivative raises instead of
+# silently leaving the operator out.
+_sac_conv2d_backward_op.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)
+
+
+_LIBRARY = torch.library.Library("sacseg", "FRAGMENT")  # for the autocast kernels, living as long as the module
 
 
 def _register_autocast(device_type: str) -> None:
@@ -614,9 +623,9 @@ def _register_autocast(device_type: str) -> None:
     def kernel(_keyset: Any, input: Tensor, scale: Tensor, weight: Tensor, bias: Tensor | None, *rest: Any) -> Any:
         data = torch.float32 if device_type == "cpu" else torch.get_autocast_dtype(device_type)
         with torch._C._ExcludeDispatchKeyGuard(excluded):
-            return _sac_conv2d_op._opoverload(cast(input, data), cast(scale, torch.float32), cast(weight, data), cast(bias, data), *rest)
+            return torch.ops.sacseg.sac_conv2d.default(cast(input, data), cast(scale, torch.float32), cast(weight, data), cast(bias, data), *rest)
 
-    _sac_conv2d_op._lib.impl("sac_conv2d", kernel, key, with_keyset=True)
+    _LIBRARY.impl("sac_conv2d", kernel, key, with_keyset=True)
 
 
 for _device_type in ("cpu", "cuda"):

@@ -125,3 +125,11 @@ def test_onnx_export_and_tracing_decompose_into_the_reference(monkeypatch):
     assert sac_module._choose_impl() is sac_module._sac_fast
     monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
     assert sac_module._choose_impl() is sac_module._sac_reference
+
+
+def test_second_derivative_raises():
+    x, scale, weight, bias, stride, padding, dilation, *_ = _args(CASES[0], torch.float64, "cpu", False, True, True)
+    out = sac_conv2d(x, scale, weight, bias, stride, padding, dilation)
+    (grad,) = torch.autograd.grad(out.sum(), scale, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.grad(grad.sum(), scale)
