@@ -585,7 +585,9 @@ def _(grad_out, input, scale, weight, tables, size, stride, padding, dilation, p
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
     input, scale, weight, _, stride, padding, dilation, project, native = inputs
     ctx.geometry = (list(input.shape[2:]), stride, padding, dilation, project, native)
-    ctx.mark_non_differentiable(output[1])
+    # The tables stay differentiable, so that a second derivative through them reaches
+    # _no_double_backward and raises; nothing downstream uses them, so no gradient is made for them.
+    ctx.set_materialize_grads(False)
     # Only multiplying first needs the input itself again (for the weight's gradient).
     ctx.save_for_backward(input if project else None, scale, weight, output[1])
 
