@@ -535,7 +535,8 @@ def _sac_conv2d_op(
     project: bool,
     native: bool,
 ) -> tuple[Tensor, Tensor]:
-    """``torch.ops.sacseg.sac_conv2d``: :func:`_fast_forward`, ``(out, tables)``.
+    """``torch.ops.sacseg.sac_conv2d``: :func:`_fast_forward`, ``(out, tables)``; the tables are
+    for the backward, and differentiating through them raises.
 
     ``project`` multiplies before sampling (see :func:`_project_first`); ``native`` samples with
     the compiled CPU kernels where they exist.
@@ -592,7 +593,11 @@ def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tens
     ctx.save_for_backward(input if project else None, scale, weight, output[1])
 
 
-def _backward(ctx: Any, grad_out: Tensor, _grad_tables: Tensor | None) -> tuple[Tensor | None, ...]:
+def _backward(ctx: Any, grad_out: Tensor | None, grad_tables: Tensor | None) -> tuple[Tensor | None, ...]:
+    if grad_tables is not None:
+        raise RuntimeError("the tables sacseg::sac_conv2d returns for its backward have no gradient of their own")
+    if grad_out is None:  # an undefined gradient (autograd's check_undefined_grad)
+        return (None,) * 9
     input, scale, weight, tables = ctx.saved_tensors
     mask = list(ctx.needs_input_grad[:4])
     grads = torch.ops.sacseg.sac_conv2d_backward(grad_out, input, scale, weight, tables, *ctx.geometry, mask)
