@@ -535,8 +535,8 @@ def _sac_conv2d_op(
     project: bool,
     native: bool,
 ) -> tuple[Tensor, Tensor]:
-    """``torch.ops.sacseg.sac_conv2d``: :func:`_fast_forward`, ``(out, tables)``; the tables are
-    for the backward, and differentiating through them raises.
+    """``torch.ops.sacseg.sac_conv2d``: :func:`_fast_forward`, ``(out, tables)``. The tables are
+    the backward's, not a result: a gradient that reaches them is ignored.
 
     ``project`` multiplies before sampling (see :func:`_project_first`); ``native`` samples with
     the compiled CPU kernels where they exist.
@@ -593,9 +593,7 @@ def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tens
     ctx.save_for_backward(input if project else None, scale, weight, output[1])
 
 
-def _backward(ctx: Any, grad_out: Tensor | None, grad_tables: Tensor | None) -> tuple[Tensor | None, ...]:
-    if grad_tables is not None:
-        raise RuntimeError("the tables sacseg::sac_conv2d returns for its backward have no gradient of their own")
+def _backward(ctx: Any, grad_out: Tensor | None, _grad_tables: Tensor | None) -> tuple[Tensor | None, ...]:
     if grad_out is None:  # an undefined gradient (autograd's check_undefined_grad)
         return (None,) * 9
     input, scale, weight, tables = ctx.saved_tensors
