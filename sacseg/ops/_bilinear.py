@@ -87,8 +87,28 @@ def native_library() -> ctypes.CDLL | None:
     return lib
 
 
+def position_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of sample positions for a table of ``dtype``: float64 for float64, else float32.
+
+    It is also the dtype of the bilinear weights and of accumulated sums. Half precision holds
+    integers exactly only up to 256 (bfloat16) or 2048 (float16), and a position's fraction to a
+    few bits, so positions never take the data's dtype; table rows are indexed in int64.
+    """
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check_positions(table: Tensor, y: Tensor, x: Tensor) -> None:
+    expected = position_dtype(table.dtype)
+    if y.dtype != expected or x.dtype != expected or y.shape != x.shape:
+        raise ValueError(
+            f"positions must be two {expected} tensors of one shape for a {table.dtype} table, "
+            f"got {y.dtype} {tuple(y.shape)} and {x.dtype} {tuple(x.shape)}"
+        )
+
+
 def _corners(y: Tensor, x: Tensor, h: int, w: int, taps: int) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-    """Table rows, bilinear weights (zero outside) and inside masks of the four corners of each sample."""
+    """Table rows (int64), bilinear weights (``y``'s dtype, zero outside) and inside masks of
+    the four corners of each sample."""
     y0, x0 = torch.floor(y), torch.floor(x)
     fy, fx = y - y0, x - x0
     block = torch.arange(y.numel(), device=y.device) % taps if taps > 1 else 0
@@ -97,11 +117,20 @@ def _corners(y: Tensor, x: Tensor, h: int, w: int, taps: int) -> tuple[list[Tens
         for dx, wx in ((0, 1 - fx), (1, fx)):
             yi, xi = y0 + dy, x0 + dx
             inside = (yi >= 0) & (yi <= h - 1) & (xi >= 0) & (xi <= w - 1)
-            pixel = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)).long()
+            pixel = yi.clamp(0, h - 1).long() * w + xi.clamp(0, w - 1).long()
             rows.append(pixel * taps + block)
             weights.append(wy * wx * inside)
             insides.append(inside)
     return rows, weights, insides
+
+
+def _weighted(rows: Tensor, weight: Tensor) -> Tensor:
+    """``rows * weight[:, None]`` in ``weight``'s dtype, exactly zero where the weight is.
+
+    Masked, not just multiplied by a zero weight: a corner outside the image, or one a whole pixel
+    away, must add nothing even where the table (or gradient) holds NaN or Inf, as in F.conv2d.
+    """
+    return (rows * weight[:, None]).masked_fill_((weight == 0)[:, None], 0)
 
 
 def _use_native(table: Tensor) -> ctypes.CDLL | None:
@@ -133,7 +162,8 @@ def transpose(src: Tensor, *, native: bool = True, out: Tensor | None = None) ->
     _check_out(out, (b, c, r), src.dtype)
     lib = _use_native(src) if native else None
     if lib is None:
-        return src.transpose(1, 2).contiguous() if out is None else out.copy_(src.transpose(1, 2))
+        # A copy even where the transpose is already contiguous (R or C of 1): never a view of src.
+        return src.transpose(1, 2).clone(memory_format=torch.contiguous_format) if out is None else out.copy_(src.transpose(1, 2))
     src = src.contiguous()
     out = src.new_empty(b, c, r) if out is None else out
     fn = lib.sac_transpose_f32 if src.dtype == torch.float32 else lib.sac_transpose_f64
@@ -159,7 +189,8 @@ def sample_rows(
     Args:
         table: ``[h * w * taps, C]`` contiguous; with ``taps > 1`` pixel ``i`` owns rows
             ``i * taps .. i * taps + taps - 1`` and sample ``r`` reads row block ``r % taps``.
-        y, x: ``[M]`` contiguous positions in pixels, in ``table``'s dtype.
+        y, x: ``[M]`` contiguous positions in pixels, in :func:`position_dtype` of the table's
+            dtype (float32, or float64 for a float64 table).
         sum_taps: return the sum of each run of ``taps`` consecutive samples instead.
         run: the samples are runs of ``run`` taps of one output pixel, tap fastest. It changes
             nothing but the order in which the compiled kernel visits them (see its source).
@@ -172,6 +203,7 @@ def sample_rows(
         ``[M, C]``, or ``[M / taps, C]`` with ``sum_taps`` (``out`` when given).
     """
     m, c = y.numel(), table.shape[1]
+    _check_positions(table, y, x)
     if sum_taps:
         _check_runs(m, taps)
     _check_runs(m, run)
@@ -187,13 +219,14 @@ def sample_rows(
         else:
             (lib.sac_sample_f32 if f32 else lib.sac_sample_f64)(*args, run, _ptr(out), torch.get_num_threads())
         return out
+    # Blended in the weights' dtype (float32 for half tables), rounded to the table's at the end.
     rows, weights, _ = _corners(y, x, h, w, taps)
-    samples = table.index_select(0, rows[0]).mul_(weights[0][:, None])
+    samples = _weighted(table.index_select(0, rows[0]), weights[0])
     for row, weight in zip(rows[1:], weights[1:]):
-        samples.addcmul_(table.index_select(0, row), weight[:, None])
+        samples.add_(_weighted(table.index_select(0, row), weight))
     if sum_taps:
-        return torch.sum(samples.view(shape[0], taps, c), 1, out=out)
-    return samples if out is None else out.copy_(samples)
+        samples = samples.view(shape[0], taps, c).sum(1)
+    return samples.to(table.dtype) if out is None else out.copy_(samples)
 
 
 def sample_rows_backward(
@@ -213,12 +246,15 @@ def sample_rows_backward(
     """The adjoint of :func:`sample_rows`.
 
     Adds the gradient of the table for ``grad`` into ``grad_table`` (same shape as ``table``,
-    contiguous) unless it is ``None``, and returns the gradients of the positions ``(grad_y,
-    grad_x)``, each ``[M]``, if ``want_positions`` (the right-hand derivative at integer positions,
-    as the reference path and ``grid_sample`` take it). ``grad`` is ``[M, C]``, or ``[M / taps, C]``
-    for the adjoint of ``sample_rows(..., sum_taps=True)``. ``run`` is :func:`sample_rows`'s.
+    contiguous; in the table's dtype, or float32 for a half table, to accumulate in) unless it is
+    ``None``, and returns the gradients of the positions ``(grad_y, grad_x)``, each ``[M]`` in the
+    positions' dtype, if ``want_positions`` (the right-hand derivative at integer positions, as the
+    reference path and ``grid_sample`` take it). ``grad`` is ``[M, C]`` in the table's dtype, or
+    ``[M / taps, C]`` for the adjoint of ``sample_rows(..., sum_taps=True)``. ``y``, ``x`` and
+    ``run`` are :func:`sample_rows`'s.
     """
     m, c = y.numel(), table.shape[1]
+    _check_positions(table, y, x)
     if grad.shape not in ((m, c), (m // taps, c)) or (grad.shape[0] != m and m % taps):
         raise ValueError(f"grad of shape {tuple(grad.shape)} fits neither {m} samples nor their runs of {taps} taps")
     _check_runs(m, run)
@@ -239,11 +275,14 @@ def sample_rows_backward(
     rows, weights, insides = _corners(y, x, h, w, taps)
     if grad_table is not None:
         for row, weight in zip(rows, weights):
-            grad_table.index_add_(0, row, grad * weight[:, None])
+            grad_table.index_add_(0, row, _weighted(grad, weight).to(grad_table.dtype))
     if not want_positions:
         return None
-    # Dot of grad with each (masked) corner; eq. (14) combines them into position derivatives.
-    dots = [torch.einsum("mc,mc->m", grad, table.index_select(0, row)) * inside for row, inside in zip(rows, insides)]
+    # Dot of grad with each corner inside; eq. (14) combines them into position derivatives.
+    dots = [
+        torch.einsum("mc,mc->m", grad, table.index_select(0, row)).to(y.dtype).masked_fill_(~inside, 0)
+        for row, inside in zip(rows, insides)
+    ]
     fy, fx = y - torch.floor(y), x - torch.floor(x)
     grad_y = (dots[2] - dots[0]) * (1 - fx) + (dots[3] - dots[1]) * fx
     grad_x = (dots[1] - dots[0]) * (1 - fy) + (dots[3] - dots[2]) * fy

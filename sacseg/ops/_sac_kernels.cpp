@@ -56,13 +56,22 @@ inline Corners<T> corners(T y, T x, int64_t h, int64_t w, int64_t taps, int64_t 
   return k;
 }
 
-// o[0..c) = (or += with Accumulate) the bilinear blend of the four corners k of `table`.
+// The values of corner i, or `zeros` (a row of c zeros) where `use` is false: a corner outside the
+// image reads a row of zeros, not its clamped row 0, so that a NaN or Inf there stays out of every
+// product with a zero coefficient (0 * NaN is NaN), as F.conv2d leaves it out.
+template <typename T>
+inline const T* corner_row(const T* table, const Corners<T>& k, int i, bool use, int64_t c, const T* zeros) {
+  return use ? table + k.row[i] * c : zeros;
+}
+
+// o[0..c) = (or += with Accumulate) the bilinear blend of the four corners k of `table`. Corners of
+// zero weight (outside, or a whole pixel away: at scale 1 three of the four) read `zeros`.
 template <bool Accumulate, typename T>
-inline void blend(const T* table, const Corners<T>& k, int64_t c, T* o) {
-  const T* a0 = table + k.row[0] * c;
-  const T* a1 = table + k.row[1] * c;
-  const T* a2 = table + k.row[2] * c;
-  const T* a3 = table + k.row[3] * c;
+inline void blend(const T* table, const Corners<T>& k, int64_t c, const T* zeros, T* o) {
+  const T* a0 = corner_row(table, k, 0, k.weight[0] != 0, c, zeros);
+  const T* a1 = corner_row(table, k, 1, k.weight[1] != 0, c, zeros);
+  const T* a2 = corner_row(table, k, 2, k.weight[2] != 0, c, zeros);
+  const T* a3 = corner_row(table, k, 3, k.weight[3] != 0, c, zeros);
   const T w0 = k.weight[0], w1 = k.weight[1], w2 = k.weight[2], w3 = k.weight[3];
 #pragma omp simd
   for (int64_t j = 0; j < c; ++j) {
@@ -82,10 +91,11 @@ template <typename T>
 void sample(const T* table, int64_t h, int64_t w, int64_t c, int64_t taps, const T* ys, const T* xs,
             int64_t m, int64_t run, T* out, int threads) {
   const int64_t pixels = m / run;
+  const std::vector<T> zeros(c, T(0));
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t k = 0; k < m; ++k) {
     const int64_t r = visit(k, pixels, run);
-    blend<false>(table, corners(ys[r], xs[r], h, w, taps, r), c, out + r * c);
+    blend<false>(table, corners(ys[r], xs[r], h, w, taps, r), c, zeros.data(), out + r * c);
   }
 }
 
@@ -95,12 +105,14 @@ void sample(const T* table, int64_t h, int64_t w, int64_t c, int64_t taps, const
 template <typename T>
 void sample_sum_taps(const T* table, int64_t h, int64_t w, int64_t c, int64_t taps, const T* ys, const T* xs,
                      int64_t m, T* out, int threads) {
+  const std::vector<T> zeros(c, T(0));
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t l = 0; l < m / taps; ++l) {
     T* o = out + l * c;
     const int64_t r0 = l * taps;
-    blend<false>(table, corners(ys[r0], xs[r0], h, w, taps, r0), c, o);
-    for (int64_t r = r0 + 1; r < r0 + taps; ++r) blend<true>(table, corners(ys[r], xs[r], h, w, taps, r), c, o);
+    blend<false>(table, corners(ys[r0], xs[r0], h, w, taps, r0), c, zeros.data(), o);
+    for (int64_t r = r0 + 1; r < r0 + taps; ++r)
+      blend<true>(table, corners(ys[r], xs[r], h, w, taps, r), c, zeros.data(), o);
   }
 }
 
@@ -108,11 +120,12 @@ void sample_sum_taps(const T* table, int64_t h, int64_t w, int64_t c, int64_t ta
 // (want_pos) the derivative of the sample in y and x dotted with g into sy, sx.
 template <typename T>
 inline void adjoint(const T* table, const Corners<T>& k, const T* g, T* grad_table, bool want_pos, int64_t c,
-                    int64_t c0, int64_t c1, T& sy, T& sx) {
+                    int64_t c0, int64_t c1, const T* zeros, T& sy, T& sx) {
   if (grad_table != nullptr) {
-    // One loop per corner: outside corners share row 0, so the four must not be fused.
+    // One loop per corner: outside corners share row 0, so the four must not be fused. Corners of
+    // zero weight take nothing, not 0 * g (NaN where g is).
     for (int i = 0; i < 4; ++i) {
-      if (!k.inside[i]) continue;
+      if (k.weight[i] == 0) continue;
       T* gt = grad_table + k.row[i] * c;
       const T wi = k.weight[i];
 #pragma omp simd
@@ -125,10 +138,11 @@ inline void adjoint(const T* table, const Corners<T>& k, const T* g, T* grad_tab
   const T m0 = k.inside[0], m1 = k.inside[1], m2 = k.inside[2], m3 = k.inside[3];
   const T y0 = -(1 - k.fx) * m0, y1 = -k.fx * m1, y2 = (1 - k.fx) * m2, y3 = k.fx * m3;
   const T x0 = -(1 - k.fy) * m0, x1 = (1 - k.fy) * m1, x2 = -k.fy * m2, x3 = k.fy * m3;
-  const T* a0 = table + k.row[0] * c;
-  const T* a1 = table + k.row[1] * c;
-  const T* a2 = table + k.row[2] * c;
-  const T* a3 = table + k.row[3] * c;
+  // Corners inside enter even with a zero weight (the right-hand derivative at integer positions).
+  const T* a0 = corner_row(table, k, 0, k.inside[0], c, zeros);
+  const T* a1 = corner_row(table, k, 1, k.inside[1], c, zeros);
+  const T* a2 = corner_row(table, k, 2, k.inside[2], c, zeros);
+  const T* a3 = corner_row(table, k, 3, k.inside[3], c, zeros);
   T dy = 0, dx = 0;
 #pragma omp simd reduction(+ : dy, dx)
   for (int64_t j = c0; j < c1; ++j) {
@@ -148,6 +162,7 @@ void sample_backward(const T* table, int64_t h, int64_t w, int64_t c, int64_t ta
                      int64_t m, int64_t run, const T* grad, int64_t share, T* grad_table, T* grad_y, T* grad_x,
                      int threads) {
   const bool want_pos = grad_y != nullptr;
+  const std::vector<T> zeros(c, T(0));
   if (taps >= threads && m % taps == 0) {
     // A table of tap blocks (multiplying first): tap t's samples write only block t, so the
     // threads split the taps, each over all channels; splitting the (few) channels instead made
@@ -158,7 +173,7 @@ void sample_backward(const T* table, int64_t h, int64_t w, int64_t c, int64_t ta
         const int64_t r = l * taps + t;
         T sy = 0, sx = 0;
         adjoint(table, corners(ys[r], xs[r], h, w, taps, r), grad + (r / share) * c, grad_table, want_pos, c, 0, c,
-                sy, sx);
+                zeros.data(), sy, sx);
         if (want_pos) {
           grad_y[r] = sy;
           grad_x[r] = sx;
@@ -182,7 +197,7 @@ void sample_backward(const T* table, int64_t h, int64_t w, int64_t c, int64_t ta
       const int64_t r = visit(v, pixels, run);
       T sy = 0, sx = 0;
       adjoint(table, corners(ys[r], xs[r], h, w, taps, r), grad + (r / share) * c, grad_table, want_pos, c, c0, c1,
-              sy, sx);
+              zeros.data(), sy, sx);
       if (want_pos) {
         mine[2 * r] = sy;
         mine[2 * r + 1] = sx;

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from sacseg.ops._bilinear import sample_rows, sample_rows_backward, transpose
+from sacseg.ops._bilinear import position_dtype, sample_rows, sample_rows_backward, transpose
 
 __all__ = ["sac_conv2d", "sac_output_size", "SAC_IMPLEMENTATIONS"]
 
@@ -45,6 +44,7 @@ def _check_args(
     stride: IntOrPair,
     padding: IntOrPair,
     dilation: IntOrPair,
+    one_dtype: bool = True,
 ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
     stride_, padding_, dilation_ = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
     if min(stride_) < 1:
@@ -89,11 +89,30 @@ def _check_args(
     if len(set(devices.values())) > 1:
         raise RuntimeError(f"all tensors must be on one device, got {devices}")
     dtypes = {name: t.dtype for name, t in tensors.items()}
-    if len(set(dtypes.values())) > 1:
+    if one_dtype and len(set(dtypes.values())) > 1:
         raise RuntimeError(f"all tensors must have one dtype, got {dtypes}")
-    if not input.dtype.is_floating_point:
-        raise RuntimeError(f"sac_conv2d needs floating-point tensors, got {input.dtype}")
+    if not all(dtype.is_floating_point for dtype in dtypes.values()):
+        raise RuntimeError(f"sac_conv2d needs floating-point tensors, got {dtypes}")
     return stride_, padding_, dilation_
+
+
+def _check_scale_finite(scale: Tensor) -> None:
+    """A clear error for NaN or Inf in a scale map, whose taps would have no position.
+
+    One reduction and one host sync per call, small next to the convolution.
+    """
+    bad = int(scale.numel() - torch.isfinite(scale).sum())
+    if bad:
+        raise ValueError(
+            f"scale has {bad} non-finite value(s) (NaN or Inf) among {scale.numel()} of shape "
+            f"{tuple(scale.shape)}: every tap position must be finite"
+        )
+
+
+def _capturing() -> bool:
+    """Whether a graph is being recorded (ONNX export by either exporter, torch.jit.trace,
+    torch.compile, torch.export) rather than run."""
+    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 def sample_positions(
@@ -110,11 +129,13 @@ def sample_positions(
 
     Returns:
         ``(y, x)``, each ``[N, kh, kw, H_out, W_out]`` in input pixels (row, column), in
-        ``scale``'s dtype. With ``scale == 1`` they are exact integers, the taps of ``F.conv2d``.
+        :func:`~sacseg.ops._bilinear.position_dtype` of ``scale``'s dtype. With ``scale == 1``
+        they are exact integers, the taps of ``F.conv2d``.
     """
     kh, kw = kernel_size
     _, _, h_out, w_out = scale.shape
-    opts = {"dtype": scale.dtype, "device": scale.device}
+    opts = {"dtype": position_dtype(scale.dtype), "device": scale.device}
+    scale = scale.to(opts["dtype"])
     # Centre of the patch of output (p, q); the taps spread from it by (a - kh//2) * d * s.
     cy = torch.arange(h_out, **opts) * stride[0] - padding[0] + (kh // 2) * dilation[0]
     cx = torch.arange(w_out, **opts) * stride[1] - padding[1] + (kw // 2) * dilation[1]
@@ -131,12 +152,12 @@ def _bilinear_gather(input: Tensor, y: Tensor, x: Tensor) -> Tensor:
 
     Args:
         input: ``[N, C, H, W]``.
-        y, x: ``[N, P]`` positions in input pixels.
+        y, x: ``[N, P]`` positions in input pixels, float32 (float64 for float64 data).
 
     Returns:
-        ``[N, C, P]``. The corners are ``floor`` and ``floor + 1``, so the derivative in a
-        position is eq. (14) and, at integer positions, its right-hand limit (as in
-        spatial transformers, ``grid_sample`` and ``deform_conv2d``).
+        ``[N, C, P]`` in ``input``'s dtype. The corners are ``floor`` and ``floor + 1``, so the
+        derivative in a position is eq. (14) and, at integer positions, its right-hand limit (as
+        in spatial transformers, ``grid_sample`` and ``deform_conv2d``).
     """
     n, c, h, w = input.shape
     flat = input.reshape(n, c, h * w)
@@ -149,12 +170,17 @@ def _bilinear_gather(input: Tensor, y: Tensor, x: Tensor) -> Tensor:
         for dx, wx in ((0, 1 - fx), (1, fx)):
             yi, xi = y0 + dy, x0 + dx
             inside = (yi >= 0) & (yi <= h - 1) & (xi >= 0) & (xi <= w - 1)
-            index = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)).long()
+            index = yi.clamp(0, h - 1).long() * w + xi.clamp(0, w - 1).long()
             values = flat.gather(2, index[:, None, :].expand(n, c, -1))
-            corner = values * (wy * wx * inside)[:, None, :]
+            weight = (wy * wx * inside)[:, None, :]
+            # A corner of zero weight (outside, or a whole pixel away) adds nothing even where the
+            # input is NaN or Inf, as in F.conv2d; its value still enters the position's derivative
+            # (the right-hand limit at integer positions), so it is made finite rather than zero.
+            values = torch.where(weight != 0, values, values.nan_to_num(0.0, 0.0, 0.0))
+            corner = values * weight
             out = corner if out is None else out + corner
     assert out is not None
-    return out
+    return out.to(input.dtype)
 
 
 def _sac_reference(
@@ -167,6 +193,8 @@ def _sac_reference(
     dilation: tuple[int, int],
 ) -> Tensor:
     """Equations (7)-(9) as written; autograd derives (10)-(17) from them."""
+    if not _capturing():  # a recorded graph cannot raise on data: see sac_conv2d's docstring
+        _check_scale_finite(scale)
     n, c_in = input.shape[:2]
     c_out, _, kh, kw = weight.shape
     y, x = sample_positions(scale, (kh, kw), stride, padding, dilation)
@@ -268,156 +296,179 @@ def _rows_span(p0: int, p1: int, w_out: int, taps: int) -> slice:
     return slice(p0 * w_out * taps, p1 * w_out * taps)
 
 
-class _SacFastFunction(torch.autograd.Function):
-    """Equations (7)-(17) as sampled im2col + GEMM, chunked over images and output rows.
+def _fast_forward(
+    input: Tensor,
+    scale: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    project: bool,
+    native: bool,
+) -> tuple[Tensor, Tensor]:
+    """Equations (7)-(9) as sampled im2col + GEMM, chunked over images and output rows.
 
-    Sampling reads a channels-last table (``[H*W, C_in]``, or the projection ``[H*W*taps, C_out]``
-    when multiplying first), so the four corners of a tap are contiguous rows. Backward recomputes
-    the samples instead of saving them, into one buffer reused by every chunk. All gradients come
-    back contiguous, as F.conv2d's do.
+    Sampling reads a channels-last table (``[N, H*W, C_in]``, or the projection
+    ``[N, H*W*taps, C_out]`` when multiplying first, ``project``), so the four corners of a tap are
+    contiguous rows. ``scale`` may be float32 next to half-precision data (as under CUDA autocast).
+
+    Returns:
+        ``(out [N, C_out, H_out, W_out], tables)``: the tables are kept for :func:`_fast_backward`,
+        which would otherwise redo the copy (or the projection's GEMM).
     """
+    _check_scale_finite(scale)
+    n, c_in, h, w = input.shape
+    c_out, _, kh, kw = weight.shape
+    taps = kh * kw
+    h_out, w_out = scale.shape[-2:]
+    if project:
+        # [H*W, taps*C_out] per image. The GEMM writes [taps*C_out, H*W] from the NCHW input and
+        # the transpose follows: reading the input transposed instead measured 15% slower.
+        planes, projection = input.reshape(n, c_in, h * w), _projection_weight(weight, native)
+        tables = input.new_empty(n, h * w, taps * c_out)
+        for i in range(n):
+            transpose(_linear(projection, planes[i].t())[None], native=native, out=tables[i : i + 1])
+        tables = tables.view(n, h * w * taps, c_out)
+    else:
+        # Channels-last, so that the four corners of a tap are contiguous rows.
+        tables = transpose(input.reshape(n, c_in, h * w), native=native)
+        matrix = _column_weight(weight, native)
+    # The buffer holds a chunk's sampled columns, or (multiplying first) their sums over taps,
+    # which are no larger than the output: one chunk, one kernel call, at classifier shapes.
+    channels = c_out if project else taps * c_in
+    chunks = _row_chunks(h_out, w_out * channels * input.element_size(), _CHUNK_BYTES)
+    buffer = _chunk_buffer(chunks, w_out, channels, input)
+    ys, xs = _tap_positions(scale, (kh, kw), stride, padding, dilation)
+    out = input.new_empty(n, c_out, h_out, w_out)
+    for i in range(n):
+        for p0, p1 in chunks:
+            length = (p1 - p0) * w_out
+            span = _rows_span(p0, p1, w_out, taps)
+            y, x = ys[i, span], xs[i, span]
+            if project:
+                res = sample_rows(tables[i], h, w, taps, y, x, sum_taps=True, native=native, out=buffer[:length]).t()
+            else:
+                z = sample_rows(tables[i], h, w, 1, y, x, run=taps, native=native, out=buffer[:length].view(length * taps, c_in))
+                res = _linear(matrix, z.view(length, taps * c_in))  # [C_out, length]: NCHW without a transpose
+            out[i, :, p0:p1] = res.view(c_out, p1 - p0, w_out)
+    if bias is not None:
+        out += bias.view(1, c_out, 1, 1)
+    return out, tables
 
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        input: Tensor,
-        scale: Tensor,
-        weight: Tensor,
-        bias: Tensor | None,
-        stride: tuple[int, int],
-        padding: tuple[int, int],
-        dilation: tuple[int, int],
-        native: bool,
-    ) -> Tensor:
-        n, c_in, h, w = input.shape
-        c_out, _, kh, kw = weight.shape
-        taps = kh * kw
-        h_out, w_out = scale.shape[-2:]
-        project = _project_first(c_in, c_out, taps, h * w, h_out * w_out)
-        if project:
-            # [H*W, taps*C_out] per image. The GEMM writes [taps*C_out, H*W] from the NCHW input and
-            # the transpose follows: reading the input transposed instead measured 15% slower.
-            planes, projection = input.reshape(n, c_in, h * w), _projection_weight(weight, native)
-            tables = input.new_empty(n, h * w, taps * c_out)
-            for i in range(n):
-                transpose(_linear(projection, planes[i].t())[None], native=native, out=tables[i : i + 1])
-            tables = tables.view(n, h * w * taps, c_out)
-        else:
-            # Channels-last, so that the four corners of a tap are contiguous rows.
-            tables = transpose(input.reshape(n, c_in, h * w), native=native)
-            matrix = _column_weight(weight, native)
-        # The buffer holds a chunk's sampled columns, or (multiplying first) their sums over taps,
-        # which are no larger than the output: one chunk, one kernel call, at classifier shapes.
-        channels = c_out if project else taps * c_in
-        chunks = _row_chunks(h_out, w_out * channels * input.element_size(), _CHUNK_BYTES)
-        buffer = _chunk_buffer(chunks, w_out, channels, input)
-        ys, xs = _tap_positions(scale, (kh, kw), stride, padding, dilation)
-        out = input.new_empty(n, c_out, h_out, w_out)
+
+def _fast_backward(
+    grad_out: Tensor,
+    input: Tensor | None,
+    scale: Tensor,
+    weight: Tensor,
+    tables: Tensor,
+    size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    project: bool,
+    native: bool,
+    output_mask: Sequence[bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+    """Equations (10)-(17): the gradients of input, scale, weight and bias that ``output_mask`` asks for.
+
+    The samples are recomputed instead of saved, into one buffer reused by every chunk. All
+    gradients come back contiguous, as F.conv2d's do.
+
+    Args:
+        input: needed only when multiplying first (for the weight's gradient), else ``None``.
+        tables: :func:`_fast_forward`'s.
+        size: the input's ``(H, W)``.
+    """
+    (h, w), (need_input, need_scale, need_weight, need_bias) = size, output_mask
+    n = tables.shape[0]
+    c_out, c_in, kh, kw = weight.shape
+    taps = kh * kw
+    h_out, w_out = scale.shape[-2:]
+    row_bytes = w_out * taps * c_in * weight.element_size()  # of sampled columns, when sampling first
+    ys, xs = _tap_positions(scale, (kh, kw), stride, padding, dilation)
+    grad_out_cl = grad_out.permute(0, 2, 3, 1)
+
+    def chunk(i: int, p0: int, p1: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Positions and output gradient ``[length, C_out]`` of output rows ``p0:p1`` of image ``i``."""
+        span = _rows_span(p0, p1, w_out, taps)
+        return ys[i, span], xs[i, span], grad_out_cl[i, p0:p1].reshape((p1 - p0) * w_out, c_out)
+
+    grad_weight = None
+    if need_weight and not project:
+        # A pass of its own before the input's, so that its buffer and the input pass's column
+        # gradient never coexist: the extra memory stays at about one (forward-sized) chunk.
+        chunks = _row_chunks(h_out, row_bytes, _CHUNK_BYTES)
+        grad_weight = _weight_gradient(tables, (h, w), weight.shape, chunk, chunks, w_out, native)
+    # Half-size chunks: the column gradient coexists with the weight's gradient and its reordered
+    # weight. Multiplying first, the gradient of the sums is grad_out itself: no buffer, one chunk.
+    chunks = [(0, h_out)] if project else _row_chunks(h_out, row_bytes, _CHUNK_BYTES // 2)
+
+    # Half-precision tables accumulate their gradient in float32: a row takes up to 4 * taps sums.
+    accumulate = position_dtype(tables.dtype)
+    need_tables = need_input or (need_weight and project)
+    grad_tables = torch.zeros(tables.shape, dtype=accumulate, device=tables.device) if need_tables else None
+    grad_scale = scale.new_zeros(scale.shape) if need_scale else None  # contiguous, as the fake says
+    if grad_tables is not None or need_scale:
+        opts = {"dtype": accumulate, "device": scale.device}
+        oy = ((torch.arange(kh, **opts) - kh // 2) * dilation[0]).repeat_interleave(kw)  # d position / d scale
+        ox = ((torch.arange(kw, **opts) - kw // 2) * dilation[1]).repeat(kh)
+        matrix_t = None if project else _column_weight(weight, native).t()
         for i in range(n):
             for p0, p1 in chunks:
-                length = (p1 - p0) * w_out
-                span = _rows_span(p0, p1, w_out, taps)
-                y, x = ys[i, span], xs[i, span]
-                if project:
-                    res = sample_rows(tables[i], h, w, taps, y, x, sum_taps=True, native=native, out=buffer[:length]).t()
-                else:
-                    z = sample_rows(tables[i], h, w, 1, y, x, run=taps, native=native, out=buffer[:length].view(length * taps, c_in))
-                    res = _linear(matrix, z.view(length, taps * c_in))  # [C_out, length]: NCHW without a transpose
-                out[i, :, p0:p1] = res.view(c_out, p1 - p0, w_out)
-        if bias is not None:
-            out += bias.view(1, c_out, 1, 1)
-        ctx.geometry = (stride, padding, dilation, native, project, (h, w))
-        # The channels-last tables are kept: backward would otherwise redo the copy. Only multiplying
-        # first needs the input itself again (for the weight's gradient).
-        ctx.save_for_backward(input if project else None, scale, weight, tables)
-        return out
-
-    @staticmethod
-    @once_differentiable  # a hand-written backward: double backward raises instead of going wrong
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        input, scale, weight, tables = ctx.saved_tensors
-        stride, padding, dilation, native, project, (h, w) = ctx.geometry
-        need_input, need_scale, need_weight, need_bias = ctx.needs_input_grad[:4]
-        n = tables.shape[0]
-        c_out, c_in, kh, kw = weight.shape
-        taps = kh * kw
-        h_out, w_out = scale.shape[-2:]
-        row_bytes = w_out * taps * c_in * weight.element_size()  # of sampled columns, when sampling first
-        ys, xs = _tap_positions(scale, (kh, kw), stride, padding, dilation)
-        grad_out_cl = grad_out.permute(0, 2, 3, 1)
-
-        def chunk(i: int, p0: int, p1: int) -> tuple[Tensor, Tensor, Tensor]:
-            """Positions and output gradient ``[length, C_out]`` of output rows ``p0:p1`` of image ``i``."""
-            span = _rows_span(p0, p1, w_out, taps)
-            return ys[i, span], xs[i, span], grad_out_cl[i, p0:p1].reshape((p1 - p0) * w_out, c_out)
-
-        grad_weight = None
-        if need_weight and not project:
-            # A pass of its own before the input's, so that its buffer and the input pass's column
-            # gradient never coexist: the extra memory stays at about one (forward-sized) chunk.
-            chunks = _row_chunks(h_out, row_bytes, _CHUNK_BYTES)
-            grad_weight = _weight_gradient(tables, (h, w), weight.shape, chunk, chunks, w_out, native)
-        # Half-size chunks: the column gradient coexists with the weight's gradient and its reordered
-        # weight. Multiplying first, the gradient of the sums is grad_out itself: no buffer, one chunk.
-        chunks = [(0, h_out)] if project else _row_chunks(h_out, row_bytes, _CHUNK_BYTES // 2)
-
-        grad_tables = torch.zeros_like(tables) if need_input or (need_weight and project) else None
-        grad_scale = torch.zeros_like(scale) if need_scale else None
-        if grad_tables is not None or need_scale:
-            opts = {"dtype": scale.dtype, "device": scale.device}
-            oy = ((torch.arange(kh, **opts) - kh // 2) * dilation[0]).repeat_interleave(kw)  # d position / d scale
-            ox = ((torch.arange(kw, **opts) - kw // 2) * dilation[1]).repeat(kh)
-            matrix_t = None if project else _column_weight(weight, native).t()
-            for i in range(n):
-                for p0, p1 in chunks:
-                    y, x, g = chunk(i, p0, p1)
-                    length = g.shape[0]
-                    # Multiplying first, the forward summed the taps: each tap's sample gets the whole gradient.
-                    grad_z = g if project else _linear(g, matrix_t).view(length * taps, c_in)
-                    positions = sample_rows_backward(
-                        tables[i],
-                        h,
-                        w,
-                        taps if project else 1,
-                        y,
-                        x,
-                        grad_z,
-                        None if grad_tables is None else grad_tables[i],
-                        need_scale,
-                        run=1 if project else taps,
-                        native=native,
-                    )
-                    if grad_scale is not None and positions is not None:
-                        gy, gx = positions
-                        ds = gy.view(length, taps) @ oy + gx.view(length, taps) @ ox
-                        grad_scale[i, 0, p0:p1] = ds.view(p1 - p0, w_out)
-                    del grad_z  # before the next chunk's exists
-        grad_input = None
-        if project and grad_tables is not None:
-            # oneDNN copies a transposed first operand (not a transposed second one): both GEMMs
-            # are laid out so that their first operand is contiguous.
-            grad_proj = grad_tables.view(n, h * w, taps * c_out)
-            # The weight's gradient first: its [C_in, taps*C_out] product is freed just before the
-            # reordered weight of the same size is made, which then takes pages already mapped (a
-            # fresh page costs a fault: 2.7k of them, about 5 ms, at 2048 -> 150).
-            if need_weight:
-                planes = input.reshape(n, c_in, h * w)
-                grad_projection_t = _linear(planes[0], grad_proj[0].t()) if n else weight.new_zeros(c_in, taps * c_out)
-                for i in range(1, n):
-                    grad_projection_t += _linear(planes[i], grad_proj[i].t())
-                # [C_in * taps, C_out] -> [C_out, C_in * taps]: contiguous, as autograd stores a weight's gradient.
-                grad_weight = transpose(grad_projection_t.view(1, c_in * taps, c_out), native=native).view(c_out, c_in, kh, kw)
-                del grad_projection_t
-            if need_input:
-                # [C_in, taps*C_out]: (co, ci, t) -> (ci, t, co)
-                projection_t = transpose(weight.reshape(1, c_out, c_in * taps), native=native).view(c_in, taps * c_out)
-                grad_input = _stack([_linear(projection_t, grad_proj[i]) for i in range(n)], (0, c_in, h * w), input)
-                grad_input = grad_input.view(n, c_in, h, w)
-        elif need_input and grad_tables is not None:
-            # NCHW like F.conv2d's: a channels-last gradient would be copied by whatever reads it.
-            grad_input = transpose(grad_tables, native=native).view(n, c_in, h, w)
-        grad_bias = grad_out.sum((0, 2, 3)) if need_bias else None
-        return grad_input, grad_scale, grad_weight, grad_bias, None, None, None, None
+                y, x, g = chunk(i, p0, p1)
+                length = g.shape[0]
+                # Multiplying first, the forward summed the taps: each tap's sample gets the whole gradient.
+                grad_z = g if project else _linear(g, matrix_t).view(length * taps, c_in)
+                positions = sample_rows_backward(
+                    tables[i],
+                    h,
+                    w,
+                    taps if project else 1,
+                    y,
+                    x,
+                    grad_z,
+                    None if grad_tables is None else grad_tables[i],
+                    need_scale,
+                    run=1 if project else taps,
+                    native=native,
+                )
+                if grad_scale is not None and positions is not None:
+                    gy, gx = positions
+                    ds = gy.view(length, taps) @ oy + gx.view(length, taps) @ ox
+                    grad_scale[i, 0, p0:p1] = ds.view(p1 - p0, w_out)
+                del grad_z  # before the next chunk's exists
+    grad_input = None
+    if grad_tables is not None:
+        grad_tables = grad_tables.to(tables.dtype)
+    if project and grad_tables is not None:
+        # oneDNN copies a transposed first operand (not a transposed second one): both GEMMs
+        # are laid out so that their first operand is contiguous.
+        grad_proj = grad_tables.view(n, h * w, taps * c_out)
+        # The weight's gradient first: its [C_in, taps*C_out] product is freed just before the
+        # reordered weight of the same size is made, which then takes pages already mapped (a
+        # fresh page costs a fault: 2.7k of them, about 5 ms, at 2048 -> 150).
+        if need_weight:
+            planes = input.reshape(n, c_in, h * w)
+            # Summed over images in float32 for half precision (a no-op otherwise).
+            grad_projection_t = (_linear(planes[0], grad_proj[0].t()) if n else weight.new_zeros(c_in, taps * c_out)).to(accumulate)
+            for i in range(1, n):
+                grad_projection_t += _linear(planes[i], grad_proj[i].t())
+            grad_projection_t = grad_projection_t.to(weight.dtype)
+            # [C_in * taps, C_out] -> [C_out, C_in * taps]: contiguous, as autograd stores a weight's gradient.
+            grad_weight = transpose(grad_projection_t.view(1, c_in * taps, c_out), native=native).view(c_out, c_in, kh, kw)
+            del grad_projection_t
+        if need_input:
+            # [C_in, taps*C_out]: (co, ci, t) -> (ci, t, co)
+            projection_t = transpose(weight.reshape(1, c_out, c_in * taps), native=native).view(c_in, taps * c_out)
+            grad_input = _stack([_linear(projection_t, grad_proj[i]) for i in range(n)], (0, c_in, h * w), input)
+            grad_input = grad_input.view(n, c_in, h, w)
+    elif need_input and grad_tables is not None:
+        # NCHW like F.conv2d's: a channels-last gradient would be copied by whatever reads it.
+        grad_input = transpose(grad_tables, native=native).view(n, c_in, h, w)
+    grad_bias = grad_out.sum((0, 2, 3)) if need_bias else None
+    return grad_input, grad_scale, grad_weight, grad_bias
 
 
 def _weight_gradient(
@@ -449,11 +500,12 @@ def _weight_gradient(
             z = sample_rows(tables[i], h, w_in, 1, y, x, run=taps, native=native, out=buffer[:length].view(length * taps, c_in))
             # oneDNN reads the transposes as they are; MKL's addmm_ measured 15% slower here.
             part = _linear(g.t(), z.view(length, taps * c_in).t())
-            total = part if total is None else total.add_(part)
+            # Summed in float32 for half precision (a no-op otherwise).
+            total = part.to(position_dtype(part.dtype)) if total is None else total.add_(part)
             del part  # before the next chunk's exists
     if total is None:  # no image to sum over
         return tables.new_zeros(c_out, c_in, kh, kw)
-    return transpose(total.view(c_out, taps, c_in), native=native).view(c_out, c_in, kh, kw)
+    return transpose(total.to(tables.dtype).view(c_out, taps, c_in), native=native).view(c_out, c_in, kh, kw)
 
 
 def _column_weight(weight: Tensor, native: bool) -> Tensor:
@@ -466,6 +518,123 @@ def _projection_weight(weight: Tensor, native: bool) -> Tensor:
     """``[kh*kw*C_out, C_in]``: a 1x1 convolution producing every tap's projection at once."""
     c_out, c_in, kh, kw = weight.shape
     return transpose(weight.reshape(1, c_out * c_in, kh * kw), native=native).view(kh * kw * c_out, c_in)
+
+
+# The fast path as a PyTorch operator: torch.compile and torch.export keep it as one opaque node
+# (no graph break: its fake implementation gives dynamo the output shapes), autograd reaches its
+# hand-written backward, also an operator, and its own autocast rule picks the dtypes.
+@torch.library.custom_op("sacseg::sac_conv2d", mutates_args=())
+def _sac_conv2d_op(
+    input: Tensor,
+    scale: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    project: bool,
+    native: bool,
+) -> tuple[Tensor, Tensor]:
+    """``torch.ops.sacseg.sac_conv2d``: :func:`_fast_forward`, ``(out, tables)``. The tables are
+    the backward's, not a result: a gradient that reaches them is ignored.
+
+    ``project`` multiplies before sampling (see :func:`_project_first`); ``native`` samples with
+    the compiled CPU kernels where they exist.
+    """
+    return _fast_forward(input, scale, weight, bias, stride, padding, dilation, project, native)
+
+
+@_sac_conv2d_op.register_fake
+def _(input, scale, weight, bias, stride, padding, dilation, project, native):  # type: ignore[no-untyped-def]
+    n, c_in, h, w = input.shape
+    c_out, _, kh, kw = weight.shape
+    tables = input.new_empty(n, h * w * kh * kw, c_out) if project else input.new_empty(n, h * w, c_in)
+    return input.new_empty(n, c_out, scale.shape[2], scale.shape[3]), tables
+
+
+@torch.library.custom_op("sacseg::sac_conv2d_backward", mutates_args=())
+def _sac_conv2d_backward_op(
+    grad_out: Tensor,
+    input: Optional[Tensor],
+    scale: Tensor,
+    weight: Tensor,
+    tables: Tensor,
+    size: list[int],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    project: bool,
+    native: bool,
+    output_mask: list[bool],
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``torch.ops.sacseg.sac_conv2d_backward``: the gradients of (input, scale, weight, bias)
+    that ``output_mask`` asks for, the others empty (:func:`_fast_backward`)."""
+    grads = _fast_backward(grad_out, input, scale, weight, tables, size, stride, padding, dilation, project, native, output_mask)
+    return tuple(grad_out.new_empty(0) if g is None else g for g in grads)  # type: ignore[return-value]
+
+
+@_sac_conv2d_backward_op.register_fake
+def _(grad_out, input, scale, weight, tables, size, stride, padding, dilation, project, native, output_mask):  # type: ignore[no-untyped-def]
+    shapes = ((tables.shape[0], weight.shape[1], *size), scale.shape, weight.shape, (weight.shape[0],))
+    dtypes = (tables.dtype, scale.dtype, weight.dtype, grad_out.dtype)
+    return tuple(
+        grad_out.new_empty(shape if wanted else (0,), dtype=dtype if wanted else grad_out.dtype)
+        for shape, dtype, wanted in zip(shapes, dtypes, output_mask)
+    )
+
+
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+    input, scale, weight, _, stride, padding, dilation, project, native = inputs
+    ctx.geometry = (list(input.shape[2:]), stride, padding, dilation, project, native)
+    # The tables stay differentiable, so that a second derivative through them reaches
+    # _no_double_backward and raises; nothing downstream uses them, so no gradient is made for them.
+    ctx.set_materialize_grads(False)
+    # Only multiplying first needs the input itself again (for the weight's gradient).
+    ctx.save_for_backward(input if project else None, scale, weight, output[1])
+
+
+def _backward(ctx: Any, grad_out: Tensor | None, _grad_tables: Tensor | None) -> tuple[Tensor | None, ...]:
+    if grad_out is None:  # an undefined gradient (autograd's check_undefined_grad)
+        return (None,) * 9
+    input, scale, weight, tables = ctx.saved_tensors
+    mask = list(ctx.needs_input_grad[:4])
+    grads = torch.ops.sacseg.sac_conv2d_backward(grad_out, input, scale, weight, tables, *ctx.geometry, mask)
+    return (*(g if wanted else None for g, wanted in zip(grads, mask)), None, None, None, None, None)
+
+
+def _no_double_backward(ctx: Any, *grads: Tensor) -> tuple[None, ...]:
+    raise RuntimeError("sacseg::sac_conv2d is differentiable once: its backward is hand-written and has no derivative")
+
+
+_sac_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
+# Gradients made with create_graph=True carry this, so that a second derivative raises instead of
+# silently leaving the operator out.
+_sac_conv2d_backward_op.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)
+
+
+_LIBRARY = torch.library.Library("sacseg", "FRAGMENT")  # for the autocast kernels, living as long as the module
+
+
+def _register_autocast(device_type: str) -> None:
+    """Under autocast, CPU runs the operator in float32 (its GEMMs gain nothing in half precision
+    there); other devices run the data (and GEMMs) in the autocast dtype. The scale stays float32
+    everywhere, so positions, bilinear weights and the scale's gradient keep their precision."""
+    key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+    excluded = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
+
+    def cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+        return t if t is None or t.dtype == torch.float64 or t.device.type != device_type else t.to(dtype)
+
+    def kernel(_keyset: Any, input: Tensor, scale: Tensor, weight: Tensor, bias: Tensor | None, *rest: Any) -> Any:
+        data = torch.float32 if device_type == "cpu" else torch.get_autocast_dtype(device_type)
+        with torch._C._ExcludeDispatchKeyGuard(excluded):
+            return torch.ops.sacseg.sac_conv2d.default(cast(input, data), cast(scale, torch.float32), cast(weight, data), cast(bias, data), *rest)
+
+    _LIBRARY.impl("sac_conv2d", kernel, key, with_keyset=True)
+
+
+for _device_type in ("cpu", "cuda"):
+    _register_autocast(_device_type)
 
 
 def _fast_impl(native: bool) -> "SacImpl":
@@ -481,7 +650,10 @@ def _fast_impl(native: bool) -> "SacImpl":
         padding: tuple[int, int],
         dilation: tuple[int, int],
     ) -> Tensor:
-        return _SacFastFunction.apply(input, scale.contiguous(), weight, bias, stride, padding, dilation, native)
+        c_out, c_in, kh, kw = weight.shape
+        project = _project_first(c_in, c_out, kh * kw, input.shape[2] * input.shape[3], scale.shape[2] * scale.shape[3])
+        geometry = (list(stride), list(padding), list(dilation))
+        return torch.ops.sacseg.sac_conv2d(input, scale.contiguous(), weight, bias, *geometry, project, native)[0]
 
     return impl
 
@@ -500,12 +672,15 @@ SAC_IMPLEMENTATIONS: dict[str, SacImpl] = {
 }
 
 
+def _exporting_onnx() -> bool:
+    """Whether an ONNX export (by either exporter) or the torch.jit.trace under the legacy one runs."""
+    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+
+
 def _choose_impl() -> SacImpl:
-    # Graph capture (ONNX export by either exporter, torch.jit.trace, torch.compile and torch.export)
-    # records the ops that run. The reference is made of standard ops only (floor, gather,
-    # arithmetic, matmul): it exports with the default ONNX domain and inductor fuses it, where a
-    # native kernel is opaque to all of them. Keep this check first.
-    if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+    # An ONNX graph may hold default-domain operators only: the reference is made of them (floor,
+    # gather, arithmetic, matmul). torch.compile and torch.export keep the fast path's operator.
+    if _exporting_onnx():
         return _sac_reference
     # The fast path wins at every measured shape (benchmarks/bench_sac_conv.py); the native
     # kernels only exist for CPU float32/float64, elsewhere it falls back to torch ops itself.
@@ -540,38 +715,46 @@ def sac_conv2d(
         weight: ``[C_out, C_in, kh, kw]`` with odd ``kh`` and ``kw``.
         bias: ``[C_out]`` or ``None``.
         stride, padding, dilation: an int or a ``(h, w)`` pair, as in ``F.conv2d``.
-        impl: ``"auto"`` (``"fast"`` when run eagerly, ``"reference"`` under graph capture: ONNX
-            export, tracing, ``torch.compile``) or a key of
+        impl: ``"auto"`` (``"fast"``, also under ``torch.compile`` and ``torch.export``;
+            ``"reference"`` during ONNX export and ``torch.jit.trace``) or a key of
             :data:`SAC_IMPLEMENTATIONS`: ``"reference"`` is the direct transcription of the paper
-            (autograd through the whole sampled tensor); ``"fast"`` is a chunked sampled im2col +
-            GEMM with a hand-written backward, whose bilinear sampling runs in C++ kernels on CPU
-            (compiled on first use and cached, see ``sacseg.ops._bilinear.native_library``) and in
-            torch ops elsewhere; ``"fast_torch"`` is the same path with torch ops only.
+            (autograd through the whole sampled tensor, standard ops only); ``"fast"`` is the
+            operator ``torch.ops.sacseg.sac_conv2d``, a chunked sampled im2col + GEMM with a
+            hand-written backward (``torch.ops.sacseg.sac_conv2d_backward``), whose bilinear
+            sampling runs in C++ kernels on CPU (compiled on first use and cached, see
+            ``sacseg.ops._bilinear.native_library``) and in torch ops elsewhere; ``"fast_torch"``
+            is the same operator with torch ops only.
+
+    Raises:
+        ValueError: if ``scale`` holds NaN or Inf (it names how many), with every ``impl``, also
+            in compiled and exported programs (the operator checks when it runs). A graph made
+            of the reference's ops cannot: an ONNX graph, and ``impl="reference"`` under
+            ``torch.compile``/``torch.export``, give undefined outputs for such a scale.
 
     Returns:
-        ``[N, C_out, H_out, W_out]``. Under autocast the operator runs in float32 (sample
-        positions in half precision would blur the scale gradient) and returns float32.
+        ``[N, C_out, H_out, W_out]``. Half-precision inputs give half-precision outputs, with
+        positions and bilinear weights in float32 (see ``sacseg.ops._bilinear.position_dtype``).
+        Non-finite values of ``input`` reach the outputs whose taps read them with a nonzero
+        weight: at ``scale == 1`` exactly those of ``F.conv2d``. Under autocast the operator runs
+        in float32 on CPU (and returns float32); on CUDA its data and GEMMs take the autocast dtype
+        while the scale, the positions and the bilinear weights stay float32. The reference runs
+        in float32 under autocast everywhere.
     """
-    device_type = input.device.type
-    if torch.is_autocast_enabled(device_type):
-        # Autocast may hand us a half input next to a float32 weight: compute in float32.
-        dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
-        with torch.autocast(device_type, enabled=False):
-            return sac_conv2d(
-                input.to(dtype),
-                scale.to(dtype),
-                weight.to(dtype),
-                None if bias is None else bias.to(dtype),
-                stride,
-                padding,
-                dilation,
-                impl=impl,
-            )
-    stride_, padding_, dilation_ = _check_args(input, scale, weight, bias, stride, padding, dilation)
     if impl == "auto":
         fn = _choose_impl()
     elif impl in SAC_IMPLEMENTATIONS:
         fn = SAC_IMPLEMENTATIONS[impl]
     else:
         raise ValueError(f"unknown impl {impl!r}; valid: 'auto', " + ", ".join(repr(k) for k in SAC_IMPLEMENTATIONS))
+    device_type = input.device.type
+    # Autocast may hand over a half input next to a float32 weight: the operator's autocast rule
+    # casts them; the reference, recorded op by op, is cast to float32 here.
+    autocast = torch.is_autocast_enabled(device_type)
+    stride_, padding_, dilation_ = _check_args(input, scale, weight, bias, stride, padding, dilation, one_dtype=not autocast)
+    if autocast and fn is _sac_reference:
+        dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+        input, scale, weight = input.to(dtype), scale.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+        with torch.autocast(device_type, enabled=False):
+            return fn(input, scale, weight, bias, stride_, padding_, dilation_)
     return fn(input, scale, weight, bias, stride_, padding_, dilation_)

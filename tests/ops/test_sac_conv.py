@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import deform_conv2d
 
+import sacseg.ops.sac_conv as sac_module
 from sacseg.ops import SAC_IMPLEMENTATIONS, sac_conv2d
 
 IMPLS = sorted(SAC_IMPLEMENTATIONS)
@@ -261,3 +262,93 @@ def test_cuda_matches_cpu(impl):
     cpu = sac_conv2d(x, scale, weight, None, padding=2, dilation=2, impl=impl)
     gpu = sac_conv2d(x.cuda(), scale.cuda(), weight.cuda(), None, padding=2, dilation=2, impl=impl)
     torch.testing.assert_close(gpu.cpu(), cpu)
+
+
+#: Every implementation, and the fast ones in both GEMM orders (the reference has one).
+PATHS = [("reference", None)] + [
+    pytest.param(impl, project, id=f"{impl}-{'multiply-then-sample' if project else 'sample-then-multiply'}")
+    for impl in IMPLS
+    if impl != "reference"
+    for project in (False, True)
+]
+
+
+def _force_gemm_order(monkeypatch, project):
+    if project is not None:
+        monkeypatch.setattr(sac_module, "_project_first", lambda *args: project)
+
+
+def _relative_error(got, expected):
+    return ((got.float() - expected).abs().max() / expected.abs().max()).item()
+
+
+@pytest.mark.parametrize("impl,project", PATHS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_at_a_realistic_size(impl, project, dtype, monkeypatch):
+    # 128x256 positions and 32768 table rows: far past the integers bfloat16 (256) and float16 (2048)
+    # hold exactly. Positions must stay float32, or rows are wrong (or out of range) even at scale 1.
+    _force_gemm_order(monkeypatch, project)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 16, 128, 256, generator=g)
+    weight = torch.randn(2, 16, 3, 3, generator=g) / 12
+    expected = F.conv2d(x, weight, None, 1, 2, 2)
+    # F.conv2d's own error in this dtype sets the bar: the operator may not be much worse.
+    conv_error = _relative_error(F.conv2d(x.to(dtype), weight.to(dtype), None, 1, 2, 2), expected)
+    ones = torch.ones(1, 1, 128, 256)
+    got = sac_conv2d(x.to(dtype), ones.to(dtype), weight.to(dtype), None, 1, 2, 2, impl=impl)
+    assert got.dtype == dtype
+    assert _relative_error(got, expected) <= 3 * conv_error
+    scale = torch.rand(1, 1, 128, 256, generator=g) * 1.5 + 0.5
+    expected = sac_conv2d(x, scale, weight, None, 1, 2, 2, impl=impl)
+    got = sac_conv2d(x.to(dtype), scale.to(dtype), weight.to(dtype), None, 1, 2, 2, impl=impl)
+    # The scale itself is rounded to the dtype, which moves the taps: compare with that scale.
+    expected_rounded = sac_conv2d(x, scale.to(dtype).float(), weight, None, 1, 2, 2, impl=impl)
+    assert _relative_error(got, expected_rounded) <= 3 * conv_error
+    assert _relative_error(got, expected) <= 0.05
+
+
+@pytest.mark.parametrize("impl,project", PATHS)
+def test_bfloat16_gradients_follow_float32(impl, project, monkeypatch):
+    _force_gemm_order(monkeypatch, project)
+    g = torch.Generator().manual_seed(1)
+    # Scales bfloat16 holds exactly: a rounded scale moves taps across pixel borders, where the
+    # scale's gradient (piecewise constant in the position) jumps.
+    scale = (torch.rand(2, 1, 40, 300, generator=g) + 0.5).bfloat16().float()
+    tensors = [torch.randn(2, 16, 40, 300, generator=g), scale]
+    tensors += [torch.randn(3, 16, 3, 3, generator=g) / 12, torch.randn(3, generator=g)]
+    grad_out = torch.randn(2, 3, 40, 300, generator=g)
+    results = []
+    for dtype in (torch.float32, torch.bfloat16):
+        leaves = [t.to(dtype).requires_grad_() for t in tensors]
+        out = sac_conv2d(*leaves, 1, 1, 1, impl=impl)
+        results.append((out, *torch.autograd.grad(out, leaves, grad_out.to(dtype))))
+    for name, expected, got in zip(("output", "input", "scale", "weight", "bias"), *results):
+        assert got.dtype == torch.bfloat16 and torch.isfinite(got).all(), name
+        assert _relative_error(got, expected) <= 0.03, name
+
+
+@pytest.mark.parametrize("impl,project", PATHS)
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_non_finite_input_spreads_as_in_conv2d(impl, project, dilation, monkeypatch):
+    # At scale 1 a tap reads one pixel with weight 1 and three with weight 0, and padding taps none:
+    # NaN or Inf there must not leak through a zero weight (0 * NaN is NaN).
+    _force_gemm_order(monkeypatch, project)
+    x = torch.randn(2, 6, 13, 11)
+    x[0, 1, 3, 4] = x[0, 3, 7, 0] = float("nan")
+    x[1, 2, 0, 0], x[1, 0, 12, 10] = float("inf"), float("-inf")
+    weight = torch.randn(5, 6, 3, 3)
+    expected = F.conv2d(x, weight, None, 1, dilation, dilation)
+    got = sac_conv2d(x, torch.ones(2, 1, *expected.shape[-2:]), weight, None, 1, dilation, dilation, impl=impl)
+    bad = ~torch.isfinite(expected)
+    assert 0 < bad.sum() < bad.numel() // 2
+    assert torch.equal(~torch.isfinite(got), bad)
+    torch.testing.assert_close(got[~bad], expected[~bad], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_scale_is_refused(impl, value):
+    scale = torch.ones(2, 1, 8, 8)
+    scale[1, 0, 2, 3] = scale[0, 0, 7, 7] = value
+    with pytest.raises(ValueError, match=r"scale has 2 non-finite value\(s\) \(NaN or Inf\) among 128 of shape \(2, 1, 8, 8\)"):
+        sac_conv2d(torch.randn(2, 3, 8, 8), scale, torch.randn(4, 3, 3, 3), None, padding=1, impl=impl)
