@@ -179,8 +179,12 @@ def _sample_backward_kernel(
             h,
             w,
         )
-        grad_y = tl.full([BLOCK_M], 0, COMPUTE)
-        grad_x = tl.full([BLOCK_M], 0, COMPUTE)
+        # Eq. (14): the sample's derivatives along y and x, per channel: each inside corner signed
+        # by its side of the sample along one axis and weighted along the other. Every inside
+        # corner counts, weighted or not: at an integer position the right-hand derivative reads
+        # the corner of weight 0.
+        d_dy = tl.full([BLOCK_M, BLOCK_C], 0, COMPUTE)
+        d_dx = tl.full([BLOCK_M, BLOCK_C], 0, COMPUTE)
         for k in tl.static_range(4):
             row, wy, wx, inside = _corner(iy, ix, fy, fx, s % taps, h, w, taps, k // 2, k % 2)
             valid = (inside & row_ok)[:, None] & col_ok[None, :]
@@ -189,23 +193,20 @@ def _sample_backward_kernel(
                 target = grad_table + row[:, None] * c + cols[None, :]
                 tl.atomic_add(target, g * weight[:, None], mask=valid & (weight != 0)[:, None], sem="relaxed")
             if POSITIONS:
-                # Eq. (14): the corner's dot with g, signed by its side of the sample along one axis and
-                # weighted along the other. Every inside corner counts, weighted or not: at an integer
-                # position the right-hand derivative reads the corner of weight 0.
-                value = tl.load(table + row[:, None] * stride_row + col_offsets, mask=valid, other=0)
-                dot = tl.reduce(g * value.to(COMPUTE), 1, _add)
-                grad_y += dot * ((2 * (k // 2) - 1) * wx)
-                grad_x += dot * ((2 * (k % 2) - 1) * wy)
+                value = tl.load(table + row[:, None] * stride_row + col_offsets, mask=valid, other=0).to(COMPUTE)
+                d_dy += ((2 * (k // 2) - 1) * wx)[:, None] * value
+                d_dx += ((2 * (k % 2) - 1) * wy)[:, None] * value
         if POSITIONS:
             where = tl.program_id(1).to(tl.int64) * m + s
-            tl.store(part_y + where, grad_y, mask=row_ok)
-            tl.store(part_x + where, grad_x, mask=row_ok)
+            tl.store(part_y + where, tl.reduce(g * d_dy, 1, _add), mask=row_ok)
+            tl.store(part_x + where, tl.reduce(g * d_dx, 1, _add), mask=row_ok)
 
 
-def _blocks(c: int) -> tuple[int, int]:
-    """``(BLOCK_M, BLOCK_C)``: up to 64 channels and about 4096 elements per program."""
+def _blocks(rows: int, c: int) -> tuple[int, int]:
+    """``(BLOCK_M, BLOCK_C)`` for ``rows`` x ``c``: up to 64 channels and 128 rows, at most 4096
+    elements per program, and no more rows than there are (a small launch pads no masked lanes)."""
     block_c = min(64, triton.next_power_of_2(max(c, 1)))
-    return min(128, max(16, 4096 // block_c)), block_c
+    return max(16, min(128, 4096 // block_c, triton.next_power_of_2(max(rows, 1)))), block_c
 
 
 def _compute_dtype(table: Tensor, y: Tensor) -> torch.dtype:
@@ -254,7 +255,7 @@ def sample_rows(
     _bilinear._check_out(out, shape, table.dtype)
     out = table.new_empty(shape) if out is None else out
     if out.numel():
-        block_m, block_c = _blocks(c)
+        block_m, block_c = _blocks(shape[0], c)
         grid = (triton.cdiv(shape[0], block_m), triton.cdiv(c, block_c))
         compute = tl.float64 if _compute_dtype(table, y) == torch.float64 else tl.float32
         _sample_kernel[grid](
@@ -304,21 +305,22 @@ def sample_rows_backward(
     if not (accumulate or want_positions):
         return None
     compute = _compute_dtype(table, y)
-    block_m, block_c = _blocks(c)
+    block_m, block_c = _blocks(m // share, c)
     grid = (triton.cdiv(m // share, block_m), triton.cdiv(c, block_c))
     target = grad_table
     if accumulate and not (grad_table.is_contiguous() and grad_table.dtype == compute):
         target = torch.zeros(table.shape, dtype=compute, device=table.device)
-    parts = torch.empty(2, grid[1], m if want_positions else 0, dtype=compute, device=table.device)
+    parts = torch.empty(2, grid[1], m, dtype=compute, device=table.device) if want_positions else None
     if grid[0] and grid[1]:
         _sample_backward_kernel[grid](
             table,
             y,
             x,
             grad,
-            target if accumulate else table,  # never written without ACCUMULATE
-            parts[0],
-            parts[1],
+            # Pointers that the kernel does not touch without ACCUMULATE or POSITIONS: the table.
+            target if accumulate else table,
+            table if parts is None else parts[0],
+            table if parts is None else parts[1],
             m // share,
             m,
             c,
@@ -338,7 +340,7 @@ def sample_rows_backward(
         )
     if accumulate and target is not grad_table:
         grad_table.add_(target)
-    if not want_positions:
+    if parts is None:
         return None
     # Per-channel-block parts summed in a fixed order: deterministic, unlike atomics.
     grad_y, grad_x = parts.sum(1).to(torch.promote_types(grad.dtype, y.dtype))
