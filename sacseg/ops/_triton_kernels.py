@@ -209,8 +209,10 @@ def _blocks(rows: int, c: int) -> tuple[int, int]:
     return max(16, min(128, 4096 // block_c, triton.next_power_of_2(max(rows, 1)))), block_c
 
 
-def _compute_dtype(table: Tensor, y: Tensor) -> torch.dtype:
-    return torch.float64 if torch.float64 in (table.dtype, y.dtype) else torch.float32
+def _compute_dtype(table: Tensor, y: Tensor) -> tuple[torch.dtype, tl.dtype]:
+    """The dtype of positions, weights and sums, for torch and for Triton: float64 if either is."""
+    wide = torch.float64 in (table.dtype, y.dtype)
+    return (torch.float64, tl.float64) if wide else (torch.float32, tl.float32)
 
 
 def _check_inputs(table: Tensor, h: int, w: int, taps: int, y: Tensor, x: Tensor) -> None:
@@ -257,10 +259,8 @@ def sample_rows(
     if out.numel():
         block_m, block_c = _blocks(shape[0], c)
         grid = (triton.cdiv(shape[0], block_m), triton.cdiv(c, block_c))
-        compute = tl.float64 if _compute_dtype(table, y) == torch.float64 else tl.float32
-        _sample_kernel[grid](
-            table, y, x, out, shape[0], c, h, w, taps, group, *table.stride(), y.stride(0), x.stride(0), compute, block_m, block_c
-        )
+        strides = (*table.stride(), y.stride(0), x.stride(0))
+        _sample_kernel[grid](table, y, x, out, shape[0], c, h, w, taps, group, *strides, _compute_dtype(table, y)[1], block_m, block_c)
     return out
 
 
@@ -284,10 +284,10 @@ def sample_rows_backward(
     if ``want_positions``: the right-hand derivative at integer positions. ``grad`` is ``[M, C]``,
     or ``[M / taps, C]`` for the adjoint of ``sample_rows(..., sum_taps=True)``; any strides.
 
-    The atomic adds go straight into a contiguous float32/float64 ``grad_table`` of the compute
-    dtype, otherwise into a zeroed buffer of that dtype added to it afterwards (so float16/bfloat16
-    gradients are summed in float32). Under ``torch.use_deterministic_algorithms(True)`` the
-    table's gradient comes from the torch path instead (see the module docstring).
+    The table's gradient is summed straight into a contiguous ``grad_table`` of the compute dtype,
+    otherwise into a zeroed buffer of that dtype added to it afterwards (so float16/bfloat16
+    gradients are summed in float32): by atomic adds, or under
+    ``torch.use_deterministic_algorithms(True)`` by the torch path (see the module docstring).
     """
     _check_inputs(table, h, w, taps, y, x)
     y, x = y.reshape(-1), x.reshape(-1)
@@ -298,27 +298,25 @@ def sample_rows_backward(
     _bilinear._check_runs(m, run)
     if grad_table is not None and grad_table.shape != table.shape:
         raise ValueError(f"grad_table must have the table's shape {tuple(table.shape)}, got {tuple(grad_table.shape)}")
-    accumulate = grad_table is not None
-    if accumulate and torch.are_deterministic_algorithms_enabled():
-        _bilinear.sample_rows_backward(table, h, w, taps, y, x, grad, grad_table, False, run=run, native=False)
-        accumulate = False
-    if not (accumulate or want_positions):
-        return None
-    compute = _compute_dtype(table, y)
+    compute, compute_tl = _compute_dtype(table, y)
+    target = grad_table
+    if grad_table is not None and not (grad_table.is_contiguous() and grad_table.dtype == compute):
+        target = torch.zeros(table.shape, dtype=compute, device=table.device)
+    atomics = target is not None
+    if atomics and torch.are_deterministic_algorithms_enabled():
+        _bilinear.sample_rows_backward(table, h, w, taps, y, x, grad, target, False, run=run, native=False)
+        atomics = False
     block_m, block_c = _blocks(m // share, c)
     grid = (triton.cdiv(m // share, block_m), triton.cdiv(c, block_c))
-    target = grad_table
-    if accumulate and not (grad_table.is_contiguous() and grad_table.dtype == compute):
-        target = torch.zeros(table.shape, dtype=compute, device=table.device)
     parts = torch.empty(2, grid[1], m, dtype=compute, device=table.device) if want_positions else None
-    if grid[0] and grid[1]:
+    if grid[0] and grid[1] and (atomics or want_positions):
         _sample_backward_kernel[grid](
             table,
             y,
             x,
             grad,
             # Pointers that the kernel does not touch without ACCUMULATE or POSITIONS: the table.
-            target if accumulate else table,
+            target if atomics else table,
             table if parts is None else parts[0],
             table if parts is None else parts[1],
             m // share,
@@ -332,13 +330,13 @@ def sample_rows_backward(
             y.stride(0),
             x.stride(0),
             *grad.stride(),
-            tl.float64 if compute == torch.float64 else tl.float32,
-            accumulate,
+            compute_tl,
+            atomics,
             want_positions,
             block_m,
             block_c,
         )
-    if accumulate and target is not grad_table:
+    if target is not grad_table:
         grad_table.add_(target)
     if parts is None:
         return None

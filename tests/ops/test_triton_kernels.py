@@ -209,17 +209,25 @@ def test_nan_in_unweighted_pixels_does_not_leak(kernels):
     assert grad_table.abs().sum() == 4 * c  # nothing but the four weighted samples, and no NaN
 
 
-def test_deterministic_mode_sums_the_table_gradient_without_atomics(kernels):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_deterministic_mode_sums_the_table_gradient_without_atomics(kernels, dtype, monkeypatch):
     taps, c = 3, 10
-    table, (y, x) = _table(taps, c, 8), _positions(M, 8)
-    grad = _grad(taps, True, M, c, 8)
+    table, (y, x) = _table(taps, c, 8, dtype), _positions(M, 8)
+    grad = _grad(taps, True, M, c, 8, dtype)
+    torch_path, table_only = bilinear.sample_rows_backward, []
+    # The reference asks for positions too; the kernels' fallback asks for the table's gradient only.
+    monkeypatch.setattr(bilinear, "sample_rows_backward", lambda *a, **k: table_only.append(not a[8]) or torch_path(*a, **k))
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        got, expected = _backward_pair(kernels, table, taps, y, x, grad, 1)
+        got, expected = _backward_pair(kernels, table, taps, y, x, grad, 1, table.float(), grad.float())
     finally:
         torch.use_deterministic_algorithms(previous)
-    assert torch.equal(got[0], expected[0])  # the torch path's own (deterministic) sum
+    assert table_only == [True, False]
+    if dtype == torch.float32:
+        assert torch.equal(got[0], expected[0])  # the torch path's own (deterministic) sum
+    else:  # summed in float32 by the torch path, rounded once
+        _assert_close(got[0], expected[0], torch.finfo(dtype).eps, "grad_table")
     _assert_close(got[1], expected[1], 1e-5, "grad_y")
     _assert_close(got[2], expected[2], 1e-5, "grad_x")
 
