@@ -84,23 +84,15 @@ def _grad(taps: int, sum_taps: bool, m: int, c: int, seed: int, dtype: torch.dty
 
 
 def _backward_pair(kernels, table, taps, y, x, grad, run, reference_table=None, reference_grad=None):
-    """Triton's and the torch path's ``(grad_table, grad_y, grad_x)``, both adding into the same start."""
-    got_table = torch.randn(table.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(table.dtype)
-    ref_table = got_table.to((reference_table if reference_table is not None else table).dtype)
+    """Triton's and the torch path's ``(grad_table, grad_y, grad_x)``, both adding into the same start;
+    the torch path reads ``reference_table`` and ``reference_grad`` where given (float32 copies)."""
+    reference_table = table if reference_table is None else reference_table
+    reference_grad = grad if reference_grad is None else reference_grad
+    start = torch.randn(table.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    got_table = start.to(device=table.device, dtype=table.dtype)
+    ref_table = got_table.to(reference_table.dtype)
     got = kernels.sample_rows_backward(table, H, W, taps, y, x, grad, got_table, True, run=run)
-    ref = bilinear.sample_rows_backward(
-        reference_table if reference_table is not None else table,
-        H,
-        W,
-        taps,
-        y,
-        x,
-        reference_grad if reference_grad is not None else grad,
-        ref_table,
-        True,
-        run=run,
-        native=False,
-    )
+    ref = bilinear.sample_rows_backward(reference_table, H, W, taps, y, x, reference_grad, ref_table, True, run=run, native=False)
     return (got_table, *got), (ref_table, *ref)
 
 
@@ -251,6 +243,41 @@ def test_bad_arguments_raise(kernels):
 def test_available_in_the_interpreter_only_where_asked(kernels):
     assert kernels.available(torch.zeros(1))  # CPU tensors run through the interpreter
     assert bilinear._use_triton(torch.zeros(1), native=True) is None  # the CPU path keeps its own kernels
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(2))
+@pytest.mark.parametrize("taps,run,sum_taps", LAYOUTS, ids=LAYOUT_IDS)
+def test_interpreter_sweep(kernels, taps, run, sum_taps, seed):
+    # Three channel blocks, several sample blocks, random geometry and a start to add into.
+    g = torch.Generator().manual_seed(300 + seed)
+    c, m = int(torch.randint(129, 160, (1,), generator=g)), 12 * int(torch.randint(12, 24, (1,), generator=g))
+    table, (y, x) = _table(taps, c, seed), _positions(m, seed)
+    expected = bilinear.sample_rows(table, H, W, taps, y, x, sum_taps=sum_taps, run=run, native=False)
+    _assert_close(kernels.sample_rows(table, H, W, taps, y, x, sum_taps=sum_taps, run=run), expected, 1e-5)
+    got, expected = _backward_pair(kernels, table, taps, y, x, _grad(taps, sum_taps, m, c, seed), run)
+    for name, g_, e in zip(("grad_table", "grad_y", "grad_x"), got, expected):
+        _assert_close(g_, e, 1e-5, name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("taps,run,sum_taps", LAYOUTS, ids=LAYOUT_IDS)
+def test_cuda_kernels_match_torch(taps, run, sum_taps, dtype):
+    module = _load(False)
+    exact = dtype in (torch.float32, torch.float64)
+    table = _table(taps, 70, 11, dtype).cuda()
+    y, x = (p.cuda() for p in _positions(M, 11, torch.float64 if dtype == torch.float64 else torch.float32))
+    grad = _grad(taps, sum_taps, M, 70, 11, dtype).cuda()
+    reference = table if exact else table.float()
+    rel = {torch.float32: 1e-5, torch.float64: 1e-12}.get(dtype, torch.finfo(dtype).eps)
+    got = module.sample_rows(table, H, W, taps, y, x, sum_taps=sum_taps, run=run)
+    assert got.dtype == dtype and got.is_cuda
+    _assert_close(got, bilinear.sample_rows(reference, H, W, taps, y, x, sum_taps=sum_taps, run=run, native=False), rel)
+    got, expected = _backward_pair(module, table, taps, y, x, grad, run, reference, grad if exact else grad.float())
+    _assert_close(got[0], expected[0], rel, "grad_table")
+    _assert_close(got[1], expected[1], 1e-5 if dtype != torch.float64 else 1e-12, "grad_y")
+    _assert_close(got[2], expected[2], 1e-5 if dtype != torch.float64 else 1e-12, "grad_x")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
