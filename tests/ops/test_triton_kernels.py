@@ -19,7 +19,7 @@ H, W = 5, 6
 # row blocks per tap, and the multiply-first sums over taps.
 LAYOUTS = [(1, 1, False), (1, 3, False), (3, 1, False), (3, 1, True), (4, 2, True)]
 LAYOUT_IDS = ["plain", "runs", "row-blocks", "sum-taps-3", "sum-taps-4"]
-# M = 156 is no multiple of any block (16..128 samples); 70 channels take two blocks of 64. The
+# M = 156 is no multiple of the blocks (8..128 samples); 70 channels take two blocks of 64. The
 # interpreter sums the position gradients' dot products element by element in Python: the adjoint's
 # tests take few samples where they take many channels.
 M, CHANNELS = 156, [5, 70]
@@ -258,6 +258,35 @@ def test_interpreter_sweep(kernels, taps, run, sum_taps, seed):
     got, expected = _backward_pair(kernels, table, taps, y, x, _grad(taps, sum_taps, m, c, seed), run)
     for name, g_, e in zip(("grad_table", "grad_y", "grad_x"), got, expected):
         _assert_close(g_, e, 1e-5, name)
+
+
+@pytest.mark.parametrize("table_type", ["fp32", "bf16"])
+def test_kernels_compile_for_the_gpu(table_type):
+    # Triton compiles for a GPU target without one (its wheel ships ptxas): the one check here of
+    # the path that the interpreter does not take. With the specialisations a launch gets (unit
+    # channel strides, 16-divisible row strides), the table's rows load as 128-bit vectors.
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile
+
+    import triton.language as tl
+
+    module = _load(False)
+    pointers = {name: f"*{table_type}" for name in ("table", "out", "grad")}
+    pointers.update({name: "*fp32" for name in ("y", "x", "grad_table", "part_y", "part_x")})
+    fixed = {"COMPUTE": tl.float32, "BLOCK_M": 16, "BLOCK_C": 64, "ACCUMULATE": True, "POSITIONS": True}
+    fixed.update({name: 1 for name in ("stride_col", "stride_y", "stride_x", "stride_grad_col")})
+    aligned = ("table", "out", "grad", "y", "x", "grad_table", "part_y", "part_x", "c", "stride_row", "stride_grad_row", "m")
+    for kernel in (module._sample_kernel, module._sample_backward_kernel):
+        names = kernel.arg_names
+        source = ASTSource(
+            fn=kernel,
+            signature={n: "constexpr" if n in fixed else pointers.get(n, "i32") for n in names},
+            constexprs={n: v for n, v in fixed.items() if n in names},
+            attrs={(names.index(n),): [["tt.divisibility", 16]] for n in aligned if n in names},
+        )
+        ptx = compile(source, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+        assert "ld.global.v4.b32" in ptx, kernel.__name__
+        assert ("atom.global" in ptx) == (kernel is module._sample_backward_kernel), kernel.__name__
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
