@@ -11,6 +11,7 @@ import torch
 pytest.importorskip("triton")
 
 import sacseg.ops._bilinear as bilinear  # noqa: E402
+import sacseg.ops.sac_conv as sac_module  # noqa: E402
 import sacseg.ops._triton_kernels as triton_kernels  # noqa: E402
 from sacseg.ops import sac_conv2d  # noqa: E402
 
@@ -245,6 +246,40 @@ def test_available_in_the_interpreter_only_where_asked(kernels):
     assert bilinear._use_triton(torch.zeros(1), native=True) is None  # the CPU path keeps its own kernels
 
 
+PROJECT = pytest.mark.parametrize("project", [False, True], ids=["sample-then-multiply", "multiply-then-sample"])
+
+
+@PROJECT
+def test_fast_sac_through_the_kernels_matches_reference(kernels, project, monkeypatch):
+    # The fast path's own calls (chunk buffers as out, grad_out's permuted rows as grad, per-image
+    # tables) reach the kernels on CPU here as they do on CUDA.
+    monkeypatch.setattr(bilinear, "_use_triton", lambda table, native: kernels if native else None)
+    _check_fast_sac(kernels, project, "cpu", monkeypatch)
+
+
+def _check_fast_sac(module, project: bool, device: str, monkeypatch) -> None:
+    """``sac_conv2d(impl="fast")`` on ``device`` against the reference, output and all gradients, and
+    that both of ``module``'s kernels served it."""
+    monkeypatch.setattr(sac_module, "_project_first", lambda *args: project)
+    calls = set()
+    for name in ("sample_rows", "sample_rows_backward"):
+        monkeypatch.setattr(module, name, lambda *a, _f=getattr(module, name), **k: calls.add(_f.__name__) or _f(*a, **k))
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(2, 6, 11, 13, generator=g)
+    scale = torch.rand(2, 1, 11, 13, generator=g) * 1.5 + 0.5
+    weight = torch.randn(5, 6, 3, 3, generator=g) / 7
+    bias = torch.randn(5, generator=g)
+    grad_out = torch.randn(2, 5, 11, 13, generator=g).to(device)
+    results = []
+    for impl in ("fast", "reference"):
+        leaves = [t.to(device).requires_grad_() for t in (x, scale, weight, bias)]
+        out = sac_conv2d(*leaves, padding=2, dilation=2, impl=impl)
+        results.append((out, *torch.autograd.grad(out, leaves, grad_out)))
+    assert calls == {"sample_rows", "sample_rows_backward"}, f"the fast path reached only {calls or 'none'} of the kernels"
+    for name, got, expected in zip(("output", "input", "scale", "weight", "bias"), *results):
+        _assert_close(got, expected, 1e-5, name)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(2))
 @pytest.mark.parametrize("taps,run,sum_taps", LAYOUTS, ids=LAYOUT_IDS)
@@ -310,27 +345,8 @@ def test_cuda_kernels_match_torch(taps, run, sum_taps, dtype):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("project", [False, True], ids=["sample-then-multiply", "multiply-then-sample"])
-def test_cuda_fast_path_runs_triton_and_matches_reference(project, monkeypatch):
-    import sacseg.ops.sac_conv as sac_module
-
+@PROJECT
+def test_cuda_fast_sac_runs_the_kernels_and_matches_reference(project, monkeypatch):
     module = _load(False)
     assert module.available(torch.zeros(1, device="cuda"))
-    monkeypatch.setattr(sac_module, "_project_first", lambda *args: project)
-    calls = []
-    original = module.sample_rows
-    monkeypatch.setattr(module, "sample_rows", lambda *a, **k: calls.append(1) or original(*a, **k))
-    g = torch.Generator().manual_seed(10)
-    x = torch.randn(2, 6, 11, 13, generator=g)
-    scale = torch.rand(2, 1, 11, 13, generator=g) * 1.5 + 0.5
-    weight = torch.randn(5, 6, 3, 3, generator=g) / 7
-    bias = torch.randn(5, generator=g)
-    grad_out = torch.randn(2, 5, 11, 13, generator=g)
-    results = []
-    for impl in ("fast", "reference"):
-        leaves = [t.cuda().requires_grad_() for t in (x, scale, weight, bias)]
-        out = sac_conv2d(*leaves, padding=2, dilation=2, impl=impl)
-        results.append((out, *torch.autograd.grad(out, leaves, grad_out.cuda())))
-    assert calls, "the fast path on CUDA did not reach the Triton kernels"
-    for name, got, expected in zip(("output", "input", "scale", "weight", "bias"), *results):
-        _assert_close(got, expected, 1e-5, name)
+    _check_fast_sac(module, project, "cuda", monkeypatch)
