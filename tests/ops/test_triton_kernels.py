@@ -11,8 +11,8 @@ import torch
 pytest.importorskip("triton")
 
 import sacseg.ops._bilinear as bilinear  # noqa: E402
-import sacseg.ops.sac_conv as sac_module  # noqa: E402
 import sacseg.ops._triton_kernels as triton_kernels  # noqa: E402
+import sacseg.ops.sac_conv as sac_module  # noqa: E402
 from sacseg.ops import sac_conv2d  # noqa: E402
 
 H, W = 5, 6
