@@ -48,12 +48,13 @@ def available(tensor: Tensor) -> bool:
 
 
 # The kernels use builtins of triton.language only, none of its own @jit functions (tl.zeros,
-# tl.sum): those are decorated when triton is imported, so that re-importing this module with
-# TRITON_INTERPRET=1 (as the tests do) could not make them run in the interpreter.
+# tl.sum): those are decorated once, when triton is imported, and re-importing this module with
+# TRITON_INTERPRET=1 (as the tests do) would not make them run in the interpreter.
 
 
 @_jit
 def _add(a, b):
+    """The combiner of the row sums (``tl.reduce``), for ``tl.sum``'s."""
     return a + b
 
 
