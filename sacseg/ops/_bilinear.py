@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import warnings
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import Tensor
@@ -139,6 +140,15 @@ def _use_native(table: Tensor) -> ctypes.CDLL | None:
     return native_library()
 
 
+def _use_triton(table: Tensor, native: bool) -> ModuleType | None:
+    """The Triton kernels if they are to sample ``table`` (``native``, on CUDA, Triton present)."""
+    if not (native and table.is_cuda):
+        return None
+    from sacseg.ops import _triton_kernels  # here, not at the top: it imports this module
+
+    return _triton_kernels if _triton_kernels.available(table) else None
+
+
 def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
@@ -194,7 +204,7 @@ def sample_rows(
         sum_taps: return the sum of each run of ``taps`` consecutive samples instead.
         run: the samples are runs of ``run`` taps of one output pixel, tap fastest. It changes
             nothing but the order in which the compiled kernel visits them (see its source).
-        native: use the compiled CPU kernel when available.
+        native: use the compiled CPU kernel when available, the Triton kernel on CUDA.
         out: a contiguous tensor of the result's shape to write into. Chunked callers pass one
             buffer for all chunks: a fresh multi-megabyte tensor per chunk costs a page fault per
             4 KiB on first touch, which measured up to 5x the sampling itself.
@@ -209,6 +219,8 @@ def sample_rows(
     _check_runs(m, run)
     shape = (m // taps if sum_taps else m, c)
     _check_out(out, shape, table.dtype)
+    if (kernels := _use_triton(table, native)) is not None:
+        return kernels.sample_rows(table, h, w, taps, y, x, sum_taps=sum_taps, run=run, out=out)
     lib = _use_native(table) if native else None
     if lib is not None:
         table, y, x = table.contiguous(), y.contiguous(), x.contiguous()
@@ -259,6 +271,8 @@ def sample_rows_backward(
         raise ValueError(f"grad of shape {tuple(grad.shape)} fits neither {m} samples nor their runs of {taps} taps")
     _check_runs(m, run)
     share = m // grad.shape[0] if grad.shape[0] else 1
+    if (kernels := _use_triton(table, native)) is not None:
+        return kernels.sample_rows_backward(table, h, w, taps, y, x, grad, grad_table, want_positions, run=run)
     lib = _use_native(table) if native else None
     if lib is not None:
         if grad_table is not None and not grad_table.is_contiguous():

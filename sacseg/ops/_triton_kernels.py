@@ -1,0 +1,350 @@
+"""Triton kernels for the bilinear row sampling of :mod:`sacseg.ops._bilinear` on CUDA (or Triton's interpreter).
+
+Drop-in equivalents of :func:`~sacseg.ops._bilinear.sample_rows` and
+:func:`~sacseg.ops._bilinear.sample_rows_backward`. SAC has one scale per output pixel shared by
+every channel, so each program takes a block of samples x a block of channels: the four corners and
+weights of a sample are computed once and reused across its channel block, and the rows of the
+channels-last table are read channel-contiguous (vectorised when the channel stride is 1).
+
+Dtype contract: the table (and ``grad``) may be float16, bfloat16, float32 or float64; positions
+are float32, or float64. Positions, weights and the blend are computed in float64 when the table or
+the positions are float64 and in float32 otherwise; results are stored in the table's dtype
+(position gradients in that of ``grad`` and the positions together, as torch's promotion gives).
+
+A corner outside the input, or one with zero bilinear weight, is never read (masked loads), so
+NaN/Inf in pixels that a sample does not weigh cannot leak into its value or the table's gradient.
+
+Determinism: the table's gradient is scattered with atomic adds, whose order varies. Under
+``torch.use_deterministic_algorithms(True)`` it is computed by the torch path instead (whose
+``index_add_`` is deterministic on CUDA in that mode), while the position gradients stay in Triton:
+they are per-sample sums over channel blocks, reduced in a fixed order, and deterministic always.
+
+``TRITON_INTERPRET=1`` in the environment before this module is imported runs the kernels on CPU
+tensors through Triton's interpreter (how the tests check them without a GPU).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from sacseg.ops import _bilinear
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the kernels are then never launched: available() is False
+    triton = tl = None
+
+_jit = triton.jit if triton is not None else (lambda fn: fn)
+# The decorator picks interpreted or compiled kernels when it runs, i.e. at import.
+_INTERPRETED = triton is not None and bool(triton.knobs.runtime.interpret)
+
+
+def available(tensor: Tensor) -> bool:
+    """Whether the kernels can run on ``tensor``: Triton imports and the tensor is on CUDA, or the
+    kernels were built for Triton's interpreter (``TRITON_INTERPRET=1``), which runs them on CPU."""
+    return triton is not None and (tensor.is_cuda or _INTERPRETED)
+
+
+# The kernels use builtins of triton.language only, none of its own @jit functions (tl.zeros,
+# tl.sum): those are decorated once, when triton is imported, and re-importing this module with
+# TRITON_INTERPRET=1 (as the tests do) would not make them run in the interpreter.
+
+
+@_jit
+def _add(a, b):
+    """The combiner of the row sums (``tl.reduce``), for ``tl.sum``'s."""
+    return a + b
+
+
+@_jit
+def _frame(y, x, h, w):
+    """The top-left corner of samples at ``(y, x)`` as integers and the fractions past it."""
+    y0 = tl.floor(y)
+    x0 = tl.floor(x)
+    # Clamped before the conversion, which is undefined for huge positions: from -2 or h (w),
+    # both corners are outside, as they are from anywhere beyond.
+    iy = tl.minimum(tl.maximum(y0, -2.0), h).to(tl.int64)
+    ix = tl.minimum(tl.maximum(x0, -2.0), w).to(tl.int64)
+    return iy, ix, y - y0, x - x0
+
+
+@_jit
+def _corner(iy, ix, fy, fx, block, h, w, taps, DY: tl.constexpr, DX: tl.constexpr):
+    """Table row, weights along y and x, and inside mask of corner ``(iy + DY, ix + DX)`` of each sample."""
+    cy = iy + DY
+    cx = ix + DX
+    if DY == 1:
+        wy = fy
+    else:
+        wy = 1 - fy
+    if DX == 1:
+        wx = fx
+    else:
+        wx = 1 - fx
+    inside = (cy >= 0) & (cy < h) & (cx >= 0) & (cx < w)
+    return (cy * w + cx) * taps + block, wy, wx, inside
+
+
+@_jit
+def _sample_kernel(
+    table,
+    y,
+    x,
+    out,
+    n_out,
+    c,
+    h,
+    w,
+    taps,
+    group,
+    stride_row,
+    stride_col,
+    stride_y,
+    stride_x,
+    COMPUTE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """``out[o]``, ``[BLOCK_M, BLOCK_C]`` per program: the sum over ``t < group`` of sample ``o * group + t``,
+    which reads row block ``(o * group + t) % taps``."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    row_ok = rows < n_out
+    col_ok = cols < c
+    col_offsets = cols.to(tl.int64)[None, :] * stride_col
+    acc = tl.full([BLOCK_M, BLOCK_C], 0, COMPUTE)
+    for t in range(group):
+        s = rows.to(tl.int64) * group + t
+        iy, ix, fy, fx = _frame(
+            tl.load(y + s * stride_y, mask=row_ok, other=0).to(COMPUTE),
+            tl.load(x + s * stride_x, mask=row_ok, other=0).to(COMPUTE),
+            h,
+            w,
+        )
+        for k in tl.static_range(4):
+            row, wy, wx, inside = _corner(iy, ix, fy, fx, s % taps, h, w, taps, k // 2, k % 2)
+            weight = wy * wx
+            read = (inside & (weight != 0) & row_ok)[:, None] & col_ok[None, :]
+            value = tl.load(table + row[:, None] * stride_row + col_offsets, mask=read, other=0)
+            acc += weight[:, None] * value.to(COMPUTE)
+    offsets = rows.to(tl.int64)[:, None] * c + cols[None, :]
+    tl.store(out + offsets, acc.to(out.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+@_jit
+def _sample_backward_kernel(
+    table,
+    y,
+    x,
+    grad,
+    grad_table,
+    part_y,
+    part_x,
+    n_grad,
+    m,
+    c,
+    h,
+    w,
+    taps,
+    share,
+    stride_row,
+    stride_col,
+    stride_y,
+    stride_x,
+    stride_grad_row,
+    stride_grad_col,
+    COMPUTE: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
+    POSITIONS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Adjoint of :func:`_sample_kernel` with ``group == share``: each of the ``share`` samples of a
+    row of ``grad`` receives that whole row. Adds into the contiguous ``grad_table`` if ``ACCUMULATE``;
+    if ``POSITIONS``, writes this channel block's part of the position gradients into ``part_y`` and
+    ``part_x``, ``[channel blocks, m]``."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    row_ok = rows < n_grad
+    col_ok = cols < c
+    g_offsets = rows.to(tl.int64)[:, None] * stride_grad_row + cols.to(tl.int64)[None, :] * stride_grad_col
+    g = tl.load(grad + g_offsets, mask=row_ok[:, None] & col_ok[None, :], other=0).to(COMPUTE)
+    col_offsets = cols.to(tl.int64)[None, :] * stride_col
+    for t in range(share):
+        s = rows.to(tl.int64) * share + t
+        iy, ix, fy, fx = _frame(
+            tl.load(y + s * stride_y, mask=row_ok, other=0).to(COMPUTE),
+            tl.load(x + s * stride_x, mask=row_ok, other=0).to(COMPUTE),
+            h,
+            w,
+        )
+        # Eq. (14): the sample's derivatives along y and x, per channel: each inside corner signed
+        # by its side of the sample along one axis and weighted along the other. Every inside
+        # corner counts, weighted or not: at an integer position the right-hand derivative reads
+        # the corner of weight 0.
+        d_dy = tl.full([BLOCK_M, BLOCK_C], 0, COMPUTE)
+        d_dx = tl.full([BLOCK_M, BLOCK_C], 0, COMPUTE)
+        for k in tl.static_range(4):
+            row, wy, wx, inside = _corner(iy, ix, fy, fx, s % taps, h, w, taps, k // 2, k % 2)
+            valid = (inside & row_ok)[:, None] & col_ok[None, :]
+            if ACCUMULATE:
+                weight = wy * wx
+                target = grad_table + row[:, None] * c + cols[None, :]
+                tl.atomic_add(target, g * weight[:, None], mask=valid & (weight != 0)[:, None], sem="relaxed")
+            if POSITIONS:
+                value = tl.load(table + row[:, None] * stride_row + col_offsets, mask=valid, other=0).to(COMPUTE)
+                d_dy += ((2 * (k // 2) - 1) * wx)[:, None] * value
+                d_dx += ((2 * (k % 2) - 1) * wy)[:, None] * value
+        if POSITIONS:
+            where = tl.program_id(1).to(tl.int64) * m + s
+            tl.store(part_y + where, tl.reduce(g * d_dy, 1, _add), mask=row_ok)
+            tl.store(part_x + where, tl.reduce(g * d_dx, 1, _add), mask=row_ok)
+
+
+def _blocks(rows: int, c: int, compute: torch.dtype) -> tuple[int, int]:
+    """``(BLOCK_M, BLOCK_C)`` for ``rows`` x ``c``: up to 64 channels, 1024 elements per program
+    (512 in float64), and no more rows than there are (a small launch pads no masked lanes)."""
+    # ptxas for sm_90 (four warps): 64 x 64 float32 tiles spill from 255 registers; 16 x 64 take
+    # 80 (forward) and 96 (adjoint), float64's 8 x 64 82 and 179, none spilling.
+    block_c = min(64, triton.next_power_of_2(max(c, 1)))
+    elements = 512 if compute == torch.float64 else 1024
+    return max(1, min(128, elements // block_c, triton.next_power_of_2(max(rows, 1)))), block_c
+
+
+def _compute_dtype(table: Tensor, y: Tensor) -> tuple[torch.dtype, tl.dtype]:
+    """The dtype of positions, weights and sums, for torch and for Triton: float64 if either is."""
+    wide = torch.float64 in (table.dtype, y.dtype)
+    return (torch.float64, tl.float64) if wide else (torch.float32, tl.float32)
+
+
+def _check_inputs(table: Tensor, h: int, w: int, taps: int, y: Tensor, x: Tensor) -> None:
+    # The kernels read wherever the positions point inside h x w: a table of another size would be
+    # read out of bounds rather than raise, as torch's index_select does.
+    if table.dim() != 2 or table.shape[0] != h * w * taps:
+        raise ValueError(f"table must be [h * w * taps, C] = [{h * w * taps}, C], got {tuple(table.shape)}")
+    if y.shape != x.shape or not (y.is_floating_point() and x.is_floating_point()):
+        raise ValueError(f"positions y and x must be floating tensors of one shape, got {y.dtype} {tuple(y.shape)} and {x.dtype} {tuple(x.shape)}")
+
+
+def sample_rows(
+    table: Tensor,
+    h: int,
+    w: int,
+    taps: int,
+    y: Tensor,
+    x: Tensor,
+    *,
+    sum_taps: bool = False,
+    run: int = 1,
+    out: Tensor | None = None,
+) -> Tensor:
+    """:func:`sacseg.ops._bilinear.sample_rows` as a Triton kernel (on CUDA, or in the interpreter).
+
+    Args:
+        table: ``[h * w * taps, C]``, any strides (contiguous channels load fastest).
+        y, x: ``[M]`` positions in pixels, any strides.
+        sum_taps, out: as in :func:`sacseg.ops._bilinear.sample_rows`.
+        run: checked, otherwise unused: it only orders the CPU kernel's visits.
+
+    Returns:
+        ``[M, C]``, or ``[M / taps, C]`` with ``sum_taps``, in ``table``'s dtype (``out`` when given).
+    """
+    _check_inputs(table, h, w, taps, y, x)
+    y, x = y.reshape(-1), x.reshape(-1)
+    m, c = y.numel(), table.shape[1]
+    group = taps if sum_taps else 1
+    _bilinear._check_runs(m, group)
+    _bilinear._check_runs(m, run)
+    shape = (m // group, c)
+    _bilinear._check_out(out, shape, table.dtype)
+    out = table.new_empty(shape) if out is None else out
+    if out.numel():
+        compute, compute_tl = _compute_dtype(table, y)
+        block_m, block_c = _blocks(shape[0], c, compute)
+        grid = (triton.cdiv(shape[0], block_m), triton.cdiv(c, block_c))
+        strides = (*table.stride(), y.stride(0), x.stride(0))
+        _sample_kernel[grid](table, y, x, out, shape[0], c, h, w, taps, group, *strides, compute_tl, block_m, block_c)
+    return out
+
+
+def sample_rows_backward(
+    table: Tensor,
+    h: int,
+    w: int,
+    taps: int,
+    y: Tensor,
+    x: Tensor,
+    grad: Tensor,
+    grad_table: Tensor | None,
+    want_positions: bool,
+    *,
+    run: int = 1,
+) -> tuple[Tensor, Tensor] | None:
+    """:func:`sacseg.ops._bilinear.sample_rows_backward` as a Triton kernel (on CUDA, or in the interpreter).
+
+    Adds the table's gradient into ``grad_table`` (``table``'s shape, any strides and float dtype)
+    unless it is ``None``, and returns the position gradients ``(grad_y, grad_x)``, ``[M]`` each,
+    if ``want_positions``: the right-hand derivative at integer positions. ``grad`` is ``[M, C]``,
+    or ``[M / taps, C]`` for the adjoint of ``sample_rows(..., sum_taps=True)``; any strides.
+
+    The table's gradient is summed straight into a contiguous ``grad_table`` of the compute dtype,
+    otherwise into a zeroed buffer of that dtype added to it afterwards (so float16/bfloat16
+    gradients are summed in float32): by atomic adds, or under
+    ``torch.use_deterministic_algorithms(True)`` by the torch path (see the module docstring).
+    """
+    _check_inputs(table, h, w, taps, y, x)
+    y, x = y.reshape(-1), x.reshape(-1)
+    m, c = y.numel(), table.shape[1]
+    share = 1 if grad.shape[0] == m else taps
+    if tuple(grad.shape) != (m // share, c) or m % share:
+        raise ValueError(f"grad of shape {tuple(grad.shape)} fits neither {m} samples nor their runs of {taps} taps")
+    _bilinear._check_runs(m, run)
+    if grad_table is not None and grad_table.shape != table.shape:
+        raise ValueError(f"grad_table must have the table's shape {tuple(table.shape)}, got {tuple(grad_table.shape)}")
+    compute, compute_tl = _compute_dtype(table, y)
+    target = grad_table
+    if grad_table is not None and not (grad_table.is_contiguous() and grad_table.dtype == compute):
+        target = torch.zeros(table.shape, dtype=compute, device=table.device)
+    atomics = target is not None
+    if atomics and torch.are_deterministic_algorithms_enabled():
+        _bilinear.sample_rows_backward(table, h, w, taps, y, x, grad, target, False, run=run, native=False)
+        atomics = False
+    block_m, block_c = _blocks(m // share, c, compute)
+    grid = (triton.cdiv(m // share, block_m), triton.cdiv(c, block_c))
+    parts = torch.empty(2, grid[1], m, dtype=compute, device=table.device) if want_positions else None
+    if grid[0] and grid[1] and (atomics or want_positions):
+        _sample_backward_kernel[grid](
+            table,
+            y,
+            x,
+            grad,
+            # Pointers that the kernel does not touch without ACCUMULATE or POSITIONS: the table.
+            target if atomics else table,
+            table if parts is None else parts[0],
+            table if parts is None else parts[1],
+            m // share,
+            m,
+            c,
+            h,
+            w,
+            taps,
+            share,
+            *table.stride(),
+            y.stride(0),
+            x.stride(0),
+            *grad.stride(),
+            compute_tl,
+            atomics,
+            want_positions,
+            block_m,
+            block_c,
+        )
+    if target is not grad_table:
+        grad_table.add_(target)
+    if parts is None:
+        return None
+    # Per-channel-block parts summed in a fixed order: deterministic, unlike atomics.
+    grad_y, grad_x = parts.sum(1).to(torch.promote_types(grad.dtype, y.dtype))
+    return grad_y, grad_x
