@@ -257,6 +257,25 @@ def test_fast_sac_through_the_kernels_matches_reference(kernels, project, monkey
     _check_fast_sac(kernels, project, "cpu", monkeypatch)
 
 
+@PROJECT
+def test_fast_sac_in_bfloat16_through_the_kernels_matches_the_torch_path(kernels, project, monkeypatch):
+    # Half-precision data with float32 positions, and (backward) a float32 gradient of the table:
+    # the fast path's own dtype contract, as CUDA autocast runs it.
+    monkeypatch.setattr(sac_module, "_project_first", lambda *args: project)
+    g = torch.Generator().manual_seed(11)
+    x, scale = torch.randn(2, 6, 11, 13, generator=g), torch.rand(2, 1, 11, 13, generator=g) * 1.5 + 0.5
+    weight, grad_out = torch.randn(5, 6, 3, 3, generator=g) / 7, torch.randn(2, 5, 11, 13, generator=g)
+    results = []
+    for through_kernels in (True, False):
+        monkeypatch.setattr(bilinear, "_use_triton", lambda table, native, k=through_kernels: kernels if k else None)
+        leaves = [t.bfloat16().requires_grad_() for t in (x, scale, weight)]
+        out = sac_conv2d(*leaves, padding=2, dilation=2, impl="fast")
+        results.append((out, *torch.autograd.grad(out, leaves, grad_out.bfloat16())))
+    for name, got, expected in zip(("output", "input", "scale", "weight"), *results):
+        assert got.dtype == expected.dtype == torch.bfloat16, name
+        _assert_close(got.float(), expected.float(), 2 * torch.finfo(torch.bfloat16).eps, name)
+
+
 def _check_fast_sac(module, project: bool, device: str, monkeypatch) -> None:
     """``sac_conv2d(impl="fast")`` on ``device`` against the reference, output and all gradients, and
     that both of ``module``'s kernels served it."""
