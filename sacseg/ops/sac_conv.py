@@ -638,8 +638,8 @@ for _device_type in ("cpu", "cuda"):
 
 
 def _fast_impl(native: bool) -> "SacImpl":
-    """The fast path, sampling with the compiled kernels on CPU when ``native`` and a compiler is
-    present (torch ops elsewhere), or with torch ops only (what CUDA and compiler-less machines run)."""
+    """The fast path, sampling with the compiled kernels when ``native`` (C++ on CPU where a compiler
+    is present, Triton on CUDA; torch ops elsewhere), or with torch ops only."""
 
     def impl(
         input: Tensor,
@@ -682,8 +682,8 @@ def _choose_impl() -> SacImpl:
     # gather, arithmetic, matmul). torch.compile and torch.export keep the fast path's operator.
     if _exporting_onnx():
         return _sac_reference
-    # The fast path wins at every measured shape (benchmarks/bench_sac_conv.py); the native
-    # kernels only exist for CPU float32/float64, elsewhere it falls back to torch ops itself.
+    # The fast path wins at every measured shape (benchmarks/bench_sac_conv.py); its native kernels
+    # are C++ for CPU float32/float64 and Triton on CUDA, elsewhere it falls back to torch ops itself.
     return _sac_fast
 
 
@@ -722,7 +722,8 @@ def sac_conv2d(
             operator ``torch.ops.sacseg.sac_conv2d``, a chunked sampled im2col + GEMM with a
             hand-written backward (``torch.ops.sacseg.sac_conv2d_backward``), whose bilinear
             sampling runs in C++ kernels on CPU (compiled on first use and cached, see
-            ``sacseg.ops._bilinear.native_library``) and in torch ops elsewhere; ``"fast_torch"``
+            ``sacseg.ops._bilinear.native_library``), in Triton kernels on CUDA and in torch ops
+            elsewhere; ``"fast_torch"``
             is the same operator with torch ops only.
 
     Raises:
