@@ -153,6 +153,9 @@ def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
         return torch.cuda.max_memory_allocated(device) - before
     from torch._C._profiler import _EventType
 
+    # Kineto, the profiler's engine, logs each start and stop (and a failed GPU probe) to stderr,
+    # between the table's lines; its level is read when the profiler first starts. 6: nothing.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     sizes: list[tuple[int, int]] = []

@@ -1,11 +1,18 @@
-"""The operator benchmark: round-robin timing, the table of a tiny shape, autocast, argument errors, CUDA runs."""
+"""The operator benchmark: round-robin timing, the table of a tiny shape, no profiler noise, autocast, argument errors, CUDA runs."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from benchmarks import bench_sac_conv as bench
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_round_robin_times_every_operator_each_round():
@@ -26,6 +33,19 @@ def test_table_of_a_tiny_shape(monkeypatch, capsys):
     assert set(rows) == {"conv2d", "sac:fast", "sac:reference"}
     assert rows["conv2d"][1] == rows["conv2d"][3] == "1.00"  # ratios are to conv2d itself
     assert all(float(values[0]) > 0 and float(values[2]) > 0 for values in rows.values())  # fwd, f+b ms
+
+
+def test_no_profiler_noise_between_the_lines():
+    # The CPU peak memory comes from torch.profiler; its engine would log every start and stop.
+    script = (
+        "from benchmarks import bench_sac_conv as bench; "
+        "bench.SHAPES['tiny'] = bench.Shape(1, 8, 4, 9, 2, True); "
+        "bench.main(['--shapes', 'tiny', '--ops', 'conv2d', 'sac:fast', '--repeats', '1', '--threads', '1'])"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"}
+    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "tiny" in run.stdout and run.stderr == ""
 
 
 def test_bf16_autocast_on_cpu_says_what_each_operator_returned(monkeypatch, capsys):
