@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from sacseg.models.resnet import BasicBlock, Bottleneck
-from sacseg.nn import ScaleAdaptiveConv2d, ScaleRegressor
+from sacseg.nn import DEFAULT_MAX_SCALE, DEFAULT_MIN_SCALE, ScaleAdaptiveConv2d, ScaleRegressor
 from sacseg.ops.sac_conv import sac_output_size
 
 __all__ = ["SACStage", "sac_block", "sac_convert"]
@@ -105,8 +105,8 @@ class SACStage(nn.Module):
 def sac_convert(
     model: nn.Module,
     stages: Sequence[str] = ("layer4",),
-    min_scale: float = 0.25,
-    max_scale: float = 4.0,
+    min_scale: float = DEFAULT_MIN_SCALE,
+    max_scale: float = DEFAULT_MAX_SCALE,
     init_std: float = 0.0,
 ) -> nn.Module:
     """Make the 3x3 convolutions of chosen stages of a ResNet-style ``model`` scale-adaptive, in place.
@@ -136,9 +136,9 @@ def sac_convert(
             raise TypeError(f"stage {path!r} must be an nn.Sequential of residual blocks, got {type(stage).__name__}")
         blocks = [sac_block(block) for block in stage]
         weight = blocks[0].conv1.weight
-        regressor = ScaleRegressor(
-            blocks[0].conv1.in_channels, min_scale=min_scale, max_scale=max_scale, init_std=init_std
-        ).to(device=weight.device, dtype=weight.dtype)
+        regressor = ScaleRegressor(blocks[0].conv1.in_channels, min_scale=min_scale, max_scale=max_scale, init_std=init_std).to(
+            device=weight.device, dtype=weight.dtype
+        )
         parent, _, name = path.rpartition(".")
         setattr(model.get_submodule(parent), name, SACStage(blocks, regressor))
     return model

@@ -82,7 +82,23 @@ def native_library() -> ctypes.CDLL | None:
     for suffix in ("f32", "f64"):
         getattr(lib, f"sac_sample_{suffix}").argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, i64, ptr, cint]
         getattr(lib, f"sac_sample_sum_taps_{suffix}").argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, ptr, cint]
-        getattr(lib, f"sac_sample_backward_{suffix}").argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, i64, ptr, i64, ptr, ptr, ptr, cint]
+        getattr(lib, f"sac_sample_backward_{suffix}").argtypes = [
+            ptr,
+            i64,
+            i64,
+            i64,
+            i64,
+            ptr,
+            ptr,
+            i64,
+            i64,
+            ptr,
+            i64,
+            ptr,
+            ptr,
+            ptr,
+            cint,
+        ]
         getattr(lib, f"sac_transpose_{suffix}").argtypes = [ptr, i64, i64, i64, ptr, cint]
     _library = lib
     return lib

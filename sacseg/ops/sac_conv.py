@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from sacseg.ops._bilinear import position_dtype, sample_rows, sample_rows_backward, transpose
+from sacseg.utils.pair import IntOrPair, pair
 
-__all__ = ["sac_conv2d", "sac_output_size", "SAC_IMPLEMENTATIONS"]
-
-IntOrPair = int | tuple[int, int]
-
-
-def _pair(value: IntOrPair, name: str) -> tuple[int, int]:
-    if isinstance(value, int):
-        return value, value
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        return int(value[0]), int(value[1])
-    raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+__all__ = ["SAC_IMPLEMENTATIONS", "sac_conv2d", "sac_output_size"]
 
 
 def sac_output_size(
@@ -31,8 +23,7 @@ def sac_output_size(
 ) -> tuple[int, int]:
     """The ``(H_out, W_out)`` that ``F.conv2d`` gives for the same geometry."""
     return tuple(  # type: ignore[return-value]
-        (size + 2 * p - d * (k - 1) - 1) // s + 1
-        for size, k, s, p, d in zip(in_size, kernel_size, stride, padding, dilation)
+        (size + 2 * p - d * (k - 1) - 1) // s + 1 for size, k, s, p, d in zip(in_size, kernel_size, stride, padding, dilation)
     )
 
 
@@ -46,7 +37,7 @@ def _check_args(
     dilation: IntOrPair,
     one_dtype: bool = True,
 ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-    stride_, padding_, dilation_ = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    stride_, padding_, dilation_ = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
     if min(stride_) < 1:
         raise ValueError(f"stride must be >= 1, got {stride_}")
     if min(padding_) < 0:
@@ -452,7 +443,9 @@ def _fast_backward(
         if need_weight:
             planes = input.reshape(n, c_in, h * w)
             # Summed over images in float32 for half precision (a no-op otherwise).
-            grad_projection_t = (_linear(planes[0], grad_proj[0].t()) if n else weight.new_zeros(c_in, taps * c_out)).to(accumulate)
+            grad_projection_t = (_linear(planes[0], grad_proj[0].t()) if n else weight.new_zeros(c_in, taps * c_out)).to(
+                accumulate
+            )
             for i in range(1, n):
                 grad_projection_t += _linear(planes[i], grad_proj[i].t())
             grad_projection_t = grad_projection_t.to(weight.dtype)
@@ -528,7 +521,7 @@ def _sac_conv2d_op(
     input: Tensor,
     scale: Tensor,
     weight: Tensor,
-    bias: Optional[Tensor],
+    bias: Tensor | None,
     stride: list[int],
     padding: list[int],
     dilation: list[int],
@@ -555,7 +548,7 @@ def _(input, scale, weight, bias, stride, padding, dilation, project, native):  
 @torch.library.custom_op("sacseg::sac_conv2d_backward", mutates_args=())
 def _sac_conv2d_backward_op(
     grad_out: Tensor,
-    input: Optional[Tensor],
+    input: Tensor | None,
     scale: Tensor,
     weight: Tensor,
     tables: Tensor,
@@ -628,7 +621,9 @@ def _register_autocast(device_type: str) -> None:
     def kernel(_keyset: Any, input: Tensor, scale: Tensor, weight: Tensor, bias: Tensor | None, *rest: Any) -> Any:
         data = torch.float32 if device_type == "cpu" else torch.get_autocast_dtype(device_type)
         with torch._C._ExcludeDispatchKeyGuard(excluded):
-            return torch.ops.sacseg.sac_conv2d.default(cast(input, data), cast(scale, torch.float32), cast(weight, data), cast(bias, data), *rest)
+            return torch.ops.sacseg.sac_conv2d.default(
+                cast(input, data), cast(scale, torch.float32), cast(weight, data), cast(bias, data), *rest
+            )
 
     _LIBRARY.impl("sac_conv2d", kernel, key, with_keyset=True)
 
@@ -637,7 +632,7 @@ for _device_type in ("cpu", "cuda"):
     _register_autocast(_device_type)
 
 
-def _fast_impl(native: bool) -> "SacImpl":
+def _fast_impl(native: bool) -> SacImpl:
     """The fast path, sampling with the compiled kernels when ``native`` (C++ on CPU where a compiler
     is present, Triton on CUDA; torch ops elsewhere), or with torch ops only."""
 
@@ -661,9 +656,7 @@ def _fast_impl(native: bool) -> "SacImpl":
 _sac_fast = _fast_impl(native=True)
 
 
-SacImpl = Callable[
-    [Tensor, Tensor, Tensor, "Tensor | None", tuple[int, int], tuple[int, int], tuple[int, int]], Tensor
-]
+SacImpl = Callable[[Tensor, Tensor, Tensor, "Tensor | None", tuple[int, int], tuple[int, int], tuple[int, int]], Tensor]
 #: Implementations by name; ``"auto"`` in :func:`sac_conv2d` picks the fastest for the call.
 SAC_IMPLEMENTATIONS: dict[str, SacImpl] = {
     "reference": _sac_reference,

@@ -11,8 +11,17 @@ import torch
 from cityscapesscripts.helpers.labels import id2label
 from PIL import Image
 
-from sacseg.data import DATASETS, ADE20K, CamVid, Cityscapes, SegmentationFolder, build_dataset, train_id_to_label_id
-from sacseg.data import ade20k, camvid
+from sacseg.data import (
+    ADE20K,
+    DATASETS,
+    CamVid,
+    Cityscapes,
+    SegmentationFolder,
+    ade20k,
+    build_dataset,
+    camvid,
+    train_id_to_label_id,
+)
 
 
 def _raw(path: Path) -> np.ndarray:

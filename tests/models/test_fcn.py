@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from sacseg.models import MODELS, DilatedFCN, Upsample, build_model, load_baseline_and_freeze
+from sacseg.models import MODELS, Upsample, build_model, load_baseline_and_freeze
 from sacseg.models.fcn import bilinear_kernel
 from sacseg.nn import FrozenBatchNorm2d, ScaleAdaptiveConv2d
 
