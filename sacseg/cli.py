@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from sacseg.config import TrainConfig
+    from sacseg.utils.pair import IntOrPair
 
 # Sub-commands import what they run when they run: a command that does not train loads neither
 # TensorBoard nor the training loop (a test checks `sacseg eval`).
@@ -78,9 +79,9 @@ def _size(values: list[int] | None, flag: str) -> int | tuple[int, int] | None:
 def _inference_options(args: argparse.Namespace, cfg: TrainConfig) -> dict[str, Any]:
     """``predict``'s keyword arguments: the command line's, else the config's ``eval_*`` keys."""
     mode = args.mode if args.mode is not None else cfg.eval_mode
-    crop_size = _size(args.crop_size, "--crop-size")
+    crop_size: IntOrPair | None = _size(args.crop_size, "--crop-size")
     crop_size = crop_size if crop_size is not None else cfg.eval_crop_size
-    stride = _size(args.stride, "--stride")
+    stride: IntOrPair | None = _size(args.stride, "--stride")
     stride = stride if stride is not None else cfg.eval_stride
     if mode == "slide" and crop_size is None:
         raise ValueError("--mode slide needs --crop-size (or config key eval_crop_size)")
@@ -90,6 +91,7 @@ def _inference_options(args: argparse.Namespace, cfg: TrainConfig) -> dict[str, 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
+    from sacseg.data.protocol import torch_dataset
     from sacseg.evaluation.evaluate import evaluate
     from sacseg.evaluation.metrics import format_results, save_results_json
     from sacseg.factory import build_eval_dataset
@@ -103,7 +105,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     dataset = build_eval_dataset(cfg, split)
     classes, count = dataset.classes, len(dataset)
     options = _inference_options(args, cfg)
-    loader = DataLoader(dataset, batch_size=1, num_workers=min(cfg.workers, 2))  # images may differ in size
+    loader = DataLoader(torch_dataset(dataset), batch_size=1, num_workers=min(cfg.workers, 2))  # images may differ in size
     results = evaluate(model, loader, cfg.num_classes, **options, progress=True).compute()
     meta = {
         "checkpoint": str(args.checkpoint), "model": cfg.model, "dataset": cfg.dataset, "data_root": cfg.data_root,

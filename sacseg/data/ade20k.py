@@ -169,7 +169,7 @@ SPLITS = {"train": "training", "training": "training", "val": "validation", "val
 def read_object_info(path: Path) -> tuple[str, ...]:
     """Class names (first synonym of each row) from an ``objectInfo150.txt`` (header + rows Idx..Name, tab separated)."""
     rows = path.read_text().splitlines()[1:]
-    names = []
+    names: list[str] = []
     for number, row in enumerate(rows, start=2):
         fields = row.split("\t")
         if len(fields) < 5 or not fields[0].strip().isdigit() or int(fields[0]) != len(names) + 1:

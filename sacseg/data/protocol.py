@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from torch import Tensor
+from torch.utils.data import Dataset
 
-__all__ = ["SegmentationDataset"]
+__all__ = ["SegmentationDataset", "torch_dataset"]
 
 
 @runtime_checkable
@@ -27,3 +28,11 @@ class SegmentationDataset(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]: ...
+
+
+def torch_dataset(dataset: SegmentationDataset) -> Dataset[tuple[Tensor, Tensor]]:
+    """``dataset`` as the ``torch.utils.data.Dataset`` that ``DataLoader`` and ``Subset`` take (every sacseg
+    data set is one; the protocol states only what sacseg itself reads); TypeError for anything else."""
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"expected a torch.utils.data.Dataset, got {type(dataset).__name__}")
+    return dataset

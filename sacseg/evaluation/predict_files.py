@@ -6,7 +6,7 @@ import os
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -135,7 +135,7 @@ def predict_files(
         )
     classes, palette = dataset_labels(cfg)
     stems = _output_stems(paths)
-    options = {"mode": mode, "crop_size": crop_size, "stride": stride, "scales": scales, "flip": flip}
+    options: dict[str, Any] = {"mode": mode, "crop_size": crop_size, "stride": stride, "scales": scales, "flip": flip}
     device = next(model.parameters()).device
     out_dir = Path(out_dir)
     written: list[Path] = []

@@ -155,16 +155,17 @@ class DilatedFCN(nn.Module):
 def _checkpoint_state(checkpoint: str | Path | Mapping[str, object]) -> tuple[Mapping[str, Tensor], str]:
     """A state dict and a name for messages from a path, a state dict or a dict with a "model" key."""
     source = "the given state dict"
+    state: object = checkpoint
     if isinstance(checkpoint, (str, Path)):
         path = Path(checkpoint)
         if not path.is_file():
             raise FileNotFoundError(f"baseline checkpoint not found: {path}")
-        checkpoint, source = torch.load(path, map_location="cpu", weights_only=True), str(path)
-    if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("model"), Mapping):
-        checkpoint = checkpoint["model"]
-    if not isinstance(checkpoint, Mapping) or not all(isinstance(v, Tensor) for v in checkpoint.values()):
+        state, source = torch.load(path, map_location="cpu", weights_only=True), str(path)
+    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+        state = state["model"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{source} is neither a model state dict nor a dict with one under the key 'model'")
-    return checkpoint, source  # type: ignore[return-value]
+    return state, source
 
 
 def load_baseline_and_freeze(model: DilatedFCN, checkpoint: str | Path | Mapping[str, object]) -> DilatedFCN:
@@ -246,12 +247,12 @@ def _build(
     return model
 
 
+_SCHEMES: tuple[tuple[str, SacScheme], ...] = (("fcn", "none"), ("sac_single", "single"), ("sac_multiple", "multiple"))
+
 #: The paper's models by name: ``fcn_resnet{18,50,101}`` (baseline), ``sac_single_resnet*`` and
 #: ``sac_multiple_resnet*``. Each is called as ``builder(num_classes, **options)``.
 MODELS: dict[str, Callable[..., DilatedFCN]] = {
-    f"{prefix}_resnet{depth}": partial(_build, sac, depth)
-    for prefix, sac in (("fcn", "none"), ("sac_single", "single"), ("sac_multiple", "multiple"))
-    for depth in (18, 50, 101)
+    f"{prefix}_resnet{depth}": partial(_build, sac, depth) for prefix, sac in _SCHEMES for depth in (18, 50, 101)
 }
 
 

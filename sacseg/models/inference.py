@@ -25,7 +25,7 @@ def _positive_pair(value: IntOrPair, name: str) -> tuple[int, int]:
     return size
 
 
-def _forward(model: nn.Module, images: Tensor) -> dict[str, Tensor | dict[str, Tensor]]:
+def _forward(model: nn.Module, images: Tensor) -> dict[str, Any]:
     out = model(images)
     if not isinstance(out, dict) or "out" not in out:
         raise TypeError(f"the model must return a dict with an 'out' entry, got {type(out).__name__}")

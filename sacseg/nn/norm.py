@@ -24,6 +24,12 @@ class FrozenBatchNorm2d(nn.Module):
         ``[N, C, H, W]`` -> ``[N, C, H, W]``.
     """
 
+    weight: Tensor
+    bias: Tensor
+    running_mean: Tensor
+    running_var: Tensor
+    num_batches_tracked: Tensor
+
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.num_features = num_features

@@ -76,10 +76,10 @@ class ScaleAdaptiveConv2d(nn.Module):
         sac = cls(
             conv.in_channels,
             conv.out_channels,
-            conv.kernel_size,  # type: ignore[arg-type]
-            conv.stride,  # type: ignore[arg-type]
-            conv.padding,  # type: ignore[arg-type]
-            conv.dilation,  # type: ignore[arg-type]
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
             bias=conv.bias is not None,
         ).to(device=conv.weight.device, dtype=conv.weight.dtype)
         sac.load_state_dict(conv.state_dict())
@@ -169,6 +169,7 @@ class ScaleRegressor(nn.Module):
             nn.init.normal_(self.conv.weight, mean=0.0, std=self.init_std)
         else:
             nn.init.zeros_(self.conv.weight)
+        assert self.conv.bias is not None  # made with one
         nn.init.constant_(self.conv.bias, 1.0)
 
     def forward(self, features: Tensor) -> Tensor:

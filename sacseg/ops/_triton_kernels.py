@@ -343,7 +343,7 @@ def sample_rows_backward(
             block_m,
             block_c,
         )
-    if target is not grad_table:
+    if grad_table is not None and target is not None and target is not grad_table:
         grad_table.add_(target)
     if parts is None:
         return None

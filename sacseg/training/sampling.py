@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
+from sacseg.data.protocol import SegmentationDataset
+
 __all__ = ["ResumableSampler", "SeededSamples", "sample_seed", "seed_worker"]
 
 
@@ -38,7 +40,7 @@ class ResumableSampler(DistributedSampler):
         self.set_epoch(epoch)
         self.skip = skip
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         for index in list(super().__iter__())[self.skip :]:
             yield index, sample_seed(self.seed, self.epoch, index)
 
@@ -53,11 +55,11 @@ class SeededSamples(Dataset):
     which worker loads the sample or what ran before; the caller's generator states are put back.
     """
 
-    def __init__(self, dataset: Dataset) -> None:
+    def __init__(self, dataset: SegmentationDataset) -> None:
         self.dataset = dataset
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return len(self.dataset)
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         index, seed = key

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from sacseg.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
 from sacseg.config import TrainConfig, save_config
 from sacseg.data import IGNORE_INDEX, SegmentationDataset
+from sacseg.data.protocol import torch_dataset
 from sacseg.evaluation.evaluate import evaluate
 from sacseg.factory import build_datasets, build_model_from_config
 from sacseg.training.distributed import (
@@ -85,7 +86,7 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.SGD:
         raise ValueError(f"model {cfg.model!r} has no trainable parameters")
     scale = [p for n, p in named if n.startswith("scale_regressors.")]
     rest = [p for n, p in named if not n.startswith("scale_regressors.")]
-    groups = [{"params": rest}] if rest else []
+    groups: list[dict[str, Any]] = [{"params": rest}] if rest else []
     if scale:
         groups.append({"params": scale, "lr": cfg.lr * cfg.scale_lr_mult})
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -120,11 +121,12 @@ def make_train_loader(
     nothing and skips nothing, whatever the number of workers.
     """
     local_batch = cfg.batch_size // ctx.world_size
-    sampler = ResumableSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, seed=cfg.seed)
+    samples = SeededSamples(dataset)
+    sampler = ResumableSampler(samples, num_replicas=ctx.world_size, rank=ctx.rank, seed=cfg.seed)
     sampler.set_position(epoch, skip_batches * local_batch)
     generator = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
     return DataLoader(
-        SeededSamples(dataset),
+        samples,
         batch_size=local_batch,
         sampler=sampler,
         num_workers=cfg.workers,
@@ -139,7 +141,7 @@ def _val_loader(cfg: TrainConfig, dataset: SegmentationDataset, ctx: DistContext
     # Images may differ in size, so one per batch; shards without padding so no image counts twice.
     shard = list(range(ctx.rank, len(dataset), ctx.world_size))
     return DataLoader(
-        torch.utils.data.Subset(dataset, shard),
+        torch.utils.data.Subset(torch_dataset(dataset), shard),
         batch_size=1,
         num_workers=min(cfg.workers, 2),
         pin_memory=ctx.device.type == "cuda",

@@ -6,11 +6,11 @@ from collections.abc import Sequence
 
 __all__ = ["IntOrPair", "pair"]
 
-#: A size or step: one int for both dimensions, or ``(h, w)``.
-IntOrPair = int | tuple[int, int]
+#: A size or step: one int for both dimensions, or ``(h, w)`` (a tuple, or a list as YAML configs give it).
+IntOrPair = int | Sequence[int]
 
 
-def pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+def pair(value: IntOrPair, name: str) -> tuple[int, int]:
     """``value`` as ``(h, w)``; ValueError naming ``name`` unless it is an int or two ints."""
     if isinstance(value, int):
         return value, value

@@ -96,7 +96,7 @@ def add_legend(
 
     font = ImageFont.load_default()
     _, top, _, bottom = font.getbbox("Ag")
-    text_h = bottom - top
+    text_h = int(bottom - top)
     swatch, gap, pad = text_h + 2, 4, 4
     row_h = swatch + pad
     width = picture.shape[1]
