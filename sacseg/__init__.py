@@ -14,7 +14,7 @@ __all__ = ["Segmenter", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    # Loaded on first use: `import sacseg` (and so `sacseg --help`) does not import torch.
+    # Loaded on first use: `import sacseg` does not import torch.
     if name == "Segmenter":
         from sacseg.evaluation.segmenter import Segmenter
 

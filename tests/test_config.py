@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import typing
 from pathlib import Path
 
 import pytest
@@ -107,3 +109,23 @@ def test_window_sizes_are_an_int_or_height_and_width() -> None:
     assert config_from_dict(dataclasses.asdict(cfg)) == cfg  # as saved into checkpoints
     with pytest.raises(ValueError, match=r"'eval_crop_size' must be int or a list \[H, W\] of two ints or null"):
         apply_overrides(cfg, ["eval_crop_size=[1, 2, 3]"])
+
+
+@pytest.mark.parametrize(
+    ("key", "owner"),
+    [
+        ("upsample", "sacseg.models.fcn.UpsampleMode"),
+        ("scale_bound", "sacseg.nn.sac.ScaleBound"),
+        ("eval_mode", "sacseg.models.inference.InferenceMode"),
+        ("device", "sacseg.utils.device.DeviceName"),
+        ("schedule", "sacseg.config.Schedule"),
+    ],
+)
+def test_choices_are_the_owners_literal_types(key: str, owner: str) -> None:
+    module, _, name = owner.rpartition(".")
+    choices = typing.get_args(getattr(importlib.import_module(module), name))
+    for value in choices:  # every value the owner accepts is a valid config value...
+        assert getattr(config_from_dict({"iterations": 1, key: value, "eval_crop_size": 8}), key) == value
+    # ...and the message for any other lists exactly those.
+    with pytest.raises(ValueError, match=f"config key '{key}' must be one of {', '.join(choices)}, got 'other'"):
+        config_from_dict({"iterations": 1, key: "other"})

@@ -162,6 +162,9 @@ def test_a_whole_eval_run_loads_neither_the_training_loop_nor_tensorboard(
     assert out.is_file()  # the evaluation ran to its end
     assert "sacseg.evaluation.evaluate" in modules and "sacseg.factory" in modules
     assert _training_stack(modules) == []
+    # Nor any other extra's package: `pip install sacseg` evaluates.
+    extras = {"tensorboard", "matplotlib", "cityscapesscripts", "onnx", "onnxruntime"}
+    assert sorted(m for m in modules if m.split(".")[0] in extras) == []
 
 
 def test_a_training_run_does_load_them(two_step_settings: dict[str, Any], tmp_path: Path) -> None:

@@ -433,7 +433,7 @@ def _fit(cfg: TrainConfig, run: _Run, ctx: DistContext, out_dir: Path, revision:
                 monitor.step(run.iteration, loss, lr, cfg.batch_size / max(time.perf_counter() - tick, 1e-9), scales)
                 if _due(cfg.val_every, run):
                     _validate(cfg, run, ctx, val_loader, monitor, checkpointer)
-                if _due(cfg.checkpoint_every, run) and ctx.is_main:
+                if _due(cfg.checkpoint_every, run):
                     checkpointer.save("last.pt")
                     monitor.resume_timing()
                 if run.iteration >= run.total:
@@ -476,19 +476,20 @@ def _validate(
     monitor.validation(run.last_metrics, unwrap(run.model), run.val_set, run.iteration)
     if run.last_metrics["miou"] > run.best:
         run.best = run.last_metrics["miou"]
-        if ctx.is_main:
-            checkpointer.save("best.pt")
+        checkpointer.save("best.pt")
     monitor.resume_timing()
 
 
 class _Checkpointer:
-    """Writes the run's state into its folder (rank 0 only), as ``save_checkpoint`` records it."""
+    """Writes the run's state into its folder, as ``save_checkpoint`` records it; only where ``active`` (rank 0)."""
 
     def __init__(self, cfg: TrainConfig, run: _Run, out_dir: Path, revision: str, active: bool) -> None:
         self.run, self.out_dir, self.revision, self.active = run, out_dir, revision, active
         self.config = dataclasses.asdict(cfg)
 
     def save(self, name: str) -> None:
+        if not self.active:
+            return
         run = self.run
         save_checkpoint(
             self.out_dir / name, model=unwrap(run.model), optimizer=run.optimizer, scheduler=run.scheduler,
