@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -41,11 +41,12 @@ class DatasetBuilder(NamedTuple):
     build: Callable[[TrainConfig, str, JointTransform, bool], SegmentationDataset]
 
 
-def _class_labels(kind: Any) -> Callable[[TrainConfig], tuple[tuple[str, ...], Tensor]]:
-    return lambda cfg: (tuple(kind.classes), kind.palette)
+def _fixed_labels(classes: Sequence[str], palette: Tensor) -> Callable[[TrainConfig], tuple[tuple[str, ...], Tensor]]:
+    """The labels of a data set whose classes are its own (class attributes), whatever the config."""
+    return lambda cfg: (tuple(classes), palette)
 
 
-def _on_disk(kind: Any) -> Callable[[TrainConfig, str, JointTransform, bool], SegmentationDataset]:
+def _on_disk(kind: Callable[..., SegmentationDataset]) -> Callable[[TrainConfig, str, JointTransform, bool], SegmentationDataset]:
     """A data set read from ``data_root`` as ``kind(root, split, transforms=...)``."""
     return lambda cfg, split, transforms, training: kind(cfg.data_root, split, transforms=transforms)
 
@@ -98,11 +99,11 @@ def _folder(cfg: TrainConfig, split: str, transforms: JointTransform, training: 
 
 #: The config key ``dataset``'s values (those of ``sacseg.data.DATASETS``) and how each is built.
 DATASET_BUILDERS: dict[str, DatasetBuilder] = {
-    "cityscapes": DatasetBuilder(_class_labels(Cityscapes), _on_disk(Cityscapes)),
-    "ade20k": DatasetBuilder(_class_labels(ADE20K), _on_disk(ADE20K)),
-    "camvid": DatasetBuilder(_class_labels(CamVid), _on_disk(CamVid)),
+    "cityscapes": DatasetBuilder(_fixed_labels(Cityscapes.classes, Cityscapes.palette), _on_disk(Cityscapes)),
+    "ade20k": DatasetBuilder(_fixed_labels(ADE20K.classes, ADE20K.palette), _on_disk(ADE20K)),
+    "camvid": DatasetBuilder(_fixed_labels(CamVid.classes, CamVid.palette), _on_disk(CamVid)),
     "folder": DatasetBuilder(_folder_labels, _folder),
-    "scale_scenes": DatasetBuilder(_class_labels(ScaleScenes), _scale_scenes),
+    "scale_scenes": DatasetBuilder(_fixed_labels(ScaleScenes.classes, ScaleScenes.palette), _scale_scenes),
 }
 
 

@@ -10,19 +10,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from sacseg.utils.pair import IntOrPair, pair
+from sacseg.utils.pair import IntOrPair, positive_pair
 
 __all__ = ["InferenceMode", "predict", "predict_labels", "predict_with_scales"]
 
 #: Whole images, or sliding windows of ``crop_size`` every ``stride`` pixels.
 InferenceMode = Literal["whole", "slide"]
-
-
-def _positive_pair(value: IntOrPair, name: str) -> tuple[int, int]:
-    size = pair(value, name)
-    if min(size) < 1:
-        raise ValueError(f"{name} must be positive, got {value!r}")
-    return size
 
 
 def _forward(model: nn.Module, images: Tensor) -> dict[str, Any]:
@@ -97,8 +90,8 @@ def predict(
     if mode == "slide":
         if crop_size is None:
             raise ValueError("mode='slide' needs crop_size")
-        crop = _positive_pair(crop_size, "crop_size")
-        step = crop if stride is None else _positive_pair(stride, "stride")
+        crop = positive_pair(crop_size, "crop_size")
+        step = crop if stride is None else positive_pair(stride, "stride")
         if step[0] > crop[0] or step[1] > crop[1]:
             raise ValueError(f"stride {step} exceeds crop_size {crop}: the windows would leave gaps")
     if not scales or any(not s > 0 for s in scales):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["IntOrPair", "pair"]
+__all__ = ["IntOrPair", "pair", "positive_pair"]
 
 #: A size or step: one int for both dimensions, or ``(h, w)`` (a tuple, or a list as YAML configs give it).
 IntOrPair = int | Sequence[int]
@@ -17,3 +17,11 @@ def pair(value: IntOrPair, name: str) -> tuple[int, int]:
     if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
         return int(value[0]), int(value[1])
     raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+def positive_pair(value: IntOrPair, name: str) -> tuple[int, int]:
+    """``pair(value, name)`` of sizes ``>= 1``; ValueError naming ``name`` otherwise."""
+    size = pair(value, name)
+    if min(size) < 1:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return size

@@ -11,7 +11,7 @@ import torch
 
 from sacseg.utils.device import resolve_device
 from sacseg.utils.optional import MissingExtraError, import_optional
-from sacseg.utils.pair import pair
+from sacseg.utils.pair import pair, positive_pair
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,3 +64,9 @@ def test_every_optional_import_names_an_extra_of_pyproject_that_dev_installs() -
     for module, extra, path in imports:
         assert extra in extras, f"{path}: import_optional({module!r}) names extra {extra!r}, not in pyproject.toml"
         assert extra in dev, f"the dev extra does not install sacseg[{extra}]"
+
+
+def test_positive_pair_refuses_empty_sizes() -> None:
+    assert positive_pair([4, 2], "crop_size") == (4, 2)
+    with pytest.raises(ValueError, match=r"crop_size must be positive, got \(0, 2\)"):
+        positive_pair((0, 2), "crop_size")
