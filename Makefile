@@ -5,13 +5,26 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-slow demo bench study-scalescenes study-camvid results clean
+.PHONY: lint format test test-slow demo bench study-scalescenes study-camvid results clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# Checks that change nothing: ruff's lint rules and formatting, mypy's types, clang-format's C++ style.
+lint: $(STAMP)
+	$(BIN)/ruff check sacseg tests benchmarks
+	$(BIN)/ruff format --check sacseg tests benchmarks
+	$(BIN)/mypy sacseg
+	$(BIN)/clang-format --dry-run --Werror sacseg/ops/*.cpp
+
+# Rewrites the code as `make lint` wants it: ruff's safe fixes and formatting, clang-format.
+format: $(STAMP)
+	$(BIN)/ruff check --fix sacseg tests benchmarks
+	$(BIN)/ruff format sacseg tests benchmarks
+	$(BIN)/clang-format -i sacseg/ops/*.cpp
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -22,10 +22,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from sacseg.engine.checkpoint import load_checkpoint, load_trained_model
-from sacseg.engine.config import config_from_dict
-from sacseg.engine.io import atomic_open
-from sacseg.engine.train import git_revision, train
+from sacseg.checkpoint import load_checkpoint
+from sacseg.factory import load_trained_model
+from sacseg.config import config_from_dict
+from sacseg.utils.io import atomic_open
+from sacseg.training.train import git_revision, train
 
 __all__ = [
     "Job",

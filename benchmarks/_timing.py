@@ -17,11 +17,11 @@ __all__ = [
     "autocast",
     "device_from_args",
     "device_name",
+    "medians",
     "ms",
     "peak_bytes",
     "precision",
     "round_robin",
-    "medians",
     "sync",
     "timed",
 ]

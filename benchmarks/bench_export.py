@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from sacseg.engine.onnx_export import export_onnx
+from sacseg.export.onnx_export import export_onnx
 from sacseg.models import MODELS, build_model
 
 

@@ -47,7 +47,7 @@ from torchvision.ops import deform_conv2d
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from benchmarks._timing import (  # noqa: E402
+from benchmarks._timing import (
     DTYPES,
     add_device_arguments,
     autocast,
@@ -59,7 +59,7 @@ from benchmarks._timing import (  # noqa: E402
     precision,
     round_robin,
 )
-from sacseg.ops import SAC_IMPLEMENTATIONS, sac_conv2d  # noqa: E402
+from sacseg.ops import SAC_IMPLEMENTATIONS, sac_conv2d
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,7 @@ def _table(rows: list[dict]) -> str:
         b = base.get(r["shape"])
 
         def ratio(key: str) -> str:
-            return f"{r[key] / b[key]:7.2f}" if b and b[key] > 0 else f"{'-':>7}"
+            return f"{r[key] / b[key]:7.2f}" if b and b[key] > 0 else f"{'-':>7}"  # noqa: B023 (called in this iteration)
 
         lines.append(
             f"{r['shape']:<16} {r['op']:<16} {ms(r['fwd'])} {ratio('fwd')} {ms(r['fwd+bwd'])} "

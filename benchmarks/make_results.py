@@ -21,7 +21,7 @@ from typing import Any
 from benchmarks._study import format_table, number_stat
 from benchmarks.study_camvid import table as camvid_table
 from benchmarks.study_scalescenes import BUCKETS, summary_table
-from sacseg.engine.io import atomic_open
+from sacseg.utils.io import atomic_open
 
 # The paper's own numbers (Zhang et al., ICCV 2017), ResNet-101 pre-trained on ImageNet; MS: multi-scale fusion.
 PAPER_TABLE1: tuple[tuple[str, str], ...] = (

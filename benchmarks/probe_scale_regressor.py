@@ -9,15 +9,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sacseg.engine.config import config_from_dict
-from sacseg.engine.demo import DEMO_SETTINGS
-from sacseg.engine.distributed import DistContext
-from sacseg.engine.evaluate import evaluate
-from sacseg.engine.train import (
-    IGNORE_INDEX,
+from sacseg.config import config_from_dict
+from sacseg.training.demo import DEMO_SETTINGS
+from sacseg.training.distributed import DistContext
+from sacseg.evaluation.evaluate import evaluate
+from sacseg.data import IGNORE_INDEX
+from sacseg.factory import build_datasets, build_model_from_config
+from sacseg.training.train import (
     _val_loader,
-    build_datasets,
-    build_model_from_config,
     build_optimizer,
     build_scheduler,
     make_train_loader,

@@ -42,8 +42,8 @@ from benchmarks._study import (
 )  # fmt: skip
 from sacseg.data import CamVid
 from sacseg.data.camvid import CLASSES
-from sacseg.engine.evaluate import evaluate
-from sacseg.engine.inference import predict_with_scales
+from sacseg.evaluation.evaluate import evaluate
+from sacseg.models.inference import predict_with_scales
 from sacseg.viz import colorize, denormalize, save_report_grid
 
 NUM_CLASSES = len(CLASSES)

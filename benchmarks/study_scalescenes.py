@@ -47,8 +47,8 @@ from benchmarks._study import (
     Job, format_table, load_trained, mean_std, number_stat, pct_stat, run_jobs, run_record, train_and_load, write_json,
 )  # fmt: skip
 from sacseg.data import ScaleScenes
-from sacseg.engine.inference import predict_with_scales
-from sacseg.engine.metrics import ConfusionMatrix
+from sacseg.models.inference import predict_with_scales
+from sacseg.evaluation.metrics import ConfusionMatrix
 from sacseg.viz import colorize, denormalize, save_report_grid
 
 MODELS: dict[str, str] = {

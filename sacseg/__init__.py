@@ -14,9 +14,9 @@ __all__ = ["Segmenter", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    # Loaded on first use: `import sacseg` (and so `sacseg --help`) does not import torch.
+    # Loaded on first use: `import sacseg` does not import torch.
     if name == "Segmenter":
-        from sacseg.engine.segmenter import Segmenter
+        from sacseg.evaluation.segmenter import Segmenter
 
         return Segmenter
     raise AttributeError(f"module 'sacseg' has no attribute {name!r}")

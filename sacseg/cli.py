@@ -1,9 +1,10 @@
-"""The ``sacseg`` command line: one sub-command per job, each a thin function over ``sacseg.engine``."""
+"""The ``sacseg`` command line: one sub-command per job, each a thin function over the library."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,15 +12,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torch import nn
 
-    from sacseg.engine.config import TrainConfig
+    from sacseg.config import TrainConfig
+    from sacseg.utils.pair import IntOrPair
 
-# Sub-commands import their engine module when they run: `sacseg --help` and a command that
-# does not train need not load TensorBoard and the training stack.
+# Sub-commands import what they run when they run: a command that does not train loads neither
+# TensorBoard nor the training loop (a test checks `sacseg eval`).
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from sacseg.engine.config import apply_overrides, load_config
-    from sacseg.engine.train import NonFiniteLossError, train
+    from sacseg.config import apply_overrides, load_config
+    from sacseg.training.train import NonFiniteLossError, train
 
     overrides = list(args.set) + ([f"out_dir={args.out}"] if args.out is not None else [])
     cfg = apply_overrides(load_config(args.config), overrides)
@@ -40,7 +42,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from sacseg.engine.demo import run_demo
+    from sacseg.training.demo import run_demo
 
     report = run_demo(args.out, iterations=args.iterations, seed=args.seed, test_images=args.test_images)
     print(f"report: {report}")
@@ -51,15 +53,15 @@ def _trained_model(args: argparse.Namespace, overrides: list[str]) -> tuple[nn.M
     """The checkpoint's model and the run's config: ``--config`` (else the checkpoint's) with ``overrides``."""
     import torch
 
-    from sacseg.engine.segmenter import load_model_and_config
+    from sacseg.evaluation.segmenter import load_model_and_config
+    from sacseg.utils.device import resolve_device
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: CUDA is not available here; use --device cpu (or auto)")
+    device = resolve_device(args.device, f"--device {args.device}")
 
     def report(note: str) -> None:
         print(f"sacseg {args.command}: {note}", file=sys.stderr)
 
-    model, cfg = load_model_and_config(args.checkpoint, args.device, args.config, overrides, report=report)
+    model, cfg = load_model_and_config(args.checkpoint, device, args.config, overrides, report=report)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     return model, cfg
@@ -77,9 +79,9 @@ def _size(values: list[int] | None, flag: str) -> int | tuple[int, int] | None:
 def _inference_options(args: argparse.Namespace, cfg: TrainConfig) -> dict[str, Any]:
     """``predict``'s keyword arguments: the command line's, else the config's ``eval_*`` keys."""
     mode = args.mode if args.mode is not None else cfg.eval_mode
-    crop_size = _size(args.crop_size, "--crop-size")
+    crop_size: IntOrPair | None = _size(args.crop_size, "--crop-size")
     crop_size = crop_size if crop_size is not None else cfg.eval_crop_size
-    stride = _size(args.stride, "--stride")
+    stride: IntOrPair | None = _size(args.stride, "--stride")
     stride = stride if stride is not None else cfg.eval_stride
     if mode == "slide" and crop_size is None:
         raise ValueError("--mode slide needs --crop-size (or config key eval_crop_size)")
@@ -89,9 +91,10 @@ def _inference_options(args: argparse.Namespace, cfg: TrainConfig) -> dict[str, 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
-    from sacseg.engine.evaluate import evaluate
-    from sacseg.engine.metrics import format_results, save_results_json
-    from sacseg.engine.train import build_eval_dataset
+    from sacseg.data.protocol import torch_dataset
+    from sacseg.evaluation.evaluate import evaluate
+    from sacseg.evaluation.metrics import format_results, save_results_json
+    from sacseg.factory import build_eval_dataset
 
     overrides = list(args.set) + ([f"data_root={args.data_root}"] if args.data_root is not None else [])
     model, cfg = _trained_model(args, overrides)
@@ -100,9 +103,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if out.is_dir():  # found now, not after minutes of evaluation
         raise ValueError(f"--out {out} is a folder; give the results file to write")
     dataset = build_eval_dataset(cfg, split)
-    classes, count = dataset.classes, len(dataset)  # type: ignore[attr-defined, arg-type]
+    classes, count = dataset.classes, len(dataset)
     options = _inference_options(args, cfg)
-    loader = DataLoader(dataset, batch_size=1, num_workers=min(cfg.workers, 2))  # images may differ in size
+    loader = DataLoader(torch_dataset(dataset), batch_size=1, num_workers=min(cfg.workers, 2))  # images may differ in size
     results = evaluate(model, loader, cfg.num_classes, **options, progress=True).compute()
     meta = {
         "checkpoint": str(args.checkpoint), "model": cfg.model, "dataset": cfg.dataset, "data_root": cfg.data_root,
@@ -130,12 +133,18 @@ def _describe(options: dict[str, Any]) -> str:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from sacseg.engine.predict_files import find_images, predict_files
+    from sacseg.evaluation.predict_files import find_images, predict_files
 
     paths = find_images(args.inputs, out_dir=args.out)
     model, cfg = _trained_model(args, list(args.set))
     written = predict_files(
-        model, cfg, paths, args.out, fmt=args.format, **_inference_options(args, cfg), progress=True,
+        model,
+        cfg,
+        paths,
+        args.out,
+        fmt=args.format,
+        **_inference_options(args, cfg),
+        progress=True,
         legend=not args.no_legend,
     )
     print(f"{len(written)} files for {len(paths)} images in {args.out}")
@@ -143,8 +152,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from sacseg.engine.onnx_export import export_onnx
-    from sacseg.engine.segmenter import Segmenter
+    from sacseg.evaluation.segmenter import Segmenter
+    from sacseg.export.onnx_export import export_onnx
 
     model, cfg = _trained_model(args, list(args.set))
     metadata = Segmenter(model, cfg).metadata()  # classes, palette, normalisation for the deployed file
@@ -161,7 +170,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_cityscapes_eval(args: argparse.Namespace) -> int:
-    from sacseg.engine.cityscapes_eval import RESULT_FILE, cityscapes_official_eval, format_official_results
+    from sacseg.evaluation.cityscapes_eval import RESULT_FILE, cityscapes_official_eval, format_official_results
 
     try:
         results = cityscapes_official_eval(
@@ -208,11 +217,15 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by sacseg train (best.pt, last.pt)")
     parser.add_argument("--config", default=None,
                         help="YAML config for the data and inference keys (default: the one stored in the checkpoint)")  # fmt: skip
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when available")
+    from sacseg.utils.device import DeviceName
+
+    parser.add_argument("--device", choices=typing.get_args(DeviceName), default="auto", help="auto: CUDA when available")
 
 
 def _add_inference_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mode", choices=("whole", "slide"), default=None, help="default: config key eval_mode")
+    from sacseg.models.inference import InferenceMode
+
+    parser.add_argument("--mode", choices=typing.get_args(InferenceMode), default=None, help="default: config key eval_mode")
     parser.add_argument("--crop-size", type=int, nargs="+", default=None, metavar="N",
                         help="window size for --mode slide: N (square) or H W, e.g. 512 1024 "
                              "(default: config key eval_crop_size)")  # fmt: skip
@@ -238,10 +251,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("predict", help="predict image files: colour PNGs, overlays, scale heat maps, "
                                             "class-index PNGs or Cityscapes labelIds")  # fmt: skip
+    from sacseg.evaluation.predict_files import PredictionFormat
+
     _add_model_args(parser)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched for images")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--format", choices=("color", "index", "cityscapes"), default="color",
+    parser.add_argument("--format", choices=typing.get_args(PredictionFormat), default="color",
                         help="color: pictures; index: class-index PNGs (<stem>_index.png); "
                              "cityscapes: labelId PNGs for the official evaluator")  # fmt: skip
     parser.add_argument("--no-legend", action="store_true",
@@ -315,9 +330,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sacseg.utils.optional import MissingExtraError
+
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError) as err:  # OSError: files that cannot be read or written, a timeout
+    except (ValueError, OSError, MissingExtraError) as err:  # OSError: files not read or written, a timeout
         parser.exit(2, f"sacseg {args.command}: error: {err}\n")

@@ -1,16 +1,76 @@
-"""Shared test fixtures: the location of the real data samples, real images, real batch-norm statistics."""
+"""Shared test fixtures: the real data samples, real images and batch-norm statistics, the tiny training run, one torch thread."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from sacseg.config import TrainConfig, config_from_dict
+
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+# Tiny and augmentation-free (two whole 64x64 scenes per batch): a few steps must lower the loss.
+_TINY: dict[str, Any] = {
+    "model": "fcn_resnet18",
+    "num_classes": 7,
+    "backbone_weights": None,
+    "dataset": "scale_scenes",
+    "scale_scenes_train_images": 2,
+    "scale_scenes_val_images": 1,
+    "scale_scenes_size": 64,
+    "crop_size": 64,
+    "scale_min": 1.0,
+    "scale_max": 1.0,
+    "flip": False,
+    "batch_size": 2,
+    "iterations": 4,
+    "lr": 0.01,
+    "schedule": "poly",
+    "workers": 0,
+    "amp": False,
+    "device": "cpu",
+    "val_every": 4,
+    "checkpoint_every": 1,
+    "log_every": 1,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_settings() -> dict[str, Any]:
+    """The keys of the tiny CPU training run (a fresh copy per session: change a copy of it)."""
+    return dict(_TINY)
+
+
+@pytest.fixture(scope="session")
+def two_step_settings(tiny_settings: dict[str, Any]) -> dict[str, Any]:
+    """The tiny run for the command line: two iterations validated at the end, a checkpoint at each."""
+    return {**tiny_settings, "iterations": 2, "val_every": 2, "threads": 1, "out_dir": "unused"}
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_settings: dict[str, Any]) -> Callable[..., TrainConfig]:
+    """``tiny_config(out_dir, **overrides)``: the tiny CPU config writing to ``out_dir``, with ``overrides``."""
+
+    def make(out_dir: Path, **overrides: Any) -> TrainConfig:
+        return config_from_dict(dict(tiny_settings, out_dir=str(out_dir), **overrides), source="test")
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def single_thread() -> Iterator[None]:
+    """One torch thread for a test module: two OpenMP threads on a busy 2-core machine spin against
+    each other, and training steps get 10-30x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

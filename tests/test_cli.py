@@ -5,22 +5,19 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-import engine.train_helpers
 import sacseg
+from sacseg.checkpoint import load_checkpoint
 from sacseg.cli import _build_parser, main
-from sacseg.engine.checkpoint import load_checkpoint
-from sacseg.engine.config import config_from_dict, save_config
-
-# The training tests' tiny run (tests/engine/train_helpers.py), two iterations, validated at the end.
-TINY = {**engine.train_helpers.TINY, "iterations": 2, "val_every": 2, "threads": 1, "out_dir": "unused"}
+from sacseg.config import config_from_dict, save_config
 
 
-def test_train_then_resume_auto(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    save_config(config_from_dict(TINY), tmp_path / "tiny.yaml")
+def test_train_then_resume_auto(two_step_settings: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    save_config(config_from_dict(two_step_settings), tmp_path / "tiny.yaml")
     out = tmp_path / "run"
     threads = torch.get_num_threads()
     assert main(["train", "--config", str(tmp_path / "tiny.yaml"), "--out", str(out), "--set", f"threads={threads + 1}"]) == 0
@@ -43,9 +40,9 @@ def test_train_then_resume_auto(tmp_path: Path, capsys: pytest.CaptureFixture[st
     ],
 )
 def test_errors_name_the_key_or_file(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+    two_step_settings: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
 ) -> None:
-    save_config(config_from_dict(TINY), tmp_path / "tiny.yaml")
+    save_config(config_from_dict(two_step_settings), tmp_path / "tiny.yaml")
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--config", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "run"), *extra])
     assert exit_info.value.code == 2
@@ -91,9 +88,7 @@ def test_every_option_states_its_default() -> None:
 
 
 @pytest.mark.parametrize("flag", ["--iterations", "--test-images"])
-def test_demo_names_the_argument_given_before_training(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str
-) -> None:
+def test_demo_names_the_argument_given_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["demo", flag, "0", "--out", str(tmp_path / "demo")])
     assert exit_info.value.code == 2

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch.utils.data import Dataset
-
+from ._base import index_palette
 from .ade20k import ADE20K
 from .camvid import CamVid
 from .cityscapes import Cityscapes, train_id_to_label_id
 from .folder import SegmentationFolder
+from .protocol import SegmentationDataset
 from .scale_scenes import ScaleScenes
 from .transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, eval_transforms, train_transforms
 
-DATASETS: dict[str, type[Dataset]] = {
+DATASETS: dict[str, type[SegmentationDataset]] = {
     "cityscapes": Cityscapes,
     "ade20k": ADE20K,
     "camvid": CamVid,
@@ -22,7 +22,7 @@ DATASETS: dict[str, type[Dataset]] = {
 }
 
 
-def build_dataset(name: str, **kwargs: Any) -> Dataset:
+def build_dataset(name: str, **kwargs: Any) -> SegmentationDataset:
     """``DATASETS[name](**kwargs)``; an unknown name raises KeyError listing the valid ones."""
     if name not in DATASETS:
         raise KeyError(f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASETS))}")
@@ -30,6 +30,19 @@ def build_dataset(name: str, **kwargs: Any) -> Dataset:
 
 
 __all__ = [
-    "ADE20K", "CamVid", "Cityscapes", "DATASETS", "IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD",
-    "SegmentationFolder", "ScaleScenes", "build_dataset", "eval_transforms", "train_id_to_label_id", "train_transforms",
+    "ADE20K",
+    "DATASETS",
+    "IGNORE_INDEX",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "CamVid",
+    "Cityscapes",
+    "ScaleScenes",
+    "SegmentationDataset",
+    "SegmentationFolder",
+    "build_dataset",
+    "eval_transforms",
+    "index_palette",
+    "train_id_to_label_id",
+    "train_transforms",
 ]

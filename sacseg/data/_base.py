@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .transforms import IGNORE_INDEX, JointTransform, eval_transforms
+from sacseg.utils.io import IMAGE_SUFFIXES, read_image
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+from .transforms import IGNORE_INDEX, JointTransform, eval_transforms
 
 
 def require_dir(path: Path, what: str) -> Path:
@@ -72,33 +72,6 @@ def pair_files(
 
 def _some(paths: Sequence[Path], n: int = 3) -> str:
     return ", ".join(str(p) for p in paths[:n]) + (", ..." if len(paths) > n else "")
-
-
-def read_image(path: Path) -> Image.Image:
-    """Decode an image fully (so truncation is detected here) as 8-bit RGB; errors name the file.
-
-    16-bit greyscale (PIL modes ``I;16*``, and ``I`` holding values in 0..65535, as 16-bit PNGs
-    and TIFFs decode) is scaled to 0..255 (``/ 257``): PIL's own conversion clips it, which turns
-    nearly every pixel white. Wider integer and floating-point images are refused.
-    """
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode.startswith("I") or img.mode == "F":
-                return _grey16_to_rgb(img)
-            return img.convert("RGB")
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ValueError(f"cannot read image file {path}: {exc}") from exc
-
-
-def _grey16_to_rgb(img: Image.Image) -> Image.Image:
-    array = np.asarray(img)
-    if img.mode == "F" or array.min() < 0 or array.max() > 65535:
-        raise ValueError(
-            f"PIL mode {img.mode} with values {array.min()}..{array.max()} is not an 8- or 16-bit image; "
-            "convert it to 8 or 16 bits per channel"
-        )
-    return Image.fromarray(np.rint(array / 257.0).astype(np.uint8)).convert("RGB")  # 65535 -> 255
 
 
 def read_label(path: Path) -> np.ndarray:

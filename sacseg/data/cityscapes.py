@@ -7,21 +7,45 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from cityscapesscripts.helpers.labels import labels as _CS_LABELS
 
 from ._base import PairedSegmentation, list_files, make_lut, pair_files, require_dir, suffix_key
 from .transforms import IGNORE_INDEX, JointTransform
 
-# The official table (cityscapesscripts) is the single source of truth; "license plate" has id -1 and
-# never occurs in labelIds images, so only ids 0..33 are known label values.
-_TRAIN_LABELS = sorted((l for l in _CS_LABELS if 0 <= l.trainId < IGNORE_INDEX), key=lambda l: l.trainId)
-CLASSES: tuple[str, ...] = tuple(l.name for l in _TRAIN_LABELS)
-PALETTE = torch.tensor([l.color for l in _TRAIN_LABELS], dtype=torch.uint8)
-LABEL_TO_TRAIN_ID: dict[int, int] = {l.id: (l.trainId if 0 <= l.trainId < IGNORE_INDEX else IGNORE_INDEX) for l in _CS_LABELS if l.id >= 0}
+# The 19 evaluated classes of the official table (cityscapesscripts' helpers/labels.py, which a test
+# compares against): (labelId, name, colour) in trainId order. Every other labelId 0..33 is ignored;
+# "license plate" has id -1 and never occurs in labelIds images. Copied so that the data set does not
+# need the evaluation scripts installed.
+_TRAIN_LABELS: tuple[tuple[int, str, tuple[int, int, int]], ...] = (
+    (7, "road", (128, 64, 128)),
+    (8, "sidewalk", (244, 35, 232)),
+    (11, "building", (70, 70, 70)),
+    (12, "wall", (102, 102, 156)),
+    (13, "fence", (190, 153, 153)),
+    (17, "pole", (153, 153, 153)),
+    (19, "traffic light", (250, 170, 30)),
+    (20, "traffic sign", (220, 220, 0)),
+    (21, "vegetation", (107, 142, 35)),
+    (22, "terrain", (152, 251, 152)),
+    (23, "sky", (70, 130, 180)),
+    (24, "person", (220, 20, 60)),
+    (25, "rider", (255, 0, 0)),
+    (26, "car", (0, 0, 142)),
+    (27, "truck", (0, 0, 70)),
+    (28, "bus", (0, 60, 100)),
+    (31, "train", (0, 80, 100)),
+    (32, "motorcycle", (0, 0, 230)),
+    (33, "bicycle", (119, 11, 32)),
+)
+_NUM_LABEL_IDS = 34
+CLASSES: tuple[str, ...] = tuple(name for _, name, _ in _TRAIN_LABELS)
+PALETTE = torch.tensor([colour for _, _, colour in _TRAIN_LABELS], dtype=torch.uint8)
+LABEL_TO_TRAIN_ID: dict[int, int] = dict.fromkeys(range(_NUM_LABEL_IDS), IGNORE_INDEX) | {
+    label_id: train_id for train_id, (label_id, _, _) in enumerate(_TRAIN_LABELS)
+}
 # Exported predictions: 255 (ignore / unknown) becomes labelId 0 "unlabeled", which evaluation ignores.
 VOID_LABEL_ID = 0
 _TRAIN_TO_LABEL = np.full(256, VOID_LABEL_ID, dtype=np.int64)
-_TRAIN_TO_LABEL[[l.trainId for l in _TRAIN_LABELS]] = [l.id for l in _TRAIN_LABELS]
+_TRAIN_TO_LABEL[: len(_TRAIN_LABELS)] = [label_id for label_id, _, _ in _TRAIN_LABELS]
 
 SPLITS = ("train", "val", "test")
 
@@ -43,7 +67,7 @@ class Cityscapes(PairedSegmentation):
     """``root/leftImg8bit/<split>/<city>/*_leftImg8bit.png`` with ``root/gtFine/<split>/<city>/*_gtFine_labelIds.png``.
 
     Targets are trainIds 0..18 (``CLASSES``) with every other labelId -> 255, through the official
-    cityscapesscripts table. ``split`` is "train", "val" or "test".
+    Cityscapes table. ``split`` is "train", "val" or "test".
     """
 
     # Class-level too, so that pictures of a trained model can be coloured without the data at hand.
@@ -60,7 +84,9 @@ class Cityscapes(PairedSegmentation):
         label_dir = require_dir(root / "gtFine" / split, "Cityscapes label")
         images = list_files(image_dir, _city_key(image_dir, "_leftImg8bit.png"), recursive=True)
         labels = list_files(label_dir, _city_key(label_dir, "_gtFine_labelIds.png"), recursive=True)
-        super().__init__(pair_files(images, labels, image_dir, label_dir), make_lut(LABEL_TO_TRAIN_ID), CLASSES, PALETTE, transforms)
+        super().__init__(
+            pair_files(images, labels, image_dir, label_dir), make_lut(LABEL_TO_TRAIN_ID), CLASSES, PALETTE, transforms
+        )
         self.root, self.split = root, split
 
 

@@ -39,31 +39,3 @@ class SegmentationFolder(PairedSegmentation):
         pairs = pair_files(list_files(image_dir, image_stem_key), list_files(mask_dir, image_stem_key), image_dir, mask_dir)
         lut = make_lut({**{k: k for k in range(len(classes))}, ignore_index: IGNORE_INDEX})
         super().__init__(pairs, lut, classes, palette if palette is not None else index_palette(len(classes)), transforms)
-
-    @classmethod
-    def with_layout(
-        cls,
-        images: str,
-        masks: str,
-        classes: Sequence[str],
-        palette: torch.Tensor | None = None,
-        ignore_index: int = IGNORE_INDEX,
-    ) -> type[SegmentationFolder]:
-        """A subclass built as the other data sets are, ``(root, split, transforms=None)``: images in
-        ``root / images.format(split=split)``, masks in ``root / masks.format(split=split)``.
-
-        Its ``classes`` and ``palette`` are class attributes, known before any folder is read (as
-        ``Cityscapes.classes`` is), so a trained model's pictures need no data on disk.
-        """
-        classes = tuple(classes)
-        colours = palette if palette is not None else index_palette(len(classes))
-
-        class _LaidOut(cls):  # type: ignore[valid-type, misc]
-            def __init__(self, root: str | Path, split: str, transforms: JointTransform | None = None) -> None:
-                root = Path(root)
-                super().__init__(root / images.format(split=split), root / masks.format(split=split), classes,
-                                 ignore_index, transforms, colours)  # fmt: skip
-
-        _LaidOut.classes, _LaidOut.palette = classes, colours  # type: ignore[attr-defined]
-        _LaidOut.__name__ = _LaidOut.__qualname__ = cls.__name__
-        return _LaidOut

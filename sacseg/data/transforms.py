@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,6 +11,8 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+
+from sacseg.utils.pair import IntOrPair, positive_pair
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -40,9 +42,7 @@ class RandomScale(v2.Transform):
         return {"size": [max(1, round(height * factor)), max(1, round(width * factor))]}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        return self._call_kernel(
-            F.resize, inpt, size=params["size"], interpolation=v2.InterpolationMode.BILINEAR, antialias=True
-        )
+        return self._call_kernel(F.resize, inpt, size=params["size"], interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
 
 
 class _Joint:
@@ -83,20 +83,12 @@ def _to_tv_tensors(image: ImageLike, label: ImageLike) -> tuple[tv_tensors.Image
     return tv_tensors.Image(image_t), tv_tensors.Mask(label_t)
 
 
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        size = (size, size)
-    if len(size) != 2 or any(int(s) <= 0 for s in size):
-        raise ValueError(f"crop_size must be a positive int or (h, w), got {size}")
-    return int(size[0]), int(size[1])
-
-
 def _to_normalised_float(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
     return [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True), v2.Normalize(mean, std)]
 
 
 def train_transforms(
-    crop_size: int | Sequence[int] = 500,
+    crop_size: IntOrPair = 500,
     scale_range: tuple[float, float] = (0.5, 1.5),
     flip: bool = True,
     mean: Sequence[float] = IMAGENET_MEAN,
@@ -110,7 +102,11 @@ def train_transforms(
     """
     steps: list[v2.Transform] = _to_normalised_float(mean, std)
     steps.append(RandomScale(scale_range))
-    steps.append(v2.RandomCrop(_pair(crop_size), pad_if_needed=True, fill={tv_tensors.Image: 0.0, tv_tensors.Mask: IGNORE_INDEX}))
+    steps.append(
+        v2.RandomCrop(
+            positive_pair(crop_size, "crop_size"), pad_if_needed=True, fill={tv_tensors.Image: 0.0, tv_tensors.Mask: IGNORE_INDEX}
+        )
+    )
     if flip:
         steps.append(v2.RandomHorizontalFlip(p=0.5))
     return _Joint(v2.Compose(steps))

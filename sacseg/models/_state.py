@@ -17,6 +17,4 @@ def check_state_dict(expected: Mapping[str, Tensor], state: Mapping[str, Tensor]
         if k in state and state[k].shape != v.shape
     ]
     if missing or unexpected or misshapen:
-        raise ValueError(
-            f"{message}: missing keys {missing}, unexpected keys {unexpected}, shape mismatches {misshapen}"
-        )
+        raise ValueError(f"{message}: missing keys {missing}, unexpected keys {unexpected}, shape mismatches {misshapen}")

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from sacseg.models.resnet import BasicBlock, Bottleneck
-from sacseg.nn import ScaleAdaptiveConv2d, ScaleRegressor
+from sacseg.nn import DEFAULT_MAX_SCALE, DEFAULT_MIN_SCALE, ScaleAdaptiveConv2d, ScaleRegressor
 from sacseg.ops.sac_conv import sac_output_size
 
 __all__ = ["SACStage", "sac_block", "sac_convert"]
@@ -47,10 +47,8 @@ def sac_block(block: nn.Module) -> BasicBlock | Bottleneck:
         elif not isinstance(conv, (nn.Conv2d, ScaleAdaptiveConv2d)):
             raise TypeError(f"{type(block).__name__}.{name} must be an nn.Conv2d, got {type(conv).__name__}")
         setattr(converted, name, conv)
-    for name in ("bn1", "bn2", "bn3")[: len(layers)]:
+    for name in (*("bn1", "bn2", "bn3")[: len(layers)], "relu", "downsample"):
         setattr(converted, name, getattr(block, name))
-    converted.relu = block.relu
-    converted.downsample = block.downsample
     return converted
 
 
@@ -60,7 +58,7 @@ def _output_size(block: BasicBlock | Bottleneck, size: tuple[int, int]) -> tuple
         conv = getattr(block, name, None)
         if conv is not None:
             geometry = (conv.kernel_size, conv.stride, conv.padding, conv.dilation)
-            size = sac_output_size(size, *(tuple(g) for g in geometry))  # type: ignore[arg-type]
+            size = sac_output_size(size, *(tuple(g) for g in geometry))
     return size
 
 
@@ -105,8 +103,8 @@ class SACStage(nn.Module):
 def sac_convert(
     model: nn.Module,
     stages: Sequence[str] = ("layer4",),
-    min_scale: float = 0.25,
-    max_scale: float = 4.0,
+    min_scale: float = DEFAULT_MIN_SCALE,
+    max_scale: float = DEFAULT_MAX_SCALE,
     init_std: float = 0.0,
 ) -> nn.Module:
     """Make the 3x3 convolutions of chosen stages of a ResNet-style ``model`` scale-adaptive, in place.
@@ -135,10 +133,12 @@ def sac_convert(
         if not isinstance(stage, nn.Sequential):
             raise TypeError(f"stage {path!r} must be an nn.Sequential of residual blocks, got {type(stage).__name__}")
         blocks = [sac_block(block) for block in stage]
-        weight = blocks[0].conv1.weight
-        regressor = ScaleRegressor(
-            blocks[0].conv1.in_channels, min_scale=min_scale, max_scale=max_scale, init_std=init_std
-        ).to(device=weight.device, dtype=weight.dtype)
+        first = blocks[0].conv1  # 3x3 (SAC) in a basic block, 1x1 in a bottleneck
+        assert isinstance(first, (nn.Conv2d, ScaleAdaptiveConv2d))
+        weight = first.weight
+        regressor = ScaleRegressor(first.in_channels, min_scale=min_scale, max_scale=max_scale, init_std=init_std).to(
+            device=weight.device, dtype=weight.dtype
+        )
         parent, _, name = path.rpartition(".")
         setattr(model.get_submodule(parent), name, SACStage(blocks, regressor))
     return model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
@@ -14,11 +15,13 @@ from torch.nn import functional as F
 
 from sacseg.models._state import check_state_dict
 from sacseg.models.resnet import DilatedResNet, load_backbone_weights
-from sacseg.nn import FrozenBatchNorm2d, ScaleAdaptiveConv2d, ScaleRegressor
+from sacseg.nn import DEFAULT_MAX_SCALE, DEFAULT_MIN_SCALE, FrozenBatchNorm2d, ScaleAdaptiveConv2d, ScaleBound, ScaleRegressor
 
 __all__ = ["MODELS", "DilatedFCN", "Upsample", "bilinear_kernel", "build_model", "load_baseline_and_freeze"]
 
 SacScheme = Literal["none", "single", "multiple"]
+#: How the logits are brought back to the input size (see :class:`Upsample`).
+UpsampleMode = Literal["deconv", "bilinear"]
 
 
 def bilinear_kernel(factor: int) -> Tensor:
@@ -44,10 +47,10 @@ class Upsample(nn.Module):
 
     weight: Tensor
 
-    def __init__(self, channels: int, factor: int, mode: Literal["deconv", "bilinear"] = "deconv") -> None:
+    def __init__(self, channels: int, factor: int, mode: UpsampleMode = "deconv") -> None:
         super().__init__()
-        if mode not in ("deconv", "bilinear"):
-            raise ValueError(f"upsample must be 'deconv' or 'bilinear', got {mode!r}")
+        if mode not in typing.get_args(UpsampleMode):
+            raise ValueError(f"upsample must be one of {', '.join(typing.get_args(UpsampleMode))}, got {mode!r}")
         self.channels, self.factor, self.mode = channels, factor, mode
         if mode == "deconv":
             kernel = bilinear_kernel(factor).expand(channels, 1, -1, -1).clone()
@@ -105,16 +108,16 @@ class DilatedFCN(nn.Module):
         num_classes: int,
         sac: SacScheme = "none",
         output_stride: int = 8,
-        upsample: Literal["deconv", "bilinear"] = "deconv",
+        upsample: UpsampleMode = "deconv",
         classifier_dilation: int | None = None,
-        min_scale: float = 0.25,
-        max_scale: float = 4.0,
+        min_scale: float = DEFAULT_MIN_SCALE,
+        max_scale: float = DEFAULT_MAX_SCALE,
         frozen_bn: bool = False,
-        scale_bound: str = "clip",
+        scale_bound: ScaleBound = "clip",
     ) -> None:
         super().__init__()
-        if sac not in ("none", "single", "multiple"):
-            raise ValueError(f"sac must be 'none', 'single' or 'multiple', got {sac!r}")
+        if sac not in typing.get_args(SacScheme):
+            raise ValueError(f"sac must be one of {', '.join(typing.get_args(SacScheme))}, got {sac!r}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         norm_layer = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
@@ -152,16 +155,17 @@ class DilatedFCN(nn.Module):
 def _checkpoint_state(checkpoint: str | Path | Mapping[str, object]) -> tuple[Mapping[str, Tensor], str]:
     """A state dict and a name for messages from a path, a state dict or a dict with a "model" key."""
     source = "the given state dict"
+    state: object = checkpoint
     if isinstance(checkpoint, (str, Path)):
         path = Path(checkpoint)
         if not path.is_file():
             raise FileNotFoundError(f"baseline checkpoint not found: {path}")
-        checkpoint, source = torch.load(path, map_location="cpu", weights_only=True), str(path)
-    if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("model"), Mapping):
-        checkpoint = checkpoint["model"]
-    if not isinstance(checkpoint, Mapping) or not all(isinstance(v, Tensor) for v in checkpoint.values()):
+        state, source = torch.load(path, map_location="cpu", weights_only=True), str(path)
+    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+        state = state["model"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{source} is neither a model state dict nor a dict with one under the key 'model'")
-    return checkpoint, source  # type: ignore[return-value]
+    return state, source
 
 
 def load_baseline_and_freeze(model: DilatedFCN, checkpoint: str | Path | Mapping[str, object]) -> DilatedFCN:
@@ -202,12 +206,12 @@ def _build(
     *,
     output_stride: int = 8,
     backbone_weights: str | Path | None = None,
-    upsample: Literal["deconv", "bilinear"] = "deconv",
+    upsample: UpsampleMode = "deconv",
     classifier_dilation: int | None = None,
     frozen_bn: bool = False,
     min_scale: float | None = None,
     max_scale: float | None = None,
-    scale_bound: str | None = None,
+    scale_bound: ScaleBound | None = None,
     baseline_checkpoint: str | Path | None = None,
 ) -> DilatedFCN:
     name = f"{'fcn' if sac == 'none' else 'sac_' + sac}_resnet{depth}"
@@ -220,8 +224,7 @@ def _build(
         raise TypeError(f"{name} has no scale-adaptive layers: options {given} apply to sac_* models only")
     if baseline_checkpoint is not None and backbone_weights is not None:
         raise ValueError(
-            "pass either backbone_weights or baseline_checkpoint: the baseline checkpoint replaces every "
-            "backbone weight"
+            "pass either backbone_weights or baseline_checkpoint: the baseline checkpoint replaces every backbone weight"
         )
     bounds = {
         k: v for k, v in (("min_scale", min_scale), ("max_scale", max_scale), ("scale_bound", scale_bound))
@@ -244,12 +247,12 @@ def _build(
     return model
 
 
+_SCHEMES: tuple[tuple[str, SacScheme], ...] = (("fcn", "none"), ("sac_single", "single"), ("sac_multiple", "multiple"))
+
 #: The paper's models by name: ``fcn_resnet{18,50,101}`` (baseline), ``sac_single_resnet*`` and
 #: ``sac_multiple_resnet*``. Each is called as ``builder(num_classes, **options)``.
 MODELS: dict[str, Callable[..., DilatedFCN]] = {
-    f"{prefix}_resnet{depth}": partial(_build, sac, depth)
-    for prefix, sac in (("fcn", "none"), ("sac_single", "single"), ("sac_multiple", "multiple"))
-    for depth in (18, 50, 101)
+    f"{prefix}_resnet{depth}": partial(_build, sac, depth) for prefix, sac in _SCHEMES for depth in (18, 50, 101)
 }
 
 
@@ -259,7 +262,7 @@ def build_model(name: str, num_classes: int, **options: object) -> DilatedFCN:
     Options (all keyword): ``output_stride`` (8 | 16, default 8), ``backbone_weights`` (None |
     ``"imagenet"`` | path of a torchvision resnet state dict), ``upsample`` (``"deconv"`` |
     ``"bilinear"``), ``classifier_dilation`` (default: res5's), ``frozen_bn`` (bool), and for
-    ``sac_*`` models only ``min_scale``, ``max_scale`` (default 0.25, 4.0), ``scale_bound``
+    ``sac_*`` models only ``min_scale``, ``max_scale`` (default ``DEFAULT_MIN_SCALE``, ``DEFAULT_MAX_SCALE``: 0.25, 4.0), ``scale_bound``
     (``"clip"`` | ``"smooth"``, see :class:`~sacseg.nn.ScaleRegressor`, default ``"clip"``) and
     ``baseline_checkpoint`` (a baseline state dict path: the "-only" schemes, see
     :func:`load_baseline_and_freeze`).

@@ -140,7 +140,7 @@ class ResStage(nn.Sequential):
     stage's output resolution when its blocks are SAC) -> ``[N, C_out, h, w]``.
     """
 
-    def forward(self, x: Tensor, scale: Tensor | None = None) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, scale: Tensor | None = None) -> Tensor:
         for block in self:
             x = block(x, scale)
         return x

@@ -24,6 +24,12 @@ class FrozenBatchNorm2d(nn.Module):
         ``[N, C, H, W]`` -> ``[N, C, H, W]``.
     """
 
+    weight: Tensor
+    bias: Tensor
+    running_mean: Tensor
+    running_var: Tensor
+    num_batches_tracked: Tensor
+
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.num_features = num_features
@@ -39,12 +45,10 @@ class FrozenBatchNorm2d(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, input: Tensor) -> Tensor:
-        return F.batch_norm(
-            input, self.running_mean, self.running_var, self.weight, self.bias, training=False, eps=self.eps
-        )
+        return F.batch_norm(input, self.running_mean, self.running_var, self.weight, self.bias, training=False, eps=self.eps)
 
     @classmethod
-    def from_batchnorm(cls, bn: nn.BatchNorm2d) -> "FrozenBatchNorm2d":
+    def from_batchnorm(cls, bn: nn.BatchNorm2d) -> FrozenBatchNorm2d:
         """A frozen copy of ``bn``'s affine parameters and running statistics."""
         if not bn.affine or not bn.track_running_stats:
             raise ValueError(f"only affine BatchNorm2d with running statistics can be frozen, got {bn}")

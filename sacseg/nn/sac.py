@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import math
+import typing
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from sacseg.ops.sac_conv import IntOrPair, _pair, sac_conv2d
+from sacseg.ops.sac_conv import sac_conv2d
+from sacseg.utils.pair import IntOrPair, pair
 
-__all__ = ["SCALE_BOUNDS", "ScaleAdaptiveConv2d", "ScaleRegressor"]
+__all__ = ["DEFAULT_MAX_SCALE", "DEFAULT_MIN_SCALE", "SCALE_BOUNDS", "ScaleAdaptiveConv2d", "ScaleBound", "ScaleRegressor"]
 
 #: How :class:`ScaleRegressor` bounds its output: the paper's ReLU + clip, or a calibrated sigmoid.
-SCALE_BOUNDS = ("clip", "smooth")
+ScaleBound = Literal["clip", "smooth"]
+SCALE_BOUNDS: tuple[str, ...] = typing.get_args(ScaleBound)
+#: The default range of the regressed scales (the config's ``min_scale`` / ``max_scale`` too).
+DEFAULT_MIN_SCALE = 0.25
+DEFAULT_MAX_SCALE = 4.0
 
 
 class ScaleAdaptiveConv2d(nn.Module):
@@ -40,12 +47,12 @@ class ScaleAdaptiveConv2d(nn.Module):
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.kernel_size = pair(kernel_size, "kernel_size")
         if self.kernel_size[0] % 2 == 0 or self.kernel_size[1] % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
-        self.stride = _pair(stride, "stride")
-        self.padding = _pair(padding, "padding")
-        self.dilation = _pair(dilation, "dilation")
+        self.stride = pair(stride, "stride")
+        self.padding = pair(padding, "padding")
+        self.dilation = pair(dilation, "dilation")
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self.reset_parameters()
@@ -59,7 +66,7 @@ class ScaleAdaptiveConv2d(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d) -> "ScaleAdaptiveConv2d":
+    def from_conv(cls, conv: nn.Conv2d) -> ScaleAdaptiveConv2d:
         """A SAC layer with ``conv``'s geometry and a copy of its parameters."""
         if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError(
@@ -69,10 +76,10 @@ class ScaleAdaptiveConv2d(nn.Module):
         sac = cls(
             conv.in_channels,
             conv.out_channels,
-            conv.kernel_size,  # type: ignore[arg-type]
-            conv.stride,  # type: ignore[arg-type]
-            conv.padding,  # type: ignore[arg-type]
-            conv.dilation,  # type: ignore[arg-type]
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
             bias=conv.bias is not None,
         ).to(device=conv.weight.device, dtype=conv.weight.dtype)
         sac.load_state_dict(conv.state_dict())
@@ -127,10 +134,10 @@ class ScaleRegressor(nn.Module):
         kernel_size: int = 3,
         stride: int = 1,
         dilation: int = 1,
-        min_scale: float = 0.25,
-        max_scale: float = 4.0,
+        min_scale: float = DEFAULT_MIN_SCALE,
+        max_scale: float = DEFAULT_MAX_SCALE,
         init_std: float = 0.0,
-        bound: str = "clip",
+        bound: ScaleBound = "clip",
     ) -> None:
         super().__init__()
         if not init_std >= 0:
@@ -142,9 +149,7 @@ class ScaleRegressor(nn.Module):
         if not 0 <= min_scale < max_scale:
             raise ValueError(f"need 0 <= min_scale < max_scale, got min_scale={min_scale}, max_scale={max_scale}")
         if bound == "smooth" and not min_scale < 1 < max_scale:
-            raise ValueError(
-                f"bound='smooth' needs min_scale < 1 < max_scale (scales start at 1), got {min_scale}, {max_scale}"
-            )
+            raise ValueError(f"bound='smooth' needs min_scale < 1 < max_scale (scales start at 1), got {min_scale}, {max_scale}")
         self.min_scale = float(min_scale)
         self.max_scale = float(max_scale)
         self.init_std = float(init_std)
@@ -164,6 +169,7 @@ class ScaleRegressor(nn.Module):
             nn.init.normal_(self.conv.weight, mean=0.0, std=self.init_std)
         else:
             nn.init.zeros_(self.conv.weight)
+        assert self.conv.bias is not None  # made with one
         nn.init.constant_(self.conv.bias, 1.0)
 
     def forward(self, features: Tensor) -> Tensor:

@@ -2,4 +2,4 @@
 
 from sacseg.ops.sac_conv import SAC_IMPLEMENTATIONS, sac_conv2d, sac_output_size
 
-__all__ = ["sac_conv2d", "sac_output_size", "SAC_IMPLEMENTATIONS"]
+__all__ = ["SAC_IMPLEMENTATIONS", "sac_conv2d", "sac_output_size"]

@@ -82,7 +82,23 @@ def native_library() -> ctypes.CDLL | None:
     for suffix in ("f32", "f64"):
         getattr(lib, f"sac_sample_{suffix}").argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, i64, ptr, cint]
         getattr(lib, f"sac_sample_sum_taps_{suffix}").argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, ptr, cint]
-        getattr(lib, f"sac_sample_backward_{suffix}").argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, i64, ptr, i64, ptr, ptr, ptr, cint]
+        getattr(lib, f"sac_sample_backward_{suffix}").argtypes = [
+            ptr,
+            i64,
+            i64,
+            i64,
+            i64,
+            ptr,
+            ptr,
+            i64,
+            i64,
+            ptr,
+            i64,
+            ptr,
+            ptr,
+            ptr,
+            cint,
+        ]
         getattr(lib, f"sac_transpose_{suffix}").argtypes = [ptr, i64, i64, i64, ptr, cint]
     _library = lib
     return lib
@@ -166,7 +182,7 @@ def _check_runs(m: int, size: int) -> None:
 def transpose(src: Tensor, *, native: bool = True, out: Tensor | None = None) -> Tensor:
     """``src`` ``[B, R, C]`` transposed into ``out`` or a new contiguous ``[B, C, R]`` (NCHW <-> NHWC, per image).
 
-    The compiled kernel (CPU float32/float64) measured 3-5x faster than ``.transpose(1, 2).contiguous()``.
+    The compiled kernel (CPU float32/float64) is faster than ``.transpose(1, 2).contiguous()`` (benchmarks/DESIGN_MEASUREMENTS.md).
     """
     b, r, c = src.shape
     _check_out(out, (b, c, r), src.dtype)
@@ -207,7 +223,7 @@ def sample_rows(
         native: use the compiled CPU kernel when available, the Triton kernel on CUDA.
         out: a contiguous tensor of the result's shape to write into. Chunked callers pass one
             buffer for all chunks: a fresh multi-megabyte tensor per chunk costs a page fault per
-            4 KiB on first touch, which measured up to 5x the sampling itself.
+            4 KiB on first touch, which can cost more than the sampling itself.
 
     Returns:
         ``[M, C]``, or ``[M / taps, C]`` with ``sum_taps`` (``out`` when given).

@@ -5,8 +5,8 @@
 // (ys[r], xs[r]) with bilinear weights and zeros outside, corners floor and floor + 1, exactly as
 // sacseg.ops.sac_conv._bilinear_gather does. Samples come in runs of `run` (the taps of one output
 // pixel, tap fastest) and are visited tap-major: one tap of every pixel, then the next tap. Tap t
-// of neighbouring pixels reads neighbouring table rows, so the rows stay in cache; pixel-major
-// order measured 30% slower at 97 x 97 when the GEMM between two chunks had evicted the table.
+// of neighbouring pixels reads neighbouring table rows, so the rows stay in cache even after the
+// GEMM between two chunks has evicted the table (measurements: benchmarks/DESIGN_MEASUREMENTS.md).
 // Built by sacseg/ops/_bilinear.py with the system C++ compiler and loaded with ctypes, so it
 // needs no torch headers.
 #include <omp.h>
@@ -88,8 +88,8 @@ inline void blend(const T* table, const Corners<T>& k, int64_t c, const T* zeros
 inline int64_t visit(int64_t k, int64_t pixels, int64_t run) { return (k % pixels) * run + k / pixels; }
 
 template <typename T>
-void sample(const T* table, int64_t h, int64_t w, int64_t c, int64_t taps, const T* ys, const T* xs,
-            int64_t m, int64_t run, T* out, int threads) {
+void sample(const T* table, int64_t h, int64_t w, int64_t c, int64_t taps, const T* ys, const T* xs, int64_t m,
+            int64_t run, T* out, int threads) {
   const int64_t pixels = m / run;
   const std::vector<T> zeros(c, T(0));
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -103,8 +103,8 @@ void sample(const T* table, int64_t h, int64_t w, int64_t c, int64_t taps, const
 // multiply-first forward, where the taps' projections are summed right after sampling; summing
 // here saves writing and re-reading the M x C samples.
 template <typename T>
-void sample_sum_taps(const T* table, int64_t h, int64_t w, int64_t c, int64_t taps, const T* ys, const T* xs,
-                     int64_t m, T* out, int threads) {
+void sample_sum_taps(const T* table, int64_t h, int64_t w, int64_t c, int64_t taps, const T* ys, const T* xs, int64_t m,
+                     T* out, int threads) {
   const std::vector<T> zeros(c, T(0));
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t l = 0; l < m / taps; ++l) {
@@ -158,15 +158,14 @@ inline void adjoint(const T* table, const Corners<T>& k, const T* g, T* grad_tab
 // row r / share: share = taps is the adjoint of sample_sum_taps, share = 1 of sample); grad_y/grad_x
 // (optional) [M] = derivative of the samples in the position, dotted with grad.
 template <typename T>
-void sample_backward(const T* table, int64_t h, int64_t w, int64_t c, int64_t taps, const T* ys, const T* xs,
-                     int64_t m, int64_t run, const T* grad, int64_t share, T* grad_table, T* grad_y, T* grad_x,
-                     int threads) {
+void sample_backward(const T* table, int64_t h, int64_t w, int64_t c, int64_t taps, const T* ys, const T* xs, int64_t m,
+                     int64_t run, const T* grad, int64_t share, T* grad_table, T* grad_y, T* grad_x, int threads) {
   const bool want_pos = grad_y != nullptr;
   const std::vector<T> zeros(c, T(0));
   if (taps >= threads && m % taps == 0) {
     // A table of tap blocks (multiplying first): tap t's samples write only block t, so the
-    // threads split the taps, each over all channels; splitting the (few) channels instead made
-    // every thread recompute all corners and measured slower at 2048 -> 150.
+    // threads split the taps, each over all channels; splitting the (few) channels instead would
+    // make every thread recompute all corners.
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
     for (int64_t t = 0; t < taps; ++t) {
       for (int64_t l = 0; l < m / taps; ++l) {
@@ -247,10 +246,8 @@ inline void transpose8x8(const float* s, int64_t ls, float* d, int64_t ld) {
 #endif
 
 // dst [cols, rows] = src [rows, cols] transposed, for each of `batch` matrices, in 64 x 64 tiles
-// of 8 x 8 blocks (float ones in registers), a tile's blocks taken along its source rows.
-// PyTorch's permute-and-copy measured 3-5x slower at these shapes (NCHW <-> NHWC of res5 and
-// classifier maps) on this project's machine; element-by-element 16 x 16 tiles 1.5-2.5x slower,
-// 32 x 32 tiles or blocks taken down the columns up to 1.5x slower.
+// of 8 x 8 blocks (float ones in registers), a tile's blocks taken along its source rows: faster than
+// PyTorch's permute-and-copy and than the other tilings tried (benchmarks/DESIGN_MEASUREMENTS.md).
 template <typename T>
 void transpose(const T* src, int64_t batch, int64_t rows, int64_t cols, T* dst, int threads) {
   constexpr int64_t kTile = 64, kBlock = 8;
@@ -284,8 +281,8 @@ void transpose(const T* src, int64_t batch, int64_t rows, int64_t cols, T* dst, 
 
 extern "C" {
 
-void sac_sample_f32(const float* table, int64_t h, int64_t w, int64_t c, int64_t taps, const float* ys,
-                    const float* xs, int64_t m, int64_t run, float* out, int threads) {
+void sac_sample_f32(const float* table, int64_t h, int64_t w, int64_t c, int64_t taps, const float* ys, const float* xs,
+                    int64_t m, int64_t run, float* out, int threads) {
   sample(table, h, w, c, taps, ys, xs, m, run, out, threads);
 }
 
@@ -299,8 +296,8 @@ void sac_sample_sum_taps_f32(const float* table, int64_t h, int64_t w, int64_t c
   sample_sum_taps(table, h, w, c, taps, ys, xs, m, out, threads);
 }
 
-void sac_sample_sum_taps_f64(const double* table, int64_t h, int64_t w, int64_t c, int64_t taps,
-                             const double* ys, const double* xs, int64_t m, double* out, int threads) {
+void sac_sample_sum_taps_f64(const double* table, int64_t h, int64_t w, int64_t c, int64_t taps, const double* ys,
+                             const double* xs, int64_t m, double* out, int threads) {
   sample_sum_taps(table, h, w, c, taps, ys, xs, m, out, threads);
 }
 
@@ -310,9 +307,9 @@ void sac_sample_backward_f32(const float* table, int64_t h, int64_t w, int64_t c
   sample_backward(table, h, w, c, taps, ys, xs, m, run, grad, share, grad_table, grad_y, grad_x, threads);
 }
 
-void sac_sample_backward_f64(const double* table, int64_t h, int64_t w, int64_t c, int64_t taps,
-                             const double* ys, const double* xs, int64_t m, int64_t run, const double* grad,
-                             int64_t share, double* grad_table, double* grad_y, double* grad_x, int threads) {
+void sac_sample_backward_f64(const double* table, int64_t h, int64_t w, int64_t c, int64_t taps, const double* ys,
+                             const double* xs, int64_t m, int64_t run, const double* grad, int64_t share,
+                             double* grad_table, double* grad_y, double* grad_x, int threads) {
   sample_backward(table, h, w, c, taps, ys, xs, m, run, grad, share, grad_table, grad_y, grad_x, threads);
 }
 

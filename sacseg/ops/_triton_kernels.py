@@ -225,7 +225,9 @@ def _check_inputs(table: Tensor, h: int, w: int, taps: int, y: Tensor, x: Tensor
     if table.dim() != 2 or table.shape[0] != h * w * taps:
         raise ValueError(f"table must be [h * w * taps, C] = [{h * w * taps}, C], got {tuple(table.shape)}")
     if y.shape != x.shape or not (y.is_floating_point() and x.is_floating_point()):
-        raise ValueError(f"positions y and x must be floating tensors of one shape, got {y.dtype} {tuple(y.shape)} and {x.dtype} {tuple(x.shape)}")
+        raise ValueError(
+            f"positions y and x must be floating tensors of one shape, got {y.dtype} {tuple(y.shape)} and {x.dtype} {tuple(x.shape)}"
+        )
 
 
 def sample_rows(
@@ -341,7 +343,7 @@ def sample_rows_backward(
             block_m,
             block_c,
         )
-    if target is not grad_table:
+    if grad_table is not None and target is not None and target is not grad_table:
         grad_table.add_(target)
     if parts is None:
         return None

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from sacseg.ops._bilinear import position_dtype, sample_rows, sample_rows_backward, transpose
+from sacseg.utils.pair import IntOrPair, pair
 
-__all__ = ["sac_conv2d", "sac_output_size", "SAC_IMPLEMENTATIONS"]
-
-IntOrPair = int | tuple[int, int]
-
-
-def _pair(value: IntOrPair, name: str) -> tuple[int, int]:
-    if isinstance(value, int):
-        return value, value
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        return int(value[0]), int(value[1])
-    raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+__all__ = ["SAC_IMPLEMENTATIONS", "sac_conv2d", "sac_output_size"]
 
 
 def sac_output_size(
@@ -31,8 +23,7 @@ def sac_output_size(
 ) -> tuple[int, int]:
     """The ``(H_out, W_out)`` that ``F.conv2d`` gives for the same geometry."""
     return tuple(  # type: ignore[return-value]
-        (size + 2 * p - d * (k - 1) - 1) // s + 1
-        for size, k, s, p, d in zip(in_size, kernel_size, stride, padding, dilation)
+        (size + 2 * p - d * (k - 1) - 1) // s + 1 for size, k, s, p, d in zip(in_size, kernel_size, stride, padding, dilation)
     )
 
 
@@ -46,7 +37,7 @@ def _check_args(
     dilation: IntOrPair,
     one_dtype: bool = True,
 ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-    stride_, padding_, dilation_ = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    stride_, padding_, dilation_ = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
     if min(stride_) < 1:
         raise ValueError(f"stride must be >= 1, got {stride_}")
     if min(padding_) < 0:
@@ -118,9 +109,9 @@ def _capturing() -> bool:
 def sample_positions(
     scale: Tensor,
     kernel_size: tuple[int, int],
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    dilation: tuple[int, int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
 ) -> tuple[Tensor, Tensor]:
     """Input coordinates of every tap, equation (7): ``centre + offset * dilation * scale``.
 
@@ -134,7 +125,7 @@ def sample_positions(
     """
     kh, kw = kernel_size
     _, _, h_out, w_out = scale.shape
-    opts = {"dtype": position_dtype(scale.dtype), "device": scale.device}
+    opts: dict[str, Any] = {"dtype": position_dtype(scale.dtype), "device": scale.device}
     scale = scale.to(opts["dtype"])
     # Centre of the patch of output (p, q); the taps spread from it by (a - kh//2) * d * s.
     cy = torch.arange(h_out, **opts) * stride[0] - padding[0] + (kh // 2) * dilation[0]
@@ -209,13 +200,12 @@ def _sac_reference(
 
 
 #: Bytes of sampled values one chunk of output rows may hold: keeps the fast path's extra memory
-#: near F.conv2d's while the GEMMs stay large enough to run at full speed. Forward measured 5%
-#: faster at 16 MiB than at 8 (fewer passes of the weight through the cache, which evict the
-#: table being sampled); backward's input pass takes half, as its column gradient coexists with
-#: the weight's gradient.
+#: near F.conv2d's while the GEMMs stay large enough to run at full speed, and the weight passes
+#: through the cache (evicting the table being sampled) few times (benchmarks/DESIGN_MEASUREMENTS.md); backward's input pass
+#: takes half, as its column gradient coexists with the weight's gradient.
 _CHUNK_BYTES = 16 << 20
 #: Cost of one sampled value in GEMM multiply-adds (memory-bound gather vs compute-bound GEMM;
-#: measured about 80 on a 2-core AVX-512 machine), for choosing the order of sampling and GEMM.
+#: see benchmarks/DESIGN_MEASUREMENTS.md), for choosing the order of sampling and GEMM.
 _SAMPLE_COST = 64
 
 
@@ -238,13 +228,13 @@ _ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkld
 def _linear(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b.T``, ``[M, K] x [N, K] -> [M, N]``.
 
-    On CPU float32 this is oneDNN's matmul, the kernels F.conv2d runs on: MKL's sgemm measured
-    up to 1.5x slower at these shapes on this project's (AMD) machine.
+    On CPU float32 this is oneDNN's matmul, the kernels F.conv2d runs on (faster than MKL's sgemm
+    at these shapes: benchmarks/DESIGN_MEASUREMENTS.md).
     """
     if _ONEDNN_LINEAR and a.device.type == "cpu" and a.dtype == torch.float32 and a.numel() > 0 and b.numel() > 0:
         if not (b.is_contiguous() or b.t().is_contiguous()):
             # A strided view (e.g. of an input sliced in height) sends oneDNN to a reference kernel
-            # that measured 250x slower; a transposed contiguous one is read as it is.
+            # that is orders of magnitude slower; a transposed contiguous one is read as it is.
             b = b.contiguous()
         return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
     return a @ b.t()
@@ -274,9 +264,9 @@ def _chunk_buffer(chunks: list[tuple[int, int]], w_out: int, channels: int, like
 def _tap_positions(
     scale: Tensor,
     kernel_size: tuple[int, int],
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    dilation: tuple[int, int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
 ) -> tuple[Tensor, Tensor]:
     """Every tap's position, ``[N, H_out * W_out * kh * kw]`` each, tap fastest: output rows
     ``p0:p1`` of image ``i`` are the contiguous slice ``[i, _rows_span(p0, p1, W_out, kh * kw)]``.
@@ -284,7 +274,7 @@ def _tap_positions(
     Args:
         scale: ``[N, 1, H_out, W_out]``.
     """
-    # Once per call: per chunk, these dozen small ops measured 0.35 ms, 3% of a res5 forward.
+    # Once per call, not per chunk: a dozen small ops whose overhead would add up.
     y, x = sample_positions(scale, kernel_size, stride, padding, dilation)
     n, taps = scale.shape[0], kernel_size[0] * kernel_size[1]
     shape = (n, scale.shape[2] * scale.shape[3] * taps)
@@ -324,7 +314,7 @@ def _fast_forward(
     h_out, w_out = scale.shape[-2:]
     if project:
         # [H*W, taps*C_out] per image. The GEMM writes [taps*C_out, H*W] from the NCHW input and
-        # the transpose follows: reading the input transposed instead measured 15% slower.
+        # the transpose follows, which is faster than reading the input transposed.
         planes, projection = input.reshape(n, c_in, h * w), _projection_weight(weight, native)
         tables = input.new_empty(n, h * w, taps * c_out)
         for i in range(n):
@@ -411,7 +401,7 @@ def _fast_backward(
     grad_tables = torch.zeros(tables.shape, dtype=accumulate, device=tables.device) if need_tables else None
     grad_scale = scale.new_zeros(scale.shape) if need_scale else None  # contiguous, as the fake says
     if grad_tables is not None or need_scale:
-        opts = {"dtype": accumulate, "device": scale.device}
+        opts: dict[str, Any] = {"dtype": accumulate, "device": scale.device}
         oy = ((torch.arange(kh, **opts) - kh // 2) * dilation[0]).repeat_interleave(kw)  # d position / d scale
         ox = ((torch.arange(kw, **opts) - kw // 2) * dilation[1]).repeat(kh)
         matrix_t = None if project else _column_weight(weight, native).t()
@@ -420,7 +410,7 @@ def _fast_backward(
                 y, x, g = chunk(i, p0, p1)
                 length = g.shape[0]
                 # Multiplying first, the forward summed the taps: each tap's sample gets the whole gradient.
-                grad_z = g if project else _linear(g, matrix_t).view(length * taps, c_in)
+                grad_z = g if matrix_t is None else _linear(g, matrix_t).view(length * taps, c_in)
                 positions = sample_rows_backward(
                     tables[i],
                     h,
@@ -443,16 +433,19 @@ def _fast_backward(
     if grad_tables is not None:
         grad_tables = grad_tables.to(tables.dtype)
     if project and grad_tables is not None:
+        assert input is not None  # saved when multiplying first
         # oneDNN copies a transposed first operand (not a transposed second one): both GEMMs
         # are laid out so that their first operand is contiguous.
         grad_proj = grad_tables.view(n, h * w, taps * c_out)
         # The weight's gradient first: its [C_in, taps*C_out] product is freed just before the
         # reordered weight of the same size is made, which then takes pages already mapped (a
-        # fresh page costs a fault: 2.7k of them, about 5 ms, at 2048 -> 150).
+        # fresh page costs a fault).
         if need_weight:
             planes = input.reshape(n, c_in, h * w)
             # Summed over images in float32 for half precision (a no-op otherwise).
-            grad_projection_t = (_linear(planes[0], grad_proj[0].t()) if n else weight.new_zeros(c_in, taps * c_out)).to(accumulate)
+            grad_projection_t = (_linear(planes[0], grad_proj[0].t()) if n else weight.new_zeros(c_in, taps * c_out)).to(
+                accumulate
+            )
             for i in range(1, n):
                 grad_projection_t += _linear(planes[i], grad_proj[i].t())
             grad_projection_t = grad_projection_t.to(weight.dtype)
@@ -498,7 +491,7 @@ def _weight_gradient(
             y, x, g = chunk(i, p0, p1)
             length = g.shape[0]
             z = sample_rows(tables[i], h, w_in, 1, y, x, run=taps, native=native, out=buffer[:length].view(length * taps, c_in))
-            # oneDNN reads the transposes as they are; MKL's addmm_ measured 15% slower here.
+            # oneDNN reads the transposes as they are (faster here than MKL's addmm_).
             part = _linear(g.t(), z.view(length, taps * c_in).t())
             # Summed in float32 for half precision (a no-op otherwise).
             total = part.to(position_dtype(part.dtype)) if total is None else total.add_(part)
@@ -528,7 +521,7 @@ def _sac_conv2d_op(
     input: Tensor,
     scale: Tensor,
     weight: Tensor,
-    bias: Optional[Tensor],
+    bias: Tensor | None,
     stride: list[int],
     padding: list[int],
     dilation: list[int],
@@ -555,7 +548,7 @@ def _(input, scale, weight, bias, stride, padding, dilation, project, native):  
 @torch.library.custom_op("sacseg::sac_conv2d_backward", mutates_args=())
 def _sac_conv2d_backward_op(
     grad_out: Tensor,
-    input: Optional[Tensor],
+    input: Tensor | None,
     scale: Tensor,
     weight: Tensor,
     tables: Tensor,
@@ -628,7 +621,9 @@ def _register_autocast(device_type: str) -> None:
     def kernel(_keyset: Any, input: Tensor, scale: Tensor, weight: Tensor, bias: Tensor | None, *rest: Any) -> Any:
         data = torch.float32 if device_type == "cpu" else torch.get_autocast_dtype(device_type)
         with torch._C._ExcludeDispatchKeyGuard(excluded):
-            return torch.ops.sacseg.sac_conv2d.default(cast(input, data), cast(scale, torch.float32), cast(weight, data), cast(bias, data), *rest)
+            return torch.ops.sacseg.sac_conv2d.default(
+                cast(input, data), cast(scale, torch.float32), cast(weight, data), cast(bias, data), *rest
+            )
 
     _LIBRARY.impl("sac_conv2d", kernel, key, with_keyset=True)
 
@@ -637,7 +632,7 @@ for _device_type in ("cpu", "cuda"):
     _register_autocast(_device_type)
 
 
-def _fast_impl(native: bool) -> "SacImpl":
+def _fast_impl(native: bool) -> SacImpl:
     """The fast path, sampling with the compiled kernels when ``native`` (C++ on CPU where a compiler
     is present, Triton on CUDA; torch ops elsewhere), or with torch ops only."""
 
@@ -661,9 +656,7 @@ def _fast_impl(native: bool) -> "SacImpl":
 _sac_fast = _fast_impl(native=True)
 
 
-SacImpl = Callable[
-    [Tensor, Tensor, Tensor, "Tensor | None", tuple[int, int], tuple[int, int], tuple[int, int]], Tensor
-]
+SacImpl = Callable[[Tensor, Tensor, Tensor, "Tensor | None", tuple[int, int], tuple[int, int], tuple[int, int]], Tensor]
 #: Implementations by name; ``"auto"`` in :func:`sac_conv2d` picks the fastest for the call.
 SAC_IMPLEMENTATIONS: dict[str, SacImpl] = {
     "reference": _sac_reference,

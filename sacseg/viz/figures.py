@@ -10,24 +10,24 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sacseg.engine.io import atomic_open
+from sacseg.utils.io import atomic_open
+from sacseg.utils.optional import import_optional
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["save_scale_map", "save_report_grid"]
+__all__ = ["save_report_grid", "save_scale_map"]
 
 Cell = np.ndarray | Tensor | None
 
 
 def _new_figure(width: float, height: float) -> Figure:
     # A bare Figure on an Agg canvas: no pyplot state, no GUI backend, safe in worker processes.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
+    backend = import_optional("matplotlib.backends.backend_agg", "viz", "Figures (scale maps, report grids)")
+    figure = import_optional("matplotlib.figure", "viz", "Figures (scale maps, report grids)")
+    fig = figure.Figure(figsize=(width, height), layout="constrained")
     fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.01, hspace=0.01)
-    FigureCanvasAgg(fig)
+    backend.FigureCanvasAgg(fig)
     return fig
 
 

@@ -8,14 +8,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sacseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from sacseg.data.transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from sacseg.utils.optional import import_optional
 
-__all__ = ["add_legend", "denormalize", "colorize", "overlay", "heatmap"]
+__all__ = ["add_legend", "colorize", "denormalize", "heatmap", "overlay"]
 
 
-def denormalize(
-    image: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
-) -> np.ndarray:
+def denormalize(image: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
     """A normalised image ``[3, H, W]`` back to displayable uint8 RGB ``[H, W, 3]``."""
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be [3, H, W], got shape {tuple(image.shape)}")
@@ -35,9 +34,7 @@ def colorize(labels: Tensor, palette: Tensor | np.ndarray, ignore_index: int = 2
     ignored = ids == ignore_index
     bad = ~ignored & ((ids < 0) | (ids >= len(table)))
     if bool(bad.any()):
-        raise ValueError(
-            f"labels outside [0, {len(table)}) and not ignore_index: {torch.unique(ids[bad])[:10].tolist()}"
-        )
+        raise ValueError(f"labels outside [0, {len(table)}) and not ignore_index: {torch.unique(ids[bad])[:10].tolist()}")
     # black for ignored pixels: an extra palette row
     table = torch.cat([table, torch.zeros(1, 3, dtype=torch.uint8)])
     return table[torch.where(ignored, len(table) - 1, ids)].numpy()
@@ -55,13 +52,12 @@ def overlay(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.nd
 
 def heatmap(values: Tensor, vmin: float, vmax: float, cmap: str = "jet") -> np.ndarray:
     """A float map ``[H, W]`` (e.g. scale coefficients) -> uint8 RGB ``[H, W, 3]`` on ``[vmin, vmax]``."""
-    import matplotlib
-
     if values.dim() != 2:
         raise ValueError(f"values must be a map [H, W], got shape {tuple(values.shape)}")
     if not vmax > vmin:
         raise ValueError(f"vmax must exceed vmin, got vmin={vmin}, vmax={vmax}")
     norm = ((values.detach().to("cpu", torch.float64) - vmin) / (vmax - vmin)).clamp(0, 1).numpy()
+    matplotlib = import_optional("matplotlib", "viz", "Heat maps")
     rgba = matplotlib.colormaps[cmap](norm, bytes=True)
     return np.ascontiguousarray(rgba[..., :3])
 
@@ -71,7 +67,7 @@ def add_legend(
     labels: Tensor,
     classes: Sequence[str],
     palette: Tensor | np.ndarray,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
 ) -> np.ndarray:
     """``picture`` uint8 RGB ``[H, W, 3]`` with a legend strip below: the classes present in ``labels``.
 
@@ -99,8 +95,8 @@ def add_legend(
         return picture
 
     font = ImageFont.load_default()
-    left, top, right, bottom = font.getbbox("Ag")
-    text_h = bottom - top
+    _, top, _, bottom = font.getbbox("Ag")
+    text_h = int(bottom - top)
     swatch, gap, pad = text_h + 2, 4, 4
     row_h = swatch + pad
     width = picture.shape[1]

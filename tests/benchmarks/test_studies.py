@@ -23,7 +23,7 @@ from benchmarks.study_scalescenes import (
     restricted_scores,
     spearman,
 )
-from sacseg.engine.metrics import ConfusionMatrix
+from sacseg.evaluation.metrics import ConfusionMatrix
 from sacseg.models import build_model
 
 

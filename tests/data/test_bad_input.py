@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from sacseg.data import ADE20K, CamVid, Cityscapes, SegmentationFolder
-from sacseg.data._base import read_image
+from sacseg.utils.io import read_image
 
 
 def _write(path: Path, array: np.ndarray) -> Path:

@@ -11,8 +11,17 @@ import torch
 from cityscapesscripts.helpers.labels import id2label
 from PIL import Image
 
-from sacseg.data import DATASETS, ADE20K, CamVid, Cityscapes, SegmentationFolder, build_dataset, train_id_to_label_id
-from sacseg.data import ade20k, camvid
+from sacseg.data import (
+    ADE20K,
+    DATASETS,
+    CamVid,
+    Cityscapes,
+    SegmentationFolder,
+    ade20k,
+    build_dataset,
+    camvid,
+    train_id_to_label_id,
+)
 
 
 def _raw(path: Path) -> np.ndarray:
@@ -99,3 +108,14 @@ def test_build_dataset(shared_data: Path) -> None:
     assert len(build_dataset("camvid", root=shared_data / "camvid", split="val")) == 101
     with pytest.raises(KeyError, match="valid: ade20k, camvid, cityscapes"):
         build_dataset("pascal", root=".")
+
+
+def test_cityscapes_table_is_the_official_one() -> None:
+    from sacseg.data.cityscapes import LABEL_TO_TRAIN_ID
+
+    labels = pytest.importorskip("cityscapesscripts.helpers.labels").labels
+    official = sorted((label for label in labels if 0 <= label.trainId < 255), key=lambda label: label.trainId)
+    assert Cityscapes.classes == tuple(label.name for label in official)
+    assert Cityscapes.palette.tolist() == [list(label.color) for label in official]
+    ignored = {label.id: (label.trainId if 0 <= label.trainId < 255 else 255) for label in labels if label.id >= 0}
+    assert ignored == LABEL_TO_TRAIN_ID

@@ -9,9 +9,9 @@ import torch
 import torchvision
 from torch import nn
 
-from sacseg.nn import ScaleAdaptiveConv2d, ScaleRegressor
 from sacseg.models.convert import SACStage, sac_block, sac_convert
 from sacseg.models.resnet import BasicBlock, Bottleneck
+from sacseg.nn import ScaleAdaptiveConv2d, ScaleRegressor
 
 
 def test_resnet50_unchanged_at_scale_one_and_regressors_learn():

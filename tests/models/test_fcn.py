@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from sacseg.models import MODELS, DilatedFCN, Upsample, build_model, load_baseline_and_freeze
+from sacseg.models import MODELS, Upsample, build_model, load_baseline_and_freeze
 from sacseg.models.fcn import bilinear_kernel
 from sacseg.nn import FrozenBatchNorm2d, ScaleAdaptiveConv2d
 
@@ -59,7 +59,7 @@ def test_deconv_and_bilinear_upsampling_agree_away_from_the_border(size: tuple[i
 
 def test_upsample_checks():
     assert bilinear_kernel(2)[:, 0].tolist() == pytest.approx([0.0625, 0.1875, 0.1875, 0.0625])
-    with pytest.raises(ValueError, match="upsample must be 'deconv' or 'bilinear'"):
+    with pytest.raises(ValueError, match="upsample must be one of deconv, bilinear, got 'nearest'"):
         Upsample(3, 8, "nearest")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="at most 16x16"):
         Upsample(3, 8)(torch.randn(1, 3, 2, 2), (17, 16))

@@ -246,7 +246,9 @@ def test_gemm_reads_strided_views_right():
 @pytest.mark.parametrize("impl", FAST)
 @pytest.mark.parametrize("c_in,c_out", [(6, 5), (48, 2)], ids=["sample-then-multiply", "multiply-then-sample"])
 def test_input_sliced_in_height(impl, c_in, c_out):
-    x, scale, weight, bias, stride, padding, dilation, grad_out = _case(12, c_in, c_out, (3, 3), (1, 1), (1, 1), (1, 1), size=(15, 13))
+    x, scale, weight, bias, stride, padding, dilation, grad_out = _case(
+        12, c_in, c_out, (3, 3), (1, 1), (1, 1), (1, 1), size=(15, 13)
+    )
     scale, grad_out = scale[:, :, 2:13], grad_out[:, :, 2:13]
     results = []
     for contiguous in (False, True):

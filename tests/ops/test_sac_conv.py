@@ -49,7 +49,12 @@ def _out_size(h, w, k, stride, padding, dilation):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize(
     "kernel,stride,padding,dilation",
-    [((3, 3), (1, 1), (1, 1), (1, 1)), ((3, 5), (2, 1), (2, 1), (1, 2)), ((1, 1), (1, 1), (0, 0), (1, 1)), ((5, 5), (1, 2), (4, 3), (2, 1))],
+    [
+        ((3, 3), (1, 1), (1, 1), (1, 1)),
+        ((3, 5), (2, 1), (2, 1), (1, 2)),
+        ((1, 1), (1, 1), (0, 0), (1, 1)),
+        ((5, 5), (1, 2), (4, 3), (2, 1)),
+    ],
 )
 def test_matches_loop_reference(impl, kernel, stride, padding, dilation):
     n, c_in, c_out, h, w = 2, 3, 4, 7, 8
@@ -112,9 +117,7 @@ def _deform_offsets(scale, kernel, dilation):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize(
-    "kernel,stride,padding,dilation", [((3, 3), (1, 1), (2, 2), (2, 2)), ((3, 5), (2, 1), (1, 3), (1, 2))]
-)
+@pytest.mark.parametrize("kernel,stride,padding,dilation", [((3, 3), (1, 1), (2, 2), (2, 2)), ((3, 5), (2, 1), (1, 3), (1, 2))])
 def test_forward_and_gradients_match_deform_conv2d(impl, kernel, stride, padding, dilation):
     n, c_in, c_out, h, w = 2, 4, 5, 12, 10
     x = torch.randn(n, c_in, h, w, dtype=torch.float64)
@@ -135,7 +138,7 @@ def test_forward_and_gradients_match_deform_conv2d(impl, kernel, stride, padding
 
     torch.testing.assert_close(out_sac, out_dc, rtol=1e-9, atol=1e-9)
     for name, g_sac, g_dc in zip(("input", "scale", "weight", "bias"), grads_sac, grads_dc):
-        torch.testing.assert_close(g_sac, g_dc, rtol=1e-8, atol=1e-8, msg=lambda m: f"grad of {name}: {m}")
+        torch.testing.assert_close(g_sac, g_dc, rtol=1e-8, atol=1e-8, msg=lambda m: f"grad of {name}: {m}")  # noqa: B023
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -172,7 +175,7 @@ def test_scale_gradient_is_equation_16():
             patch = x[0, :, :5, :5]
 
             def at(m, k):
-                return patch[:, m, k] if 0 <= m < 5 and 0 <= k < 5 else torch.zeros(2, dtype=torch.float64)
+                return patch[:, m, k] if 0 <= m < 5 and 0 <= k < 5 else torch.zeros(2, dtype=torch.float64)  # noqa: B023 (called in this iteration)
 
             dz_dy = (at(y0 + 1, x0) - at(y0, x0)) * (1 - fx) + (at(y0 + 1, x0 + 1) - at(y0, x0 + 1)) * fx
             dz_dx = (at(y0, x0 + 1) - at(y0, x0)) * (1 - fy) + (at(y0 + 1, x0 + 1) - at(y0 + 1, x0)) * fy
@@ -229,16 +232,52 @@ def test_unknown_impl_lists_valid_ones():
 @pytest.mark.parametrize(
     "make,error,pattern",
     [
-        (lambda: (torch.randn(3, 8, 8), torch.ones(1, 1, 6, 6), torch.randn(2, 3, 3, 3), None), ValueError, r"input must be a 4-D.*\(3, 8, 8\)"),
-        (lambda: (torch.randn(1, 3, 8, 8), torch.ones(1, 1, 6, 6), torch.randn(2, 3, 3), None), ValueError, r"weight must be a 4-D.*\(2, 3, 3\)"),
-        (lambda: (torch.randn(1, 3, 8, 8), torch.ones(1, 1, 8, 8), torch.randn(2, 3, 3, 3), None), ValueError, r"scale must have shape \[N, 1, H_out, W_out\] = \[1, 1, 6, 6\].*\(1, 1, 8, 8\)"),
-        (lambda: (torch.randn(1, 3, 8, 8), torch.ones(1, 6, 6), torch.randn(2, 3, 3, 3), None), ValueError, r"scale must have shape.*\(1, 6, 6\)"),
+        (
+            lambda: (torch.randn(3, 8, 8), torch.ones(1, 1, 6, 6), torch.randn(2, 3, 3, 3), None),
+            ValueError,
+            r"input must be a 4-D.*\(3, 8, 8\)",
+        ),
+        (
+            lambda: (torch.randn(1, 3, 8, 8), torch.ones(1, 1, 6, 6), torch.randn(2, 3, 3), None),
+            ValueError,
+            r"weight must be a 4-D.*\(2, 3, 3\)",
+        ),
+        (
+            lambda: (torch.randn(1, 3, 8, 8), torch.ones(1, 1, 8, 8), torch.randn(2, 3, 3, 3), None),
+            ValueError,
+            r"scale must have shape \[N, 1, H_out, W_out\] = \[1, 1, 6, 6\].*\(1, 1, 8, 8\)",
+        ),
+        (
+            lambda: (torch.randn(1, 3, 8, 8), torch.ones(1, 6, 6), torch.randn(2, 3, 3, 3), None),
+            ValueError,
+            r"scale must have shape.*\(1, 6, 6\)",
+        ),
         (lambda: (torch.randn(1, 3, 8, 8), torch.ones(1, 1, 7, 7), torch.randn(2, 3, 2, 2), None), ValueError, r"odd.*2x2"),
-        (lambda: (torch.randn(1, 3, 8, 8), torch.ones(1, 1, 6, 6), torch.randn(2, 4, 3, 3), None), ValueError, r"channel mismatch.*C_in=3.*expects 4"),
-        (lambda: (torch.randn(1, 3, 8, 8), torch.ones(1, 1, 6, 6), torch.randn(2, 3, 3, 3), torch.randn(3)), ValueError, r"bias must have shape \[2\].*\(3,\)"),
-        (lambda: (torch.randn(1, 3, 8, 8), torch.ones(1, 1, 6, 6, dtype=torch.float64), torch.randn(2, 3, 3, 3), None), RuntimeError, r"one dtype.*scale.*float64"),
-        (lambda: (torch.randn(1, 3, 8, 8), torch.ones(1, 1, 6, 6, device="meta"), torch.randn(2, 3, 3, 3), None), RuntimeError, r"one device.*meta"),
-        (lambda: (torch.randn(1, 3, 2, 2), torch.ones(1, 1, 1, 1), torch.randn(2, 3, 3, 3), None), ValueError, r"\(1, 3, 2, 2\) is too small"),
+        (
+            lambda: (torch.randn(1, 3, 8, 8), torch.ones(1, 1, 6, 6), torch.randn(2, 4, 3, 3), None),
+            ValueError,
+            r"channel mismatch.*C_in=3.*expects 4",
+        ),
+        (
+            lambda: (torch.randn(1, 3, 8, 8), torch.ones(1, 1, 6, 6), torch.randn(2, 3, 3, 3), torch.randn(3)),
+            ValueError,
+            r"bias must have shape \[2\].*\(3,\)",
+        ),
+        (
+            lambda: (torch.randn(1, 3, 8, 8), torch.ones(1, 1, 6, 6, dtype=torch.float64), torch.randn(2, 3, 3, 3), None),
+            RuntimeError,
+            r"one dtype.*scale.*float64",
+        ),
+        (
+            lambda: (torch.randn(1, 3, 8, 8), torch.ones(1, 1, 6, 6, device="meta"), torch.randn(2, 3, 3, 3), None),
+            RuntimeError,
+            r"one device.*meta",
+        ),
+        (
+            lambda: (torch.randn(1, 3, 2, 2), torch.ones(1, 1, 1, 1), torch.randn(2, 3, 3, 3), None),
+            ValueError,
+            r"\(1, 3, 2, 2\) is too small",
+        ),
     ],
 )
 def test_errors_name_the_fault(make, error, pattern):
@@ -247,7 +286,15 @@ def test_errors_name_the_fault(make, error, pattern):
         sac_conv2d(x, scale, weight, bias)
 
 
-@pytest.mark.parametrize("kwargs,pattern", [({"stride": 0}, "stride"), ({"padding": -1}, "padding"), ({"dilation": (1, 0)}, "dilation"), ({"stride": (1, 2, 3)}, "stride")])
+@pytest.mark.parametrize(
+    "kwargs,pattern",
+    [
+        ({"stride": 0}, "stride"),
+        ({"padding": -1}, "padding"),
+        ({"dilation": (1, 0)}, "dilation"),
+        ({"stride": (1, 2, 3)}, "stride"),
+    ],
+)
 def test_bad_geometry(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         sac_conv2d(torch.randn(1, 1, 8, 8), torch.ones(1, 1, 6, 6), torch.randn(1, 1, 3, 3), **kwargs)

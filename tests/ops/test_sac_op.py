@@ -48,8 +48,23 @@ def test_opcheck(device, dtype, case, project):
     grad_out = torch.randn_like(out)
     size = list(x.shape[2:])
     for mask in ([True, True, True, True], [False, True, False, False], [True, False, True, False]):
-        backward_args = (grad_out, x if project else None, scale, weight, tables, size, stride, padding, dilation, project, True, mask)
-        torch.library.opcheck(torch.ops.sacseg.sac_conv2d_backward.default, backward_args, test_utils=("test_schema", "test_faketensor"))
+        backward_args = (
+            grad_out,
+            x if project else None,
+            scale,
+            weight,
+            tables,
+            size,
+            stride,
+            padding,
+            dilation,
+            project,
+            True,
+            mask,
+        )
+        torch.library.opcheck(
+            torch.ops.sacseg.sac_conv2d_backward.default, backward_args, test_utils=("test_schema", "test_faketensor")
+        )
 
 
 def test_batch_zero_forward_and_backward():
@@ -114,7 +129,9 @@ def test_compiled_forward_and_backward_keep_the_operator():
 def test_non_finite_scale_is_refused_in_a_compiled_graph():
     torch._dynamo.reset()
     x, scale, weight, bias, stride, padding, dilation, *_ = _args(CASES[0], torch.float32, "cpu", False, True, False)
-    compiled = torch.compile(lambda x, s: sac_conv2d(x, s, weight, bias, stride, padding, dilation), backend="eager", fullgraph=True)
+    compiled = torch.compile(
+        lambda x, s: sac_conv2d(x, s, weight, bias, stride, padding, dilation), backend="eager", fullgraph=True
+    )
     compiled(x, scale)
     scale[0, 0, 1, 2] = float("nan")
     with pytest.raises(ValueError, match=r"scale has 1 non-finite"):

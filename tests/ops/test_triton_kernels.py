@@ -10,10 +10,10 @@ import torch
 
 pytest.importorskip("triton")
 
-import sacseg.ops._bilinear as bilinear  # noqa: E402
-import sacseg.ops._triton_kernels as triton_kernels  # noqa: E402
-import sacseg.ops.sac_conv as sac_module  # noqa: E402
-from sacseg.ops import sac_conv2d  # noqa: E402
+import sacseg.ops._bilinear as bilinear
+import sacseg.ops._triton_kernels as triton_kernels
+import sacseg.ops.sac_conv as sac_module
+from sacseg.ops import sac_conv2d
 
 H, W = 5, 6
 # (taps, run, sum_taps): sampled columns as the fast path reads them (taps=1, run=kernel taps),
@@ -29,7 +29,7 @@ M, CHANNELS = 156, [5, 70]
 def _load(interpret: bool):
     """The kernel module, re-imported if need be so that its kernels are decorated for Triton's
     interpreter or for the GPU: ``triton.jit`` reads ``TRITON_INTERPRET`` when it decorates."""
-    if triton_kernels._INTERPRETED != interpret:
+    if interpret != triton_kernels._INTERPRETED:
         with pytest.MonkeyPatch.context() as env:
             if interpret:
                 env.setenv("TRITON_INTERPRET", "1")
@@ -165,7 +165,9 @@ def test_strided_inputs_and_outputs(kernels):
     grad_table = torch.zeros(c, H * W * taps).t()  # not contiguous: summed apart, then added
     got = kernels.sample_rows_backward(column_major, H, W, taps, y, x, grad, grad_table, True)
     ref_table = torch.zeros(H * W * taps, c)
-    ref = bilinear.sample_rows_backward(table.contiguous(), H, W, taps, y.contiguous(), x.contiguous(), grad.contiguous(), ref_table, True, native=False)
+    ref = bilinear.sample_rows_backward(
+        table.contiguous(), H, W, taps, y.contiguous(), x.contiguous(), grad.contiguous(), ref_table, True, native=False
+    )
     for name, g, e in zip(("grad_table", "grad_y", "grad_x"), (grad_table, *got), (ref_table, *ref)):
         _assert_close(g, e, 1e-5, name)
 
@@ -282,7 +284,7 @@ def _check_fast_sac(module, project: bool, device: str, monkeypatch) -> None:
     monkeypatch.setattr(sac_module, "_project_first", lambda *args: project)
     calls = set()
     for name in ("sample_rows", "sample_rows_backward"):
-        monkeypatch.setattr(module, name, lambda *a, _f=getattr(module, name), **k: calls.add(_f.__name__) or _f(*a, **k))
+        monkeypatch.setattr(module, name, lambda *a, _f=getattr(module, name), **k: calls.add(_f.__name__) or _f(*a, **k))  # noqa: B008
     g = torch.Generator().manual_seed(10)
     x = torch.randn(2, 6, 11, 13, generator=g)
     scale = torch.rand(2, 1, 11, 13, generator=g) * 1.5 + 0.5
@@ -319,16 +321,15 @@ def test_kernels_compile_for_the_gpu(table_type):
     # Triton compiles for a GPU target without one (its wheel ships ptxas): the one check here of
     # the path that the interpreter does not take. With the specialisations a launch gets (unit
     # channel strides, 16-divisible row strides), the table's rows load as 128-bit vectors.
+    import triton.language as tl
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, compile
 
-    import triton.language as tl
-
     module = _load(False)
-    pointers = {name: f"*{table_type}" for name in ("table", "out", "grad")}
-    pointers.update({name: "*fp32" for name in ("y", "x", "grad_table", "part_y", "part_x")})
+    pointers = dict.fromkeys(("table", "out", "grad"), f"*{table_type}")
+    pointers.update(dict.fromkeys(("y", "x", "grad_table", "part_y", "part_x"), "*fp32"))
     fixed = {"COMPUTE": tl.float32, "BLOCK_M": 16, "BLOCK_C": 64, "ACCUMULATE": True, "POSITIONS": True}
-    fixed.update({name: 1 for name in ("stride_col", "stride_y", "stride_x", "stride_grad_col")})
+    fixed.update(dict.fromkeys(("stride_col", "stride_y", "stride_x", "stride_grad_col"), 1))
     aligned = ("table", "out", "grad", "y", "x", "grad_table", "part_y", "part_x", "c", "stride_row", "stride_grad_row", "m")
     for kernel in (module._sample_kernel, module._sample_backward_kernel):
         names = kernel.arg_names

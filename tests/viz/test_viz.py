@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from sacseg.data import IMAGENET_MEAN, IMAGENET_STD
-from sacseg.engine.io import save_png
+from sacseg.utils.io import save_png
 from sacseg.viz import add_legend, colorize, denormalize, heatmap, overlay, save_report_grid, save_scale_map
 
 PALETTE = torch.tensor([[128, 64, 128], [244, 35, 232], [70, 70, 70]], dtype=torch.uint8)
@@ -102,7 +102,7 @@ def test_report_grid_png(tmp_path: Path) -> None:
 
 
 def test_importing_sacseg_viz_does_not_import_matplotlib() -> None:
-    code = "import sys, sacseg.viz, sacseg.engine.inference, sacseg.engine.metrics; print('matplotlib' in sys.modules)"
+    code = "import sys, sacseg.viz, sacseg.models.inference, sacseg.evaluation.metrics; print('matplotlib' in sys.modules)"
     repo = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo)
     assert out.stdout.strip() == "False"

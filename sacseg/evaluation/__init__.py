@@ -1,0 +1,1 @@
+"""Evaluation of trained models: metrics, evaluate over a data set, Segmenter, prediction files, the official Cityscapes evaluator."""

@@ -1,0 +1,184 @@
+"""One object from a checkpoint to class labels and scale maps for an image or a folder of images."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from sacseg import __version__
+from sacseg.config import TrainConfig, apply_overrides, load_config
+from sacseg.data.transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from sacseg.evaluation.predict_files import find_images, load_image, to_model_input
+from sacseg.factory import dataset_labels, load_trained_model
+from sacseg.models.inference import InferenceMode, predict_labels
+from sacseg.utils.device import resolve_device
+from sacseg.utils.pair import IntOrPair
+
+__all__ = ["ImageInput", "Segmenter", "load_model_and_config"]
+
+#: What :meth:`Segmenter.predict` takes: an image file, a PIL image, a uint8 RGB array ``[H, W, 3]``
+#: or a normalised float tensor ``[3, H, W]``.
+ImageInput = str | os.PathLike | Image.Image | np.ndarray | Tensor
+
+
+# The keys that build the network (build_model_from_config); a checkpoint's weights fix them.
+_MODEL_KEYS = ("model", "output_stride", "upsample", "min_scale", "max_scale", "scale_bound", "frozen_bn")
+
+
+def load_model_and_config(
+    checkpoint: str | os.PathLike[str],
+    device: str | torch.device = "auto",
+    config: str | os.PathLike[str] | TrainConfig | None = None,
+    overrides: Iterable[str] = (),
+    report: Callable[[str], None] | None = None,
+) -> tuple[nn.Module, TrainConfig]:
+    """A checkpoint's model (eval mode, on ``device``; ``"auto"``: CUDA when available) and its config.
+
+    The config is ``config`` (a YAML path or a ``TrainConfig``; it also serves a checkpoint that
+    stores none) or else the checkpoint's, with ``overrides`` (``"key=value"``) applied. The model
+    is always built from the checkpoint's own config, and the config's model keys are replaced by
+    the checkpoint's (``report`` is told which), so that what is printed and recorded is the model
+    that runs. ValueError when the config's ``num_classes`` disagrees with the model's;
+    FileNotFoundError / ValueError name a missing or bad file.
+    """
+    given = load_config(config) if isinstance(config, (str, os.PathLike)) else config
+    model, model_cfg = load_trained_model(checkpoint, resolve_device(device), default_config=given)
+    cfg = apply_overrides(given if given is not None else model_cfg, overrides)
+    if cfg.num_classes != model_cfg.num_classes:
+        raise ValueError(
+            f"config key 'num_classes' is {cfg.num_classes} but the model in {checkpoint} has {model_cfg.num_classes} classes"
+        )
+    replaced = {key: getattr(cfg, key) for key in _MODEL_KEYS if getattr(cfg, key) != getattr(model_cfg, key)}
+    if replaced:
+        cfg = dataclasses.replace(cfg, **{key: getattr(model_cfg, key) for key in replaced})
+        if report is not None:
+            changes = ", ".join(f"{key}={getattr(cfg, key)} (not {value})" for key, value in replaced.items())
+            report(f"the checkpoint's model keys replace the config's: {changes}")
+    return model, cfg
+
+
+class Segmenter:
+    """A trained model with its classes, palette, normalisation and inference settings.
+
+    ``predict`` takes one image in any usual form and returns its class labels and scale maps,
+    as mmsegmentation's ``inference_model`` does; ``predict_folder`` does so for image files and
+    folders. Inference options default to the config's ``eval_*`` keys (``mode``, ``crop_size``,
+    ``stride``; a size is an int or ``(H, W)``); ``scales`` and ``flip`` are those of
+    :func:`sacseg.models.inference.predict`. The model must be in eval mode.
+
+    Example::
+
+        segmenter = sacseg.Segmenter.from_checkpoint("runs/camvid/best.pt", device="cpu")
+        labels, scales = segmenter.predict("street.png")   # [H, W] long, {"classifier": [H, W]}
+        name = segmenter.classes[labels[0, 0]]
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig,
+        *,
+        mode: InferenceMode | None = None,
+        crop_size: IntOrPair | None = None,
+        stride: IntOrPair | None = None,
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
+    ) -> None:
+        self.model = model
+        self.config = config
+        #: Class names and their colours (uint8 ``[K, 3]``), those of the config's dataset.
+        self.classes, self.palette = dataset_labels(config)
+        mode = config.eval_mode if mode is None else mode
+        crop_size = config.eval_crop_size if crop_size is None else crop_size
+        stride = config.eval_stride if stride is None else stride
+        #: Keyword arguments of every prediction (those of :func:`sacseg.models.inference.predict`).
+        self.options: dict[str, Any] = {
+            "mode": mode, "crop_size": crop_size, "stride": stride, "scales": tuple(scales), "flip": flip,
+        }  # fmt: skip
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: str | os.PathLike[str],
+        device: str | torch.device = "auto",
+        config: str | os.PathLike[str] | TrainConfig | None = None,
+        overrides: Iterable[str] = (),
+        **options: Any,
+    ) -> Segmenter:
+        """The segmenter of a checkpoint written by ``sacseg train``; see :func:`load_model_and_config`.
+
+        ``options`` are the inference options of the constructor (``mode``, ``crop_size``, ...).
+        """
+        model, cfg = load_model_and_config(checkpoint, device, config, overrides)
+        return cls(model, cfg, **options)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _input(self, image: ImageInput) -> Tensor:
+        """``image`` as the normalised ``[3, H, W]`` tensor the model takes."""
+        if isinstance(image, (str, os.PathLike)):
+            return load_image(image)[1]
+        if isinstance(image, Image.Image):
+            return to_model_input(image.convert("RGB"))
+        if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"an image array must be uint8 RGB [H, W, 3], got {image.dtype} {image.shape}")
+            return to_model_input(Image.fromarray(image))
+        if isinstance(image, Tensor):
+            if image.dim() != 3 or image.shape[0] != 3 or not image.is_floating_point():
+                raise ValueError(f"an image tensor must be normalised float [3, H, W], got {image.dtype} {tuple(image.shape)}")
+            return image
+        raise TypeError(
+            f"an image must be a path, a PIL image, a uint8 array [H, W, 3] or a tensor [3, H, W], got {type(image).__name__}"
+        )
+
+    def predict(self, image: ImageInput) -> tuple[Tensor, dict[str, Tensor]]:
+        """Class labels and scale maps for one image.
+
+        Returns:
+            ``labels`` long ``[H, W]`` (indices into :attr:`classes`) and ``{name: [H, W]}`` float,
+            one scale-coefficient map per scale-adaptive layer (``"classifier"``, ``"res5"``;
+            empty for a baseline) from a whole-image pass at scale 1, resized to the image;
+            both on :attr:`device`.
+        """
+        x = self._input(image).unsqueeze(0).to(self.device)
+        labels, scale_maps = predict_labels(self.model, x, **self.options)
+        return labels[0], {name: scale[0, 0] for name, scale in scale_maps.items()}
+
+    def predict_folder(
+        self, inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+    ) -> Iterator[tuple[Path, Tensor, dict[str, Tensor]]]:
+        """``(path, labels, scales)`` for each image file of ``inputs`` (files, or folders searched
+        recursively, sorted; see :func:`sacseg.evaluation.predict_files.find_images`), one at a time."""
+        paths = find_images([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
+        for path in paths:
+            yield (path, *self.predict(path))
+
+    def metadata(self) -> dict[str, str]:
+        """What a deployed model needs besides its weights, as strings (JSON for lists).
+
+        ``classes`` (names in index order), ``palette`` (``[[r, g, b], ...]``), ``mean`` and ``std``
+        (RGB, of images scaled to ``[0, 1]``: the input is ``(image / 255 - mean) / std``),
+        ``ignore_index``, ``model``, ``dataset`` and ``sacseg_version``.
+        """
+        return {
+            "classes": json.dumps(list(self.classes)),
+            "palette": json.dumps(self.palette.tolist()),
+            "mean": json.dumps(list(IMAGENET_MEAN)),
+            "std": json.dumps(list(IMAGENET_STD)),
+            "ignore_index": str(IGNORE_INDEX),
+            "model": self.config.model,
+            "dataset": self.config.dataset,
+            "sacseg_version": __version__,
+        }

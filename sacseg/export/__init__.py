@@ -1,0 +1,1 @@
+"""Exports: label-id PNGs as evaluators expect them, ONNX graphs checked against onnxruntime."""

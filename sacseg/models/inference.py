@@ -1,0 +1,159 @@
+"""Inference on whole images or sliding windows, with multi-scale and flip fusion."""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from sacseg.utils.pair import IntOrPair, positive_pair
+
+__all__ = ["InferenceMode", "predict", "predict_labels", "predict_with_scales"]
+
+#: Whole images, or sliding windows of ``crop_size`` every ``stride`` pixels.
+InferenceMode = Literal["whole", "slide"]
+
+
+def _forward(model: nn.Module, images: Tensor) -> dict[str, Any]:
+    out = model(images)
+    if not isinstance(out, dict) or "out" not in out:
+        raise TypeError(f"the model must return a dict with an 'out' entry, got {type(out).__name__}")
+    logits = out["out"]
+    if logits.dim() != 4 or logits.shape[0] != images.shape[0] or logits.shape[-2:] != images.shape[-2:]:
+        raise ValueError(
+            f"the model's 'out' must be [N, K, H, W] at the input size: input {tuple(images.shape)}, out {tuple(logits.shape)}"
+        )
+    return out
+
+
+def _window_starts(size: int, crop: int, stride: int) -> list[int]:
+    """Window offsets along one axis: every ``stride``, plus the last one flush with the border."""
+    if size <= crop:
+        return [0]
+    starts = list(range(0, size - crop, stride))
+    starts.append(size - crop)
+    return starts
+
+
+def _slide_logits(model: nn.Module, images: Tensor, crop: tuple[int, int], stride: tuple[int, int]) -> Tensor:
+    """Logits ``[N, K, H, W]`` averaged over the windows covering each pixel."""
+    h, w = images.shape[-2:]
+    # Zero in the normalised image is the dataset mean colour, the most neutral padding.
+    pad_h, pad_w = max(crop[0] - h, 0), max(crop[1] - w, 0)
+    padded = F.pad(images, (0, pad_w, 0, pad_h)) if pad_h or pad_w else images
+    ph, pw = padded.shape[-2:]
+    total: Tensor | None = None
+    count = torch.zeros(1, 1, ph, pw, dtype=torch.float32, device=images.device)
+    for top in _window_starts(ph, crop[0], stride[0]):
+        for left in _window_starts(pw, crop[1], stride[1]):
+            window = padded[..., top : top + crop[0], left : left + crop[1]]
+            logits = _forward(model, window)["out"].float()
+            if total is None:
+                total = images.new_zeros(images.shape[0], logits.shape[1], ph, pw, dtype=torch.float32)
+            total[..., top : top + crop[0], left : left + crop[1]] += logits
+            count[..., top : top + crop[0], left : left + crop[1]] += 1
+    assert total is not None  # at least one window always exists
+    return (total / count)[..., :h, :w]
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    images: Tensor,
+    mode: InferenceMode = "whole",
+    crop_size: IntOrPair | None = None,
+    stride: IntOrPair | None = None,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+) -> Tensor:
+    """Class probabilities ``[N, K, H, W]`` for normalised images ``[N, 3, H, W]``.
+
+    For each scale the images are resized (bilinear), run whole (``mode="whole"``) or in
+    ``crop_size`` windows every ``stride`` pixels (``mode="slide"``; overlapping logits are
+    averaged, the last window is aligned to the border, inputs smaller than a window are
+    zero-padded and the padding cropped away), optionally also mirrored left-right; the softmax
+    probabilities of every pass are resized back to ``H, W`` and averaged.
+
+    The model must already be in eval mode; it is run without gradients. ``stride`` defaults to
+    ``crop_size`` (windows that only overlap at the border).
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must be [N, 3, H, W], got shape {tuple(images.shape)}")
+    if mode not in typing.get_args(InferenceMode):
+        raise ValueError(f"unknown inference mode {mode!r}; valid: {', '.join(typing.get_args(InferenceMode))}")
+    crop: tuple[int, int] | None = None
+    step: tuple[int, int] | None = None
+    if mode == "slide":
+        if crop_size is None:
+            raise ValueError("mode='slide' needs crop_size")
+        crop = positive_pair(crop_size, "crop_size")
+        step = crop if stride is None else positive_pair(stride, "stride")
+        if step[0] > crop[0] or step[1] > crop[1]:
+            raise ValueError(f"stride {step} exceeds crop_size {crop}: the windows would leave gaps")
+    if not scales or any(not s > 0 for s in scales):
+        raise ValueError(f"scales must be a non-empty sequence of positive numbers, got {scales!r}")
+
+    h, w = images.shape[-2:]
+    probs: Tensor | None = None
+    passes = 0
+    for scale in scales:
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        scaled = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        for mirrored in (False, True) if flip else (False,):
+            x = scaled.flip(-1) if mirrored else scaled
+            if crop is None:
+                logits = _forward(model, x)["out"]
+            else:
+                assert step is not None
+                logits = _slide_logits(model, x, crop, step)
+            p = logits.float().softmax(dim=1)
+            if mirrored:
+                p = p.flip(-1)
+            if size != (h, w):
+                p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
+            probs = p if probs is None else probs + p
+            passes += 1
+    assert probs is not None
+    return probs / passes
+
+
+@torch.no_grad()
+def predict_with_scales(model: nn.Module, images: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """One whole-image pass for pictures: probabilities ``[N, K, H, W]`` and the model's scale maps.
+
+    Each scale map ``[N, 1, h, w]`` is resized (bilinear) to the input size, giving
+    ``{name: [N, 1, H, W]}`` (empty for a model without scale-adaptive layers).
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must be [N, 3, H, W], got shape {tuple(images.shape)}")
+    out = _forward(model, images)
+    size = images.shape[-2:]
+    scale_maps = {
+        name: s if s.shape[-2:] == size else F.interpolate(s.float(), size=size, mode="bilinear", align_corners=False)
+        for name, s in dict(out.get("scales", {})).items()
+    }
+    return out["out"].float().softmax(dim=1), scale_maps
+
+
+@torch.no_grad()
+def predict_labels(
+    model: nn.Module, images: Tensor, with_scales: bool = True, **options: Any
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Class indices ``[N, H, W]`` (long) for normalised images ``[N, 3, H, W]``, and the scale maps.
+
+    The labels are the argmax of :func:`predict`'s probabilities under ``options`` (``mode``,
+    ``crop_size``, ``stride``, ``scales``, ``flip``). With ``with_scales`` the scale maps
+    ``{name: [N, 1, H, W]}`` come from one whole-image pass at scale 1 (:func:`predict_with_scales`,
+    which also gives the labels when the options ask for no more than that pass); without, the dict
+    is empty.
+    """
+    plain = options.get("mode", "whole") == "whole" and tuple(options.get("scales", (1.0,))) == (1.0,)
+    plain = plain and not options.get("flip", False)
+    probs, scale_maps = predict_with_scales(model, images) if with_scales else (None, {})
+    if probs is None or not plain:
+        probs = predict(model, images, **options)
+    return probs.argmax(1), scale_maps

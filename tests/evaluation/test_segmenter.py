@@ -1,0 +1,151 @@
+"""``sacseg.Segmenter`` and the prediction/export conveniences: index PNGs, --set, non-square windows, ONNX metadata."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import sacseg
+from sacseg.checkpoint import atomic_torch_save
+from sacseg.cli import main
+from sacseg.config import TrainConfig
+from sacseg.data import CamVid
+from sacseg.evaluation.predict_files import load_image
+from sacseg.export.onnx_export import export_onnx
+from sacseg.factory import build_model_from_config
+from sacseg.models.inference import predict, predict_with_scales
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SAC-single CamVid checkpoint (11 classes) with random weights: varied classes, scales away from 1."""
+    cfg = dataclasses.replace(TrainConfig(), model="sac_single_resnet18", dataset="camvid", num_classes=11, iterations=1)
+    torch.manual_seed(0)
+    model = build_model_from_config(cfg)
+    nn.init.normal_(model.classifier.weight, std=1.0)
+    nn.init.normal_(model.scale_regressors["classifier"].conv.weight, std=0.02)
+    path = tmp_path_factory.mktemp("run") / "best.pt"
+    atomic_torch_save({"model": model.state_dict(), "config": dataclasses.asdict(cfg), "iteration": 1}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for name, size in (("a.png", (40, 56)), ("b.jpg", (48, 40))):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / name)
+    return folder
+
+
+def test_segmenter_predicts_any_image_form_as_the_engine_does(checkpoint: Path, images: Path) -> None:
+    segmenter = sacseg.Segmenter.from_checkpoint(checkpoint, device="cpu")
+    assert segmenter.classes == CamVid.classes and torch.equal(segmenter.palette, CamVid.palette)
+    path = images / "a.png"
+    picture, tensor = load_image(path)
+    probs, scale_maps = predict_with_scales(segmenter.model, tensor[None])
+    labels, scales = segmenter.predict(path)
+    assert labels.dtype == torch.long and labels.shape == (40, 56)
+    assert torch.equal(labels, probs.argmax(1)[0]) and len(labels.unique()) >= 2
+    assert set(scales) == {"classifier"} and scales["classifier"].shape == (40, 56)
+    torch.testing.assert_close(scales["classifier"], scale_maps["classifier"][0, 0])
+    assert scales["classifier"].std() > 0
+    for form in (str(path), Image.open(path), picture, tensor):
+        again, again_scales = segmenter.predict(form)
+        assert torch.equal(again, labels) and torch.equal(again_scales["classifier"], scales["classifier"])
+    found = list(segmenter.predict_folder(images))
+    assert [p.name for p, _, _ in found] == ["a.png", "b.jpg"] and found[1][1].shape == (48, 40)
+    assert torch.equal(found[0][1], labels)
+
+
+def test_segmenter_options_and_bad_inputs(checkpoint: Path, images: Path) -> None:
+    segmenter = sacseg.Segmenter.from_checkpoint(
+        checkpoint, device="cpu", overrides=["eval_mode=slide", "eval_crop_size=[24, 32]"], flip=True
+    )
+    assert segmenter.options == {"mode": "slide", "crop_size": [24, 32], "stride": None, "scales": (1.0,), "flip": True}
+    tensor = load_image(images / "a.png")[1]
+    expected = predict(segmenter.model, tensor[None], mode="slide", crop_size=(24, 32), flip=True).argmax(1)[0]
+    assert torch.equal(segmenter.predict(tensor)[0], expected)
+    with pytest.raises(ValueError, match=r"uint8 RGB \[H, W, 3\]"):
+        segmenter.predict(np.zeros((4, 4), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"normalised float \[3, H, W\]"):
+        segmenter.predict(torch.zeros(1, 3, 4, 4))
+    with pytest.raises(TypeError, match="got int"):
+        segmenter.predict(3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="num_classes' is 5 but the model in .*best.pt has 11"):
+        sacseg.Segmenter.from_checkpoint(checkpoint, device="cpu", overrides=["num_classes=5"])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["--set", "eval_mode=slide", "--set", "eval_crop_size=[24, 32]", "--set", "eval_stride=[12, 16]"],
+     ["--mode", "slide", "--crop-size", "24", "32", "--stride", "12", "16"]],
+    ids=["set-config-keys", "flags"],
+)  # fmt: skip
+def test_predict_index_pngs_with_non_square_windows(
+    checkpoint: Path, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str]
+) -> None:
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(checkpoint), str(images), "--out", str(out), "--format", "index", *options]) == 0
+    assert "2 files for 2 images" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["a_index.png", "b_index.png"]
+    segmenter = sacseg.Segmenter.from_checkpoint(checkpoint, device="cpu")
+    for stem, suffix in (("a", ".png"), ("b", ".jpg")):
+        x = load_image(images / f"{stem}{suffix}")[1][None]
+        expected = predict(segmenter.model, x, mode="slide", crop_size=(24, 32), stride=(12, 16)).argmax(1)[0]
+        with Image.open(out / f"{stem}_index.png") as png:
+            assert png.mode == "L"
+            np.testing.assert_array_equal(np.asarray(png), expected.numpy())
+
+
+def test_predict_size_flags_take_one_or_two_numbers(
+    checkpoint: Path, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--checkpoint", str(checkpoint), str(images), "--out", str(tmp_path), "--crop-size", "8", "8", "8"])
+    assert exit_info.value.code == 2
+    assert "sacseg predict: error: --crop-size takes one number (a square) or two (H W), got 3" in capsys.readouterr().err
+
+
+def test_colour_pictures_carry_a_legend_of_the_classes_present(checkpoint: Path, images: Path, tmp_path: Path) -> None:
+    assert main(["predict", "--checkpoint", str(checkpoint), str(images / "a.png"), "--out", str(tmp_path / "l")]) == 0
+    assert (
+        main(["predict", "--checkpoint", str(checkpoint), str(images / "a.png"), "--out", str(tmp_path / "n"), "--no-legend"])
+        == 0
+    )
+    plain = np.asarray(Image.open(tmp_path / "n" / "a_color.png"))
+    with_legend = np.asarray(Image.open(tmp_path / "l" / "a_color.png"))
+    assert plain.shape == (40, 56, 3) and with_legend.shape[0] > 40
+    np.testing.assert_array_equal(with_legend[:40], plain)
+    assert Image.open(tmp_path / "l" / "a_overlay.png").height == with_legend.shape[0]
+
+
+onnx = pytest.importorskip("onnx")
+
+
+def test_export_stores_classes_palette_and_normalisation(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "m.onnx"
+    args = ["export", "--checkpoint", str(checkpoint), "--out", str(out), "--height", "32", "--width", "32", "--device", "cpu"]
+    assert main([*args, "--set", "threads=1"]) == 0
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(props["classes"]) == list(CamVid.classes)
+    assert json.loads(props["palette"]) == CamVid.palette.tolist()
+    assert json.loads(props["mean"]) == pytest.approx([0.485, 0.456, 0.406])
+    assert json.loads(props["std"]) == pytest.approx([0.229, 0.224, 0.225])
+    assert props["model"] == "sac_single_resnet18" and props["dataset"] == "camvid" and props["ignore_index"] == "255"
+    with pytest.raises(ValueError, match="metadata keys and values must be strings"):
+        export_onnx(nn.Conv2d(3, 2, 1), tmp_path / "x.onnx", 8, 8, metadata={"classes": ["sky"]})  # type: ignore[dict-item]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # --set reaches the config: a wrong key value is refused
+        main([*args, "--set", "num_classes=5"])
+    assert exit_info.value.code == 2
+    assert "config key 'num_classes' is 5 but the model in" in capsys.readouterr().err

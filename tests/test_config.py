@@ -1,0 +1,131 @@
+"""Tests for the flat YAML configs: every shipped file is complete and valid; errors name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sacseg.config import TrainConfig, apply_overrides, config_from_dict, load_config, save_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def test_configs_folder_has_every_paper_row() -> None:
+    names = {p.stem for p in CONFIGS}
+    for dataset in ("cityscapes", "ade20k"):
+        for row in ("baseline", "sac_single", "sac_multiple", "sac_single_only", "sac_multiple_only"):
+            assert f"{dataset}_{row}_r101" in names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_file_is_complete_and_valid(path: Path) -> None:
+    keys = set(yaml.safe_load(path.read_text()))
+    assert keys == FIELDS, f"missing {FIELDS - keys}, extra {keys - FIELDS}"
+    cfg = load_config(path)
+    assert cfg.out_dir == f"runs/{path.stem}"
+    if "_only_" in path.stem:
+        assert cfg.baseline_checkpoint is not None and cfg.model.startswith("sac_")
+    if path.stem.endswith("_r101"):  # the paper's schedule
+        assert (cfg.batch_size, cfg.crop_size, cfg.epochs, cfg.lr_step, cfg.lr) == (8, 500, 70, 60, 5e-4)
+        assert (cfg.momentum, cfg.weight_decay, cfg.scale_min, cfg.scale_max, cfg.flip) == (0.9, 1e-4, 0.5, 1.5, True)
+
+
+def test_unknown_key_names_it_and_lists_valid_keys(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: fcn_resnet18\nlearning_rate: 0.1\niterations: 2\n")
+    with pytest.raises(ValueError, match=r"bad.yaml.*'learning_rate'.*valid keys: model, num_classes"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        ({"batch_size": "eight", "iterations": 1}, "batch_size"),
+        ({"batch_size": 2.5, "iterations": 1}, "batch_size"),
+        ({"amp": 1, "iterations": 1}, "amp"),
+        ({"crop_size": True, "iterations": 1}, "crop_size"),
+        ({"lr": "fast", "iterations": 1}, "lr"),
+        ({"model": None, "iterations": 1}, "model"),
+        ({"schedule": "cosine", "iterations": 1}, "schedule"),
+        ({"batch_size": 0, "iterations": 1}, "batch_size"),
+        ({"epochs": 2, "iterations": 3}, "epochs"),
+        ({"output_stride": 32, "iterations": 1}, "output_stride"),
+        ({"scale_bound": "tanh", "iterations": 1}, "scale_bound"),
+        ({"scale_lr_mult": 0.0, "iterations": 1}, "scale_lr_mult"),
+        ({"eval_crop_size": [512, 1024, 3], "iterations": 1}, "eval_crop_size"),
+        ({"eval_stride": [256, 5.5], "iterations": 1}, "eval_stride"),
+    ],
+)
+def test_bad_value_names_the_key(values: dict, key: str) -> None:
+    with pytest.raises(ValueError, match=f"'{key}'"):
+        config_from_dict(values)
+
+
+def test_overrides_are_parsed_with_the_field_type(tmp_path: Path) -> None:
+    cfg = config_from_dict({"iterations": 4})
+    cfg = apply_overrides(cfg, ["lr=5e-3", "grad_clip=1", "amp=false", "baseline_checkpoint=null", "model=sac_single_resnet18"])
+    assert (cfg.lr, cfg.grad_clip, cfg.amp, cfg.baseline_checkpoint, cfg.model) == (5e-3, 1.0, False, None, "sac_single_resnet18")
+    assert isinstance(cfg.grad_clip, float)
+    with pytest.raises(ValueError, match="'batch_size'"):
+        apply_overrides(cfg, ["batch_size=big"])
+    with pytest.raises(ValueError, match="unknown config key 'bach_size'.*valid keys"):
+        apply_overrides(cfg, ["bach_size=2"])
+    with pytest.raises(ValueError, match="key=value"):
+        apply_overrides(cfg, ["batch_size"])
+
+
+def test_saved_config_loads_back_equal(tmp_path: Path) -> None:
+    cfg = apply_overrides(config_from_dict({"iterations": 4}), ["grad_clip=2.0", "lr=0.02"])
+    save_config(cfg, tmp_path / "run" / "config.yaml")
+    assert load_config(tmp_path / "run" / "config.yaml") == cfg
+
+
+def test_missing_config_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_camvid_config_reads_the_real_sample(shared_data: Path) -> None:
+    from sacseg.factory import build_datasets
+
+    cfg = apply_overrides(load_config(CONFIGS[0].parent / "camvid_baseline_r18.yaml"), [f"data_root={shared_data / 'camvid'}"])
+    train_set, val_set = build_datasets(cfg)
+    assert (len(train_set), len(val_set)) == (367, 101)
+    image, target = train_set[0]
+    assert image.shape == (3, cfg.crop_size, cfg.crop_size) and target.shape == (cfg.crop_size, cfg.crop_size)
+
+
+def test_window_sizes_are_an_int_or_height_and_width() -> None:
+    cfg = config_from_dict({"iterations": 1, "eval_mode": "slide", "eval_crop_size": [512, 1024], "eval_stride": 256})
+    assert (cfg.eval_crop_size, cfg.eval_stride) == ([512, 1024], 256)
+    cfg = apply_overrides(cfg, ["eval_stride=[256, 512]"])
+    assert cfg.eval_stride == [256, 512]
+    assert config_from_dict(dataclasses.asdict(cfg)) == cfg  # as saved into checkpoints
+    with pytest.raises(ValueError, match=r"'eval_crop_size' must be int or a list \[H, W\] of two ints or null"):
+        apply_overrides(cfg, ["eval_crop_size=[1, 2, 3]"])
+
+
+@pytest.mark.parametrize(
+    ("key", "owner"),
+    [
+        ("upsample", "sacseg.models.fcn.UpsampleMode"),
+        ("scale_bound", "sacseg.nn.sac.ScaleBound"),
+        ("eval_mode", "sacseg.models.inference.InferenceMode"),
+        ("device", "sacseg.utils.device.DeviceName"),
+        ("schedule", "sacseg.config.Schedule"),
+    ],
+)
+def test_choices_are_the_owners_literal_types(key: str, owner: str) -> None:
+    module, _, name = owner.rpartition(".")
+    choices = typing.get_args(getattr(importlib.import_module(module), name))
+    for value in choices:  # every value the owner accepts is a valid config value...
+        assert getattr(config_from_dict({"iterations": 1, key: value, "eval_crop_size": 8}), key) == value
+    # ...and the message for any other lists exactly those.
+    with pytest.raises(ValueError, match=f"config key '{key}' must be one of {', '.join(choices)}, got 'other'"):
+        config_from_dict({"iterations": 1, key: "other"})

@@ -1,0 +1,41 @@
+"""Tests for the factory: one builder per config ``dataset`` name, labels known without the data, clear errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from sacseg.config import TrainConfig
+from sacseg.data import DATASETS, SegmentationDataset
+from sacseg.factory import DATASET_BUILDERS, build_datasets, dataset_labels
+
+
+def test_every_data_set_has_one_builder() -> None:
+    assert set(DATASET_BUILDERS) == set(DATASETS)
+
+
+@pytest.mark.parametrize(("name", "classes"), [("cityscapes", 19), ("ade20k", 150), ("camvid", 11), ("scale_scenes", 7)])
+def test_labels_are_known_without_the_data(
+    tiny_config: Callable[..., TrainConfig], tmp_path: Path, name: str, classes: int
+) -> None:
+    cfg = tiny_config(tmp_path, dataset=name, num_classes=classes, data_root=str(tmp_path / "absent"))
+    names, palette = dataset_labels(cfg)
+    assert len(names) == classes and tuple(palette.shape) == (classes, 3)
+
+
+def test_unknown_names_and_class_counts_are_named(tiny_config: Callable[..., TrainConfig], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="config key 'dataset': 'pascal' is unknown; valid: ade20k, camvid, cityscapes, folder"):
+        dataset_labels(tiny_config(tmp_path, dataset="pascal"))
+    with pytest.raises(ValueError, match="config key 'num_classes' is 5 but dataset 'scale_scenes' has 7 classes"):
+        build_datasets(tiny_config(tmp_path, num_classes=5))
+
+
+def test_train_and_validation_sets_follow_the_protocol(tiny_config: Callable[..., TrainConfig], tmp_path: Path) -> None:
+    train_set, val_set = build_datasets(tiny_config(tmp_path))
+    for dataset, count in ((train_set, 2), (val_set, 1)):  # the tiny config's scale_scenes_*_images
+        assert isinstance(dataset, SegmentationDataset) and len(dataset) == count
+        image, target = dataset[0]
+        assert image.shape == (3, 64, 64) and target.shape == (64, 64)
+        assert int(target.max()) < len(dataset.classes) or int(target.max()) == dataset.ignore_index

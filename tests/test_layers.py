@@ -1,0 +1,174 @@
+"""Tests of the package's layering: no import cycle between sacseg's modules or sub-packages, and commands
+that only run a trained model load neither the training loop nor TensorBoard."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sacseg.checkpoint import atomic_torch_save
+from sacseg.config import TrainConfig, config_from_dict, save_config
+from sacseg.factory import build_model_from_config
+
+PACKAGE = Path(__file__).resolve().parents[1] / "sacseg"
+REPO = PACKAGE.parent
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _module_level_imports(path: Path, name: str) -> set[str]:
+    """The sacseg modules that ``path`` imports when it is imported: module-level statements only (an
+    import inside a function, or under ``if TYPE_CHECKING:``, runs later or never)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(statements: list[ast.stmt]) -> None:
+        for node in statements:
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                    base = f"{anchor}.{base}" if base else anchor
+                found.add(base)
+                found.update(f"{base}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.If) and not _is_type_checking(node.test):
+                visit(node.body)
+                visit(node.orelse)
+            elif isinstance(node, ast.Try):
+                visit(node.body)
+                for handler in node.handlers:
+                    visit(handler.body)
+
+    visit(tree.body)
+    return {m for m in found if m == "sacseg" or m.startswith("sacseg.")}
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        # "from sacseg.data import ADE20K" names a class, not a module: keep what is a module.
+        graph[name] = {m for m in _module_level_imports(path, name) if m in modules and m != name}
+    return graph
+
+
+def _layer(module: str) -> str:
+    """``sacseg.training.train`` -> ``sacseg.training``; top-level modules (``sacseg.config``) are layers of their own."""
+    return ".".join(module.split(".")[:2])
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` as a path ``[a, b, ..., a]``, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycle_between_modules() -> None:
+    graph = _graph()
+    assert len(graph) > 30 and "sacseg.training.train" in graph["sacseg.training.demo"]  # the walk sees the package
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph) or [])
+
+
+def test_no_import_cycle_between_sub_packages() -> None:
+    layers: dict[str, set[str]] = {}
+    for module, imports in _graph().items():
+        # The package's own __init__ re-exports nothing eagerly: it is not a layer.
+        if module == "sacseg":
+            continue
+        layers.setdefault(_layer(module), set()).update(_layer(m) for m in imports if _layer(m) not in (_layer(module), "sacseg"))
+    assert {"sacseg.ops", "sacseg.nn", "sacseg.models", "sacseg.training", "sacseg.evaluation"} <= set(layers)
+    assert _cycle(layers) is None, " -> ".join(_cycle(layers) or [])
+
+
+# Run in a fresh interpreter: which modules the command line loaded, printed after it ran.
+_RUN_AND_LIST_MODULES = """
+import sys
+from sacseg.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exit_:
+    code = exit_.code
+print("MODULES", " ".join(sorted(sys.modules)))
+sys.exit(code)
+"""
+
+
+def _loaded_modules(*args: str) -> set[str]:
+    result = subprocess.run(
+        [sys.executable, "-c", _RUN_AND_LIST_MODULES, *args], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("MODULES "))
+    return set(line.split()[1:])
+
+
+def _training_stack(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if m.startswith(("sacseg.training", "tensorboard", "torch.utils.tensorboard")))
+
+
+def test_eval_help_loads_no_training_module() -> None:
+    modules = _loaded_modules("eval", "--help")
+    assert _training_stack(modules) == []
+
+
+def test_a_whole_eval_run_loads_neither_the_training_loop_nor_tensorboard(
+    tiny_config: Callable[..., TrainConfig], tmp_path: Path
+) -> None:
+    cfg = tiny_config(tmp_path)  # one 64x64 validation scene
+    save_config(cfg, tmp_path / "config.yaml")
+    model = build_model_from_config(cfg)
+    atomic_torch_save({"model": model.state_dict(), "config": dataclasses.asdict(cfg)}, tmp_path / "model.pt")
+    out = tmp_path / "eval.json"
+    modules = _loaded_modules("eval", "--checkpoint", str(tmp_path / "model.pt"), "--device", "cpu", "--out", str(out))
+    assert out.is_file()  # the evaluation ran to its end
+    assert "sacseg.evaluation.evaluate" in modules and "sacseg.factory" in modules
+    assert _training_stack(modules) == []
+    # Nor any other extra's package: `pip install sacseg` evaluates.
+    extras = {"tensorboard", "matplotlib", "cityscapesscripts", "onnx", "onnxruntime"}
+    assert sorted(m for m in modules if m.split(".")[0] in extras) == []
+
+
+def test_a_training_run_does_load_them(two_step_settings: dict[str, Any], tmp_path: Path) -> None:
+    """The other side of the two tests above: the check sees the training stack where it is used."""
+    save_config(config_from_dict(dict(two_step_settings, iterations=1, val_every=1)), tmp_path / "tiny.yaml")
+    modules = _loaded_modules("train", "--config", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "run"))
+    assert {"sacseg.training.train", "torch.utils.tensorboard"} <= set(_training_stack(modules))
