@@ -26,13 +26,13 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sac_conv.py
 
 study-scalescenes: $(STAMP)
-	$(BIN)/python -m benchmarks.study_scalescenes --out docs/results
+	$(BIN)/python -m studies.scalescenes --out docs/results
 
 study-camvid: $(STAMP)
-	$(BIN)/python -m benchmarks.study_camvid --data-root $(CAMVID) --out docs/results
+	$(BIN)/python -m studies.camvid --data-root $(CAMVID) --out docs/results
 
 results: $(STAMP)
-	$(BIN)/python -m benchmarks.make_results
+	$(BIN)/python -m studies.make_results
 
 clean:
 	rm -rf $(VENV) build *.egg-info

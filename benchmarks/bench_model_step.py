@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from benchmarks._study import format_table, run_record, write_json  # noqa: E402
+from benchmarks._report import format_table, run_record, write_json  # noqa: E402
 from benchmarks import _timing  # noqa: E402
 from sacseg.engine.train import segmentation_loss  # noqa: E402
 from sacseg.models import build_model  # noqa: E402
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(_table(results))
     if args.json is not None:
-        record = run_record("bench_model_step", sys.argv[1:] if argv is None else argv)
+        record = run_record("benchmarks.bench_model_step", sys.argv[1:] if argv is None else argv)
         record["machine"]["torch_threads_per_job"] = args.threads
         record["device"] = _timing.device_name(device)
         settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items() if k != "json"}

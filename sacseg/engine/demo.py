@@ -30,7 +30,7 @@ __all__ = ["DEMO_SETTINGS", "demo_config", "run_demo"]
 # gradient norm (it reads unnormalised res5 features), and with momentum a few steps still pin
 # parts of the scale map at 0.25 / 4 for good; a tenth of the lr for the regressor
 # (scale_lr_mult, as Deformable ConvNets do for their offsets) keeps the whole map inside the
-# bounds and learning (benchmarks/probe_scale_regressor.py).
+# bounds and learning (studies/probe_scale_regressor.py).
 # One thread: two OpenMP threads on a 2-core machine that is busy with anything else spin
 # against each other and run 3-10x slower; one thread is never far from the best.
 DEMO_SETTINGS: dict[str, Any] = {
@@ -136,7 +136,7 @@ def run_demo(
         f"{table}\n\n"
         f"This is one short run with one seed ({seed}): differences of a few points between the two models "
         "are within what another seed changes. The study over three seeds, longer training and "
-        "object-size buckets is in docs/results.md (`python -m benchmarks.study_scalescenes`).\n\n"
+        "object-size buckets is in docs/results.md (`python -m studies.scalescenes`).\n\n"
         "![image, baseline, SAC-single, ground truth, SAC-single scale map](comparison.png)\n"
     )
     with atomic_open(report, "w", encoding="utf-8") as handle:

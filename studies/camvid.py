@@ -18,8 +18,8 @@ the 11 classes, void ignored.
 
 Writes ``<out>/camvid.json`` (every number) and ``<out>/camvid_predictions.png``; prints the table.
 
-    python -m benchmarks.study_camvid --data-root ../shared/data/camvid --out docs/results   # ~65 min on 2 cores
-    python -m benchmarks.study_camvid --data-root ../shared/data/camvid --quick --out /tmp/cv  # smoke test
+    python -m studies.camvid --data-root ../shared/data/camvid --out docs/results   # ~65 min on 2 cores
+    python -m studies.camvid --data-root ../shared/data/camvid --quick --out /tmp/cv  # smoke test
 """
 
 from __future__ import annotations
@@ -37,9 +37,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
-from benchmarks._study import (
-    Downscaled, Job, format_table, load_trained, pct, run_jobs, run_record, train_and_load, write_json,
-)  # fmt: skip
+from benchmarks._report import format_table, run_record, write_json
+from studies._study import Downscaled, Job, load_trained, pct, run_jobs, train_and_load
 from sacseg.data import CamVid
 from sacseg.data.camvid import CLASSES
 from sacseg.engine.evaluate import evaluate
@@ -163,7 +162,7 @@ def _settings(title: str, model: str, from_baseline: bool, p: Mapping[str, Any],
         # or 4), where ReLU + clamp pass no gradient and SAC trains as a fixed-dilation model.
         # Clipping the global gradient norm at 1 (every model gets it) and, for the models trained
         # whole, the regressors at a tenth of the lr keep the maps inside the bounds
-        # (benchmarks/probe_scale_regressor.py). The "-only" runs train nothing but the regressors,
+        # (studies/probe_scale_regressor.py). The "-only" runs train nothing but the regressors,
         # from a trained network: the run's lr is theirs.
         "grad_clip": 1.0,
         "scale_lr_mult": 1.0 if from_baseline else 0.1,
@@ -221,7 +220,7 @@ def _picture(settings: Mapping[str, Mapping[str, Any]], root: Path, split: str, 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line, checked: data folders must exist before hours of training start."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.study_camvid", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.camvid", description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", type=Path, required=True, help="CamVid folder with train/, trainannot/, val/, valannot/")
     parser.add_argument("--eval-split", default="val", choices=("train", "val", "test"), help="split of --data-root to report")
     parser.add_argument("--test-root", type=Path, help="a folder with test/ and testannot/: also evaluate the selected checkpoints there")
@@ -250,7 +249,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    record = run_record("study_camvid", list(argv) if argv is not None else sys.argv[1:])
+    record = run_record("studies.camvid", list(argv) if argv is not None else sys.argv[1:])
     p = dict(QUICK if args.quick else FULL)
     start = time.perf_counter()
     name = f"camvid_x{p['factor']}" + (f"_first{p['limit']}" if p["limit"] else "")

@@ -1,11 +1,11 @@
 """Re-train the CamVid study's "-only" rows with the scale regressors at a tenth of the lr, from the study's baseline.
 
-The study (``benchmarks/study_camvid.py``) trains the "-only" rows' regressors at the run's lr; this
+The study (``studies/camvid.py``) trains the "-only" rows' regressors at the run's lr; this
 probe repeats those two runs with ``scale_lr_mult: 0.1`` after a full study has left its baseline and
 half-resolution data in ``--work``, and prints each run's validation mIoU (half resolution, the
 study's selection number). docs/results/reading.md quotes its output.
 
-    python -m benchmarks.probe_camvid_only --work runs/study_camvid      # ~15 min on 2 cores
+    python -m studies.probe_camvid_only --work runs/study_camvid      # ~15 min on 2 cores
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import study_camvid
-from benchmarks._study import Job, run_jobs, train_and_load
+from studies import camvid as study_camvid
+from studies._study import Job, run_jobs, train_and_load
 
 
 def _job(settings: dict[str, Any]) -> dict[str, Any]:
@@ -24,7 +24,7 @@ def _job(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.probe_camvid_only", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.probe_camvid_only", description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=Path("runs/study_camvid"), help="the full study's --work folder")
     parser.add_argument("--out", type=Path, default=Path("runs/probe_camvid_only"), help="where the two runs go")
     parser.add_argument("--scale-lr-mult", type=float, default=0.1)

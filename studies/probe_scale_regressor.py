@@ -25,7 +25,8 @@ from sacseg.engine.train import (
     train_step,
 )
 
-from benchmarks._study import Job, format_table, run_jobs
+from benchmarks._report import format_table
+from studies._study import Job, run_jobs
 
 # name -> config overrides of the demo's settings; "clip" is the paper's regressor with one lr for all.
 CANDIDATES: dict[str, dict[str, Any]] = {

@@ -1,18 +1,13 @@
-"""Shared machinery of the study scripts: training jobs run in parallel, run records, JSON and tables."""
+"""Shared machinery of the studies: training jobs run in parallel, resumable runs, statistics and number formats."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
 import dataclasses
-import datetime
-import json
 import math
 import multiprocessing
 import os
-import platform
-import shlex
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -24,18 +19,14 @@ from torch.nn import functional as F
 
 from sacseg.engine.checkpoint import load_checkpoint, load_trained_model
 from sacseg.engine.config import config_from_dict
-from sacseg.engine.io import atomic_open
-from sacseg.engine.train import git_revision, train
+from sacseg.engine.train import train
 
 __all__ = [
     "Job",
     "run_jobs",
-    "run_record",
     "load_trained",
     "train_and_load",
     "mean_std",
-    "write_json",
-    "format_table",
     "pct",
     "pct_stat",
     "number_stat",
@@ -174,23 +165,6 @@ class Downscaled(nn.Module):
         return {"out": logits, "scales": out["scales"]}
 
 
-def run_record(script: str, argv: Sequence[str]) -> dict[str, Any]:
-    """The command, the date (UTC), the git revision and the machine, for the raw JSON."""
-    return {
-        "command": f"python -m benchmarks.{script} " + shlex.join(argv),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "git_revision": git_revision(),
-        "machine": {
-            "cores": os.cpu_count(),
-            "torch": torch.__version__,
-            "torch_threads_per_job": 1,
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-        },
-    }
-
-
 def mean_std(values: Sequence[float]) -> dict[str, float | None]:
     """``{"mean", "std"}`` over the finite values (sample std, ``ddof=1``; None when undefined)."""
     kept = [float(v) for v in values if v is not None and math.isfinite(v)]
@@ -199,23 +173,6 @@ def mean_std(values: Sequence[float]) -> dict[str, float | None]:
     mean = sum(kept) / len(kept)
     std = math.sqrt(sum((v - mean) ** 2 for v in kept) / (len(kept) - 1)) if len(kept) > 1 else None
     return {"mean": mean, "std": std}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def write_json(doc: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
-    """Write ``doc`` atomically as standard JSON (NaN and infinities as null)."""
-    with atomic_open(path, "w", encoding="utf-8") as handle:
-        json.dump(_jsonable(doc), handle, indent=1, allow_nan=False)
-        handle.write("\n")
 
 
 def pct(value: float | None, std: float | None = None) -> str:
@@ -236,18 +193,3 @@ def number_stat(stat: Mapping[str, float | None] | None) -> str:
     if stat is None or stat["mean"] is None:
         return "-"
     return f"{stat['mean']:.2f}" + ("" if stat["std"] is None else f" +- {stat['std']:.2f}")
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool = False) -> str:
-    """Rows of strings as an aligned plain-text table, or a Markdown table."""
-    if any(len(row) != len(headers) for row in rows):
-        raise ValueError(f"every row needs {len(headers)} cells")
-    if markdown:
-        lines = ["| " + " | ".join(headers) + " |", "| --- |" + " ---: |" * (len(headers) - 1)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        return "\n".join(lines)
-    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows)]
-    lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-             for row in [headers, *rows]]  # fmt: skip
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)

@@ -11,10 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks import study_camvid, study_scalescenes
-from benchmarks._study import Downscaled, Job, format_table, mean_std, run_jobs, write_json
-from benchmarks.make_results import render
-from benchmarks.study_scalescenes import (
+from studies import camvid as study_camvid, scalescenes as study_scalescenes
+from benchmarks._report import format_table, write_json
+from studies._study import Downscaled, Job, mean_std, run_jobs
+from studies.make_results import render
+from studies.scalescenes import (
     bucket_edges,
     bucket_index,
     bucket_targets,

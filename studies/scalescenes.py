@@ -24,8 +24,8 @@ for a given seed the three start from the same backbone and classifier weights) 
 Writes ``<out>/scalescenes.json`` (every number, per seed, and the per-object (size, scale) pairs) and
 ``<out>/scalescenes_predictions.png``; prints the table. Training runs go to ``--work``.
 
-    python -m benchmarks.study_scalescenes --out docs/results          # full study (~45 min, 2 cores)
-    python -m benchmarks.study_scalescenes --quick --out /tmp/ss_quick  # smoke test (~1-2 min)
+    python -m studies.scalescenes --out docs/results          # full study (~45 min, 2 cores)
+    python -m studies.scalescenes --quick --out /tmp/ss_quick  # smoke test (~1-2 min)
 """
 
 from __future__ import annotations
@@ -43,9 +43,8 @@ import torch
 from scipy import stats
 from torch.utils.data import DataLoader
 
-from benchmarks._study import (
-    Job, format_table, load_trained, mean_std, number_stat, pct_stat, run_jobs, run_record, train_and_load, write_json,
-)  # fmt: skip
+from benchmarks._report import format_table, run_record, write_json
+from studies._study import Job, load_trained, mean_std, number_stat, pct_stat, run_jobs, train_and_load
 from sacseg.data import ScaleScenes
 from sacseg.engine.inference import predict_with_scales
 from sacseg.engine.metrics import ConfusionMatrix
@@ -210,7 +209,7 @@ def _settings(model: str, seed: int, p: Mapping[str, Any], work: Path) -> dict[s
         # or 4), where ReLU + clamp pass no gradient and SAC trains as a fixed-dilation model.
         # Clipping the global gradient norm at 1 (typical norms early on: 6-15; every model gets it)
         # and the regressors at a tenth of the lr keep the maps inside the bounds
-        # (benchmarks/probe_scale_regressor.py: without the lower lr SAC-multiple's res5 map sat on a
+        # (studies/probe_scale_regressor.py: without the lower lr SAC-multiple's res5 map sat on a
         # bound all run). scale_lr_mult does nothing to the baseline, which has no regressor.
         "grad_clip": 1.0,
         "scale_lr_mult": 0.1,
@@ -333,7 +332,7 @@ def _picture(work: Path, seed: int, p: Mapping[str, Any], path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.study_scalescenes", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.scalescenes", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("docs/results"), help="where scalescenes.json and the PNG go")
     parser.add_argument("--work", type=Path, default=Path("runs/study_scalescenes"), help="training runs (checkpoints, logs)")
     parser.add_argument("--quick", action="store_true", help="a smoke test of a minute or two (not a result)")
@@ -348,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if args.iterations < 1:
             parser.error("--iterations must be >= 1")
         params["iterations"] = args.iterations
-    record = run_record("study_scalescenes", list(argv) if argv is not None else sys.argv[1:])
+    record = run_record("studies.scalescenes", list(argv) if argv is not None else sys.argv[1:])
     start = time.perf_counter()
 
     jobs = [
