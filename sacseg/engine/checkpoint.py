@@ -151,7 +151,7 @@ def load_trained_model(
     Reads any file holding ``{"model": state_dict, "config": {...}}`` (``save_checkpoint`` writes
     both), rebuilds the model with ``build_model_from_config`` and loads the weights strictly.
     ``default_config`` is used only when the checkpoint stores no config. The config's
-    ``backbone_weights`` and ``baseline_checkpoint`` are not read: the checkpoint already holds
+    ``backbone_weights``, ``baseline_checkpoint`` and ``init_checkpoint`` are not read: the checkpoint already holds
     every weight, so neither an ImageNet download nor the baseline file of a "-only" run is needed.
     FileNotFoundError / ValueError name the file (missing, corrupt, no config, weights that do not
     fit the model).
@@ -168,7 +168,7 @@ def load_trained_model(
         cfg = default_config
     else:
         raise ValueError(f"checkpoint {path} stores no config: give the training config (--config)")
-    model = build_model_from_config(dataclasses.replace(cfg, backbone_weights=None, baseline_checkpoint=None))
+    model = build_model_from_config(dataclasses.replace(cfg, backbone_weights=None, baseline_checkpoint=None, init_checkpoint=None))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as err:

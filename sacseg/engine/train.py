@@ -40,7 +40,7 @@ from sacseg.engine.io import atomic_open
 from sacseg.engine.metrics import format_results
 from sacseg.engine.run_dir import check_run_folder, clear_run, locked_run_folder, remove_stale_temp_files
 from sacseg.engine.sampling import ResumableSampler, SeededSamples, seed_worker
-from sacseg.models import build_model, load_baseline_and_freeze
+from sacseg.models import build_model, load_baseline, load_baseline_and_freeze
 from sacseg.viz import colorize, denormalize, heatmap
 
 __all__ = [
@@ -158,16 +158,20 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
 
 
 def build_model_from_config(cfg: TrainConfig) -> nn.Module:
-    """``build_model`` with the config's options; "-only" configs load and freeze their baseline."""
+    """``build_model`` with the config's options; ``init_checkpoint`` configs start from its weights,
+    "-only" configs load and freeze their baseline."""
     options: dict[str, Any] = {
         "output_stride": cfg.output_stride,
         "backbone_weights": cfg.backbone_weights,
         "upsample": cfg.upsample,
+        "classifier_dilation": cfg.classifier_dilation,
         "frozen_bn": cfg.frozen_bn,
     }
     if cfg.model.startswith("sac_"):
         options.update(min_scale=cfg.min_scale, max_scale=cfg.max_scale, scale_bound=cfg.scale_bound)
     model = build_model(cfg.model, cfg.num_classes, **options)
+    if cfg.init_checkpoint is not None:
+        load_baseline(model, load_checkpoint(cfg.init_checkpoint)["model"], source=cfg.init_checkpoint)
     if cfg.baseline_checkpoint is not None:
         load_baseline_and_freeze(model, load_checkpoint(cfg.baseline_checkpoint)["model"])
     return model
@@ -531,7 +535,31 @@ def _fit(cfg: TrainConfig, run: _Run, ctx: DistContext, out_dir: Path, revision:
     )  # fmt: skip
     progress = tqdm(total=total, initial=iteration, disable=not ctx.is_main, desc="train", dynamic_ncols=True)
     postfix: dict[str, str] = {}
+
+    def validate(at: int) -> None:
+        """Score the model on the validation set; a new best is saved as ``best.pt``."""
+        nonlocal best, last_metrics
+        last_metrics = evaluate(
+            unwrap(model), val_loader, cfg.num_classes, ignore_index=IGNORE_INDEX, device=ctx.device,
+            mode=cfg.eval_mode, crop_size=cfg.eval_crop_size, stride=cfg.eval_stride,
+            progress=ctx.is_main, desc="val",
+        ).compute()  # fmt: skip
+        miou = last_metrics["miou"]
+        if ctx.is_main:
+            _report_validation(last_metrics, run.val_set, at, progress, writer)
+            if writer is not None:
+                _validation_pictures(unwrap(model), run.val_set, cfg, at, writer)
+        postfix["val_miou"] = f"{100 * miou:.2f}"
+        progress.set_postfix(postfix)
+        if miou > best:
+            best = miou
+            if ctx.is_main:
+                save(out_dir / "best.pt", at)
+        progress.unpause()  # the bar's rate counts training only
+
     try:
+        if cfg.val_at_start and iteration == 0:
+            validate(0)
         while iteration < total:
             epoch, done_in_epoch = divmod(iteration, iters_per_epoch)
             loader = make_train_loader(cfg, run.train_set, ctx, epoch, done_in_epoch)
@@ -558,23 +586,7 @@ def _fit(cfg: TrainConfig, run: _Run, ctx: DistContext, out_dir: Path, revision:
                 if iteration % cfg.log_every == 0 or iteration == total:
                     _log.info("iteration %d/%d loss %.4f lr %.3e %.1f img/s", iteration, total, loss, lr, throughput)
                 if iteration % (cfg.val_every * iters_per_unit) == 0 or iteration == total:
-                    last_metrics = evaluate(
-                        unwrap(model), val_loader, cfg.num_classes, ignore_index=IGNORE_INDEX, device=ctx.device,
-                        mode=cfg.eval_mode, crop_size=cfg.eval_crop_size, stride=cfg.eval_stride,
-                        progress=ctx.is_main, desc="val",
-                    ).compute()  # fmt: skip
-                    miou = last_metrics["miou"]
-                    if ctx.is_main:
-                        _report_validation(last_metrics, run.val_set, iteration, progress, writer)
-                        if writer is not None:
-                            _validation_pictures(unwrap(model), run.val_set, cfg, iteration, writer)
-                    postfix["val_miou"] = f"{100 * miou:.2f}"
-                    progress.set_postfix(postfix)
-                    if miou > best:
-                        best = miou
-                        if ctx.is_main:
-                            save(out_dir / "best.pt", iteration)
-                    progress.unpause()  # the bar's rate counts training only
+                    validate(iteration)
                 if ctx.is_main and (iteration % (cfg.checkpoint_every * iters_per_unit) == 0 or iteration == total):
                     save(out_dir / "last.pt", iteration)
                     progress.unpause()

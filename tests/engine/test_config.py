@@ -107,3 +107,15 @@ def test_window_sizes_are_an_int_or_height_and_width() -> None:
     assert config_from_dict(dataclasses.asdict(cfg)) == cfg  # as saved into checkpoints
     with pytest.raises(ValueError, match=r"'eval_crop_size' must be int or a list \[H, W\] of two ints or null"):
         apply_overrides(cfg, ["eval_crop_size=[1, 2, 3]"])
+
+
+def test_init_checkpoint_held_scales_and_classifier_dilation() -> None:
+    base = {"iterations": 1}
+    cfg = config_from_dict({**base, "min_scale": 1.0, "max_scale": 1.0, "init_checkpoint": "b.pt", "classifier_dilation": 1})
+    assert cfg.min_scale == cfg.max_scale == 1.0 and cfg.init_checkpoint == "b.pt" and not cfg.val_at_start
+    with pytest.raises(ValueError, match="'init_checkpoint' excludes"):
+        config_from_dict({**base, "init_checkpoint": "b.pt", "baseline_checkpoint": "b.pt"})
+    with pytest.raises(ValueError, match="'classifier_dilation' must be >= 1"):
+        config_from_dict({**base, "classifier_dilation": 0})
+    with pytest.raises(ValueError, match="min_scale <= max_scale"):
+        config_from_dict({**base, "min_scale": 2.0, "max_scale": 1.0})
