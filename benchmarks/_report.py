@@ -17,7 +17,7 @@ import torch
 from sacseg.engine.io import atomic_open
 from sacseg.engine.train import git_revision
 
-__all__ = ["run_record", "write_json", "format_table"]
+__all__ = ["run_record", "jsonable", "write_json", "format_table"]
 
 
 def run_record(module: str, argv: Sequence[str]) -> dict[str, Any]:
@@ -37,20 +37,20 @@ def run_record(module: str, argv: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
 
 
 def write_json(doc: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     """Write ``doc`` atomically as standard JSON (NaN and infinities as null)."""
     with atomic_open(path, "w", encoding="utf-8") as handle:
-        json.dump(_jsonable(doc), handle, indent=1, allow_nan=False)
+        json.dump(jsonable(doc), handle, indent=1, allow_nan=False)
         handle.write("\n")
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import json
 import math
 import multiprocessing
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -17,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from benchmarks._report import jsonable, write_json
 from sacseg.engine.checkpoint import load_checkpoint, load_trained_model
 from sacseg.engine.config import config_from_dict
 from sacseg.engine.train import train
@@ -25,7 +28,17 @@ __all__ = [
     "Job",
     "run_jobs",
     "load_trained",
-    "train_and_load",
+    "work_folder",
+    "validation_curve",
+    "train_once",
+    "evaluate_once",
+    "ROWS",
+    "ABLATIONS",
+    "stage2_settings",
+    "stage2_plan",
+    "run_folder",
+    "paired_differences",
+    "estimate_wall",
     "mean_std",
     "pct",
     "pct_stat",
@@ -119,24 +132,199 @@ def load_trained(settings: Mapping[str, Any], checkpoint: str = "best.pt") -> nn
     return model
 
 
-def train_and_load(settings: Mapping[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
-    """Train with the config ``settings`` via ``sacseg.engine.train.train``; return the model of
-    ``best.pt`` (the best validation mIoU) in eval mode and a summary ``{"iterations",
-    "best_val_miou", "best_iteration", "train_seconds", "final_loss"}``. A run already in the
-    study's work folder is replaced: running a study again recomputes it."""
+def work_folder(name: str, given: Path | None) -> Path:
+    """The study's work folder: ``given`` (``--work``), else ``$SACSEG_STUDY_WORK/<name>``, else
+    ``~/.cache/sacseg/<name>``: outside the repository, so that a clean clone can run the study too."""
+    if given is not None:
+        return given
+    root = os.environ.get("SACSEG_STUDY_WORK")
+    return (Path(root) if root else Path.home() / ".cache" / "sacseg") / name
+
+
+_VALIDATION = re.compile(r"iteration (\d+) validation mIoU ([-\d.naN]+)")
+
+
+def validation_curve(out_dir: Path) -> list[tuple[int, float]]:
+    """``(iteration, val mIoU as a fraction)`` of every validation in ``out_dir/train.log``, in order."""
+    log = out_dir / "train.log"
+    if not log.is_file():
+        return []
+    return [(int(m[1]), float(m[2]) / 100) for m in _VALIDATION.finditer(log.read_text(encoding="utf-8"))]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); delete it to recompute that run") from err
+
+
+def train_once(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Train the run ``settings`` unless it already finished; its summary either way.
+
+    A finished run leaves ``train_summary.json`` (its settings and summary) in its ``out_dir``; a
+    later call with the same settings returns that summary without training, so an interrupted study
+    continues where it stopped. An unfinished run with a ``last.pt`` is resumed from it (bit-exact on
+    CPU); a folder without one is started afresh. A folder holding a run with other settings is
+    refused (ValueError naming the folder and the keys that differ): nothing is overwritten silently.
+
+    Summary: ``{"iterations", "best_val_miou", "best_iteration", "checkpoint" (the selected one,
+    ``best.pt``), "validations" ([iteration, val mIoU] pairs), "train_seconds" (of the last call that
+    trained), "final_loss"}``.
+    """
     cfg = config_from_dict(settings, source="study")
+    out = Path(cfg.out_dir)
+    done = out / "train_summary.json"
+    wanted = dataclasses.asdict(cfg)
+    if done.is_file():
+        saved = _read_json(done)
+        _check_same(out, saved["settings"], wanted)
+        return saved["summary"]
+    resume = None
+    if (out / "last.pt").is_file():
+        _check_same(out, load_checkpoint(out / "last.pt")["config"], wanted)
+        resume = "auto"
     start = time.perf_counter()
-    summary = train(cfg, overwrite=True)
-    seconds = time.perf_counter() - start
-    best_iteration = load_checkpoint(Path(cfg.out_dir) / "best.pt")["iteration"]
+    summary = train(cfg, resume=resume, overwrite=resume is None)
+    best = out / "best.pt"
     losses = summary["losses"]
-    return load_trained(settings), {
+    result = {
         "iterations": summary["iteration"],
         "best_val_miou": summary["best_miou"],
-        "best_iteration": best_iteration,
-        "train_seconds": seconds,
+        "best_iteration": load_checkpoint(best)["iteration"],
+        "checkpoint": str(best),
+        "validations": validation_curve(out),
+        "train_seconds": time.perf_counter() - start,
         "final_loss": losses[-1] if losses else None,
     }
+    write_json({"settings": wanted, "summary": result}, done)
+    return result
+
+
+def _check_same(out: Path, saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> None:
+    changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
+    if changed:
+        raise ValueError(
+            f"{out} holds a run with other settings ({', '.join(changed)} differ): delete that folder to "
+            "recompute it, or give the study another --work"
+        )
+
+
+def evaluate_once(out_dir: Path, name: str, key: Mapping[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``compute()``, kept in ``out_dir/<name>.json`` with ``key`` (what it depends on) and reused while
+    ``key`` is unchanged: evaluations of a finished run are not repeated when a study resumes."""
+    path = out_dir / f"{name}.json"
+    if path.is_file():
+        saved = _read_json(path)
+        if saved.get("key") == jsonable(dict(key)):
+            return saved["result"]
+    result = compute()
+    write_json({"key": dict(key), "result": result}, path)
+    return result
+
+
+#: Stage 2's rows: (title, model, kind). "control": the baseline continued; "whole": a SAC model from
+#: the baseline's weights, everything trained (regressors at a tenth of the lr); "only": a SAC model
+#: on the frozen baseline, only its regressors train (at a tenth of the lr).
+ROWS: tuple[tuple[str, str, str], ...] = (
+    ("control", "fcn_resnet18", "control"),
+    ("SAC-single-only", "sac_single_resnet18", "only"),
+    ("SAC-multiple-only", "sac_multiple_resnet18", "only"),
+    ("SAC-single", "sac_single_resnet18", "whole"),
+    ("SAC-multiple", "sac_multiple_resnet18", "whole"),
+)
+#: Ablations (``--ablations``), each seed 0, from the same stage-1 weights and schedule: name ->
+#: [(title, model, kind, config overrides)].
+ABLATIONS: dict[str, tuple[tuple[str, str, str, dict[str, Any]], ...]] = {
+    # SAC with its maps held at 1 computes the control's function (tests/models/test_fcn.py): any gap
+    # to the control is training noise, the floor any SAC gain must clear.
+    "held": (("SAC-single held at 1", "sac_single_resnet18", "whole", {"min_scale": 1.0, "max_scale": 1.0}),),
+    # The classifier's dilation (res5's, 4, by default): does SAC only undo a too-wide classifier?
+    "dilation": (
+        ("control, classifier dilation 1", "fcn_resnet18", "control", {"classifier_dilation": 1}),
+        ("SAC-single, classifier dilation 1", "sac_single_resnet18", "whole", {"classifier_dilation": 1}),
+    ),
+    # The regressors at the full lr instead of a tenth.
+    "scale_lr": (
+        ("SAC-single, regressor at lr", "sac_single_resnet18", "whole", {"scale_lr_mult": 1.0}),
+        ("SAC-single-only, regressor at lr", "sac_single_resnet18", "only", {"scale_lr_mult": 1.0}),
+    ),
+}
+
+
+def stage2_settings(stage1: Mapping[str, Any], model: str, kind: str, seed: int, iterations: int, lr: float,
+                    out_dir: Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """A stage-2 run: stage 1's data and augmentation, from its selected checkpoint, one schedule for every row.
+
+    Every row validates at iteration 0 too (``val_at_start``), so the unchanged start can win the
+    best-checkpoint selection (for the "-only" rows: the baseline itself, its maps at 1).
+    """
+    if kind not in ("control", "whole", "only"):
+        raise ValueError(f"kind must be control, whole or only, got {kind!r}")
+    start = str(Path(stage1["out_dir"]) / "best.pt")
+    validations = max(1, iterations // 4)
+    return {
+        **stage1,
+        "model": model,
+        "backbone_weights": None,
+        "init_checkpoint": None if kind == "only" else start,
+        "baseline_checkpoint": start if kind == "only" else None,
+        "iterations": iterations,
+        "lr": lr,
+        "scale_lr_mult": 0.1,
+        "seed": seed,
+        "val_every": validations,
+        "val_at_start": True,
+        "checkpoint_every": validations,
+        "log_every": max(1, iterations // 10),
+        "out_dir": str(out_dir),
+        **(overrides or {}),
+    }
+
+
+def stage2_plan(seeds: Sequence[int], ablations: Sequence[str]) -> list[tuple[str, str, str, int, dict[str, Any]]]:
+    """Stage 2's runs: ``(title, model, kind, seed, overrides)``; the control and the whole-trained SAC
+    rows over ``seeds``, the "-only" rows and the ablations at the first seed only."""
+    unknown = sorted(set(ablations) - set(ABLATIONS))
+    if unknown:
+        raise ValueError(f"unknown ablations {unknown}; valid: {', '.join(ABLATIONS)}")
+    plan = [(title, model, kind, seed, {}) for title, model, kind in ROWS
+            for seed in (seeds[:1] if kind == "only" else seeds)]  # fmt: skip
+    plan += [(title, model, kind, seeds[0], dict(o)) for name in ablations for title, model, kind, o in ABLATIONS[name]]
+    return plan
+
+
+def run_folder(title: str, seed: int) -> str:
+    """A run's folder name under the study's work folder: ``SAC-single, regressor at lr`` seed 0 ->
+    ``sac-single_regressor_at_lr_seed0``."""
+    return re.sub(r"[^a-z0-9.-]+", "_", title.lower()).strip("_") + f"_seed{seed}"
+
+
+def paired_differences(runs: Mapping[str, Mapping[int, Any]], score: Callable[[Any], float | None],
+                       control: str = "control") -> dict[str, dict[str, Any]]:  # fmt: skip
+    """For each row but ``control``: ``score(run) - score(control run)`` per seed the two share, and their
+    mean +- std (a row with one seed is compared with the control of that seed)."""
+    out: dict[str, dict[str, Any]] = {}
+    for title, per_seed in runs.items():
+        if title == control:
+            continue
+        diffs = {}
+        for seed, run in per_seed.items():
+            mine, theirs = score(run), score(runs[control][seed]) if seed in runs[control] else None
+            if mine is not None and theirs is not None:
+                diffs[seed] = mine - theirs
+        out[title] = {"per_seed": diffs, **mean_std(list(diffs.values()))}
+    return out
+
+
+def estimate_wall(first: float, jobs: Sequence[float], workers: int) -> float:
+    """Seconds for a job of ``first`` seconds, then ``jobs`` on ``workers`` processes, longest first
+    (as ``run_jobs`` starts them)."""
+    ends = [first] * workers
+    for seconds in sorted(jobs, reverse=True):
+        i = ends.index(min(ends))
+        ends[i] += seconds
+    return max(ends)
 
 
 class Downscaled(nn.Module):

@@ -175,9 +175,9 @@ def test_init_checkpoint_starts_every_model_from_its_weights_and_val_at_start_sc
 ) -> None:
     start = baseline_run[0] / "last.pt"
     baseline = load_checkpoint(start)["model"]
-    for model in ("fcn_resnet18", "sac_multiple_resnet18"):
+    for model, held in (("fcn_resnet18", {}), ("sac_multiple_resnet18", {"min_scale": 1.0, "max_scale": 1.0})):
         cfg = tiny_config(tmp_path / model, model=model, init_checkpoint=str(start), iterations=1, val_every=1,
-                          val_at_start=True)  # fmt: skip
+                          val_at_start=True, **held)  # fmt: skip
         initial = train_module.build_model_from_config(cfg).state_dict()
         assert all(torch.equal(initial[k], v) for k, v in baseline.items())
         assert all(p.requires_grad for p in train_module.build_model_from_config(cfg).parameters())  # nothing frozen
