@@ -1,12 +1,14 @@
-"""Render docs/results.md (tables, scale-vs-size scatter) from the studies' raw JSON in docs/results/.
+"""Render docs/results.md (tables, scale-vs-size scatters) from the studies' raw JSON in docs/results/.
 
     python -m studies.make_results                      # docs/results/*.json -> docs/results.md
     python -m studies.make_results --results DIR --out FILE
 
-Reads ``scalescenes.json`` (studies/scalescenes.py) and ``camvid.json``
-(studies/camvid.py) where present, writes ``scalescenes_scale_vs_size.png`` next to them, and
-includes ``reading.md`` from the same folder (the human reading of the numbers) verbatim. Results of a
-``--quick`` run are rendered under a SMOKE TEST banner.
+Two parts. The paper's two-stage protocol: ``scalescenes.json`` (studies/scalescenes.py) and
+``camvid.json`` (studies/camvid.py), then ``reading.md``, the human reading of those numbers, included
+verbatim only where it exists (written by hand from the full runs; never generated). The earlier
+from-scratch studies: ``scalescenes_from_scratch.json`` and ``camvid_from_scratch.json`` with their
+reading ``reading_from_scratch.md``. The scatters ``<stem>_scale_vs_size.png`` are written next to
+the JSON. Results of a ``--quick`` run are rendered under a SMOKE TEST banner.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._report import format_table
-from studies._study import number_stat
+from studies._study import number_stat, pct
 from studies.camvid import table as camvid_table
-from studies.scalescenes import BUCKETS, summary_table
+from studies.scalescenes import BUCKETS, class_table, difference_table, summary_table
 from sacseg.engine.io import atomic_open
 
 # The paper's own numbers (Zhang et al., ICCV 2017), ResNet-101 pre-trained on ImageNet; MS: multi-scale fusion.
@@ -34,7 +36,6 @@ PAPER_TABLE3: tuple[tuple[str, str, str], ...] = (
     ("SAC-multiple-only", "40.87", "79.86"), ("SAC-single", "41.68", "80.64"), ("SAC-multiple", "42.38", "80.86"),
     ("SAC-single + MS", "43.65", "81.33"), ("SAC-multiple + MS", "44.30", "81.86"),
 )  # fmt: skip
-SCATTER = "scalescenes_scale_vs_size.png"
 _MAPS = (("SAC-single", "classifier"), ("SAC-multiple", "classifier"), ("SAC-multiple", "res5"))
 
 
@@ -51,7 +52,8 @@ def _provenance(doc: Mapping[str, Any]) -> str:
     machine = doc["machine"]
     lines = [
         f"- command: `{doc['command']}`",
-        f"- date: {doc['date']}, git revision `{doc['git_revision']}`, wall time {doc['wall_seconds'] / 60:.1f} min",
+        f"- date: {doc['date']}, git revision `{doc['git_revision']}`, wall time {doc['wall_seconds'] / 60:.1f} min"
+        + (f" (estimated beforehand: {doc['estimated_wall_seconds'] / 60:.0f} min)" if "estimated_wall_seconds" in doc else ""),
         f"- machine: {machine['cores']} cores ({machine['processor']}, {machine['platform']}), torch {machine['torch']}, "
         f"Python {machine['python']}, {machine['torch_threads_per_job']} thread per training process",
     ]
@@ -86,20 +88,13 @@ def scatter(doc: Mapping[str, Any], path: Path) -> None:
         fig.savefig(handle, format="png", dpi=100)
 
 
-def _scalescenes(doc: Mapping[str, Any] | None, folder: Path, link: str) -> list[str]:
-    out = ["## ScaleScenes: baseline vs SAC-single vs SAC-multiple, by object size", ""]
-    if doc is None:
-        return out + ["Not run yet: `python -m studies.scalescenes --out docs/results`.", ""]
-    s = doc["settings"]
+def _scatter_name(doc: Mapping[str, Any]) -> str:
+    return ("scalescenes" if doc.get("protocol") == "two-stage" else "scalescenes_from_scratch") + "_scale_vs_size.png"
+
+
+def _size_intro(doc: Mapping[str, Any]) -> list[str]:
     edges = doc["bucket_edges_px"]
-    scatter(doc, folder / SCATTER)
-    out += [
-        _provenance(doc),
-        f"- setting: ResNet-18 from scratch, output stride 8, {s['iterations']} iterations of batch {s['batch']} "
-        f"({s['crop']}x{s['crop']} crops of {s['size']}x{s['size']} scenes, {s['train_images']} training scenes), "
-        f"seeds {', '.join(str(x) for x in s['seeds'])}; evaluated on {s['test_images']} held-out scenes "
-        f"(generator seed {s['test_seed']}).",
-        "",
+    return [
         "Percentages, mean +- sample std over seeds. Size buckets by the object's drawn radius: "
         f"small < {edges[0]:.1f} px <= medium < {edges[1]:.1f} px <= large (the terciles of the generator's "
         "log-uniform radius distribution). A bucket's mIoU and accuracy count only the pixels of objects in "
@@ -110,6 +105,13 @@ def _scalescenes(doc: Mapping[str, Any] | None, folder: Path, link: str) -> list
         "",
         summary_table(doc["summary"], markdown=True),
         "",
+    ]
+
+
+def _size_scales(doc: Mapping[str, Any], folder: Path, link: str) -> list[str]:
+    """Mean scale by bucket, the scatter (written now) and the picture of a ScaleScenes study."""
+    scatter(doc, folder / _scatter_name(doc))
+    out = [
         "Mean scale coefficient of the objects of each size bucket (mean +- std over seeds):",
         "",
         format_table(["model, map", *BUCKETS], [
@@ -117,38 +119,125 @@ def _scalescenes(doc: Mapping[str, Any] | None, folder: Path, link: str) -> list
             for title, e in doc["summary"].items() for name in e["mean_scale_by_bucket"]
         ], markdown=True),
         "",
-        f"![scale coefficient against object size]({link}/{SCATTER})",
+        f"![scale coefficient against object size]({link}/{_scatter_name(doc)})",
         "",
-    ]
+    ]  # fmt: skip
     if (folder / doc["picture"]).is_file():
         out += [f"![held-out scenes, predictions, ground truth, scale maps]({link}/{doc['picture']})", ""]
     return out
 
 
-def _camvid(doc: Mapping[str, Any] | None, folder: Path, link: str) -> list[str]:
-    out = ["## CamVid: the five rows of Table 1 at CPU scale", ""]
+def _scalescenes(doc: Mapping[str, Any] | None, folder: Path, link: str) -> list[str]:
+    out = ["### ScaleScenes: what SAC adds to a trained baseline, by object size", ""]
     if doc is None:
-        return out + ["Not run yet: `python -m studies.camvid --data-root ../shared/data/camvid --out docs/results`.", ""]
+        return out + ["Not run yet: `make study-scalescenes` (`python -m studies.scalescenes --out docs/results`).", ""]
     s = doc["settings"]
-    backbone = s["backbone_weights"] or "none (from scratch)"
+    s2 = next(iter(s["stage2"].values()))
+    stage1 = doc["stage1"]
+    return out + [
+        _provenance(doc),
+        f"- stage 1: the baseline (ResNet-18 from scratch, output stride 8), {s['stage1_iterations']} iterations of batch "
+        f"{s['batch']} ({s['crop']}x{s['crop']} crops of {s['size']}x{s['size']} scenes, {s['train_images']} training scenes), "
+        f"lr {s['stage1_lr']} (poly); validation mIoU by iteration: "
+        + ", ".join(f"{it}: {100 * v:.1f}" for it, v in stage1["train"]["validations"])
+        + f"; selected: iteration {stage1['train']['best_iteration']}, held-out mIoU {pct(stage1['miou'])}.",
+        f"- stage 2, every row from stage 1's weights: {s['stage2_iterations']} iterations, lr {s['stage2_lr']} (poly), "
+        f"regressors at {s2['scale_lr_mult']} of it, validated at iteration 0 too; seeds {', '.join(str(x) for x in s['seeds'])} "
+        f"(\"-only\" rows and ablations: seed {s['seeds'][0]}); evaluated on {s['test_images']} held-out scenes "
+        f"(generator seed {s['test_seed']}).",
+        "",
+        *_size_intro(doc),
+        "IoU per class (mean +- std over seeds):",
+        "",
+        class_table(doc["summary"], markdown=True),
+        "",
+        "Paired difference to the control of the same seed (points of mIoU; per seed in brackets):",
+        "",
+        difference_table(doc["differences_to_control"], markdown=True),
+        "",
+        *_size_scales(doc, folder, link),
+    ]
+
+
+def _scalescenes_from_scratch(doc: Mapping[str, Any] | None, folder: Path, link: str) -> list[str]:
+    out = ["### ScaleScenes from scratch: baseline vs SAC-single vs SAC-multiple, by object size", ""]
+    if doc is None:
+        return out + ["No from-scratch results here.", ""]
+    s = doc["settings"]
+    return out + [
+        _provenance(doc),
+        f"- setting: ResNet-18 from scratch, output stride 8, {s['iterations']} iterations of batch {s['batch']} "
+        f"({s['crop']}x{s['crop']} crops of {s['size']}x{s['size']} scenes, {s['train_images']} training scenes), "
+        f"seeds {', '.join(str(x) for x in s['seeds'])}; evaluated on {s['test_images']} held-out scenes "
+        f"(generator seed {s['test_seed']}); the scenes of that revision (textures in random colours only).",
+        "",
+        *_size_intro(doc),
+        *_size_scales(doc, folder, link),
+    ]
+
+
+def _camvid(doc: Mapping[str, Any] | None, folder: Path, link: str) -> list[str]:
+    out = ["### CamVid: Table 1's rows from one trained baseline", ""]
+    if doc is None:
+        return out + ["Not run yet: `make study-camvid` (`python -m studies.camvid --data-root ../shared/data/camvid --out docs/results`).", ""]
+    s = doc["settings"]
+    s2 = next(iter(s["stage2"].values()))
+    stage1 = doc["stage1"]
+    curve = ", ".join(f"{it}: {100 * v:.1f}" for it, v in stage1["train"]["validations"])
     out += [
         _provenance(doc),
-        f"- setting: dilated ResNet-18, output stride 8, backbone weights: {backbone}; trained on CamVid train at "
-        f"{s['factor']}x resolution, {s['crop']}x{s['crop']} crops, batch {s['batch']}, {s['iterations']} iterations "
-        f"(the -only rows: {s['only_iterations']} iterations of the scale regressors on the trained baseline), "
-        "best checkpoint by validation mIoU; evaluated against full-resolution labels, multi-scale = scales "
-        f"{', '.join(str(x) for x in s['ms_scales'])} of the reduced input and their mirror images.",
+        f"- stage 1: the FCN baseline, dilated ResNet-18, output stride 8, backbone weights: "
+        f"{s['backbone_weights'] or 'none (from scratch)'}; CamVid train at {s['factor']}x resolution, {s['crop']}x{s['crop']} "
+        f"crops, batch {s['batch']}, {s['stage1_iterations']} iterations, lr {s['stage1_lr']} (poly). Validation mIoU "
+        f"(at {s['factor']}x resolution) by iteration: {curve}; selected: iteration {stage1['train']['best_iteration']}, "
+        f"`{s['eval_split']}` mIoU {pct(stage1['eval']['single']['miou'])} (MS+flip {pct(stage1['eval']['ms_flip']['miou'])}).",
+        f"- stage 2, every row from stage 1's weights: {s['stage2_iterations']} iterations, lr {s['stage2_lr']} (poly), "
+        f"regressors at {s2['scale_lr_mult']} of it, validated at iteration 0 too; seeds {', '.join(str(x) for x in s['seeds'])} "
+        f"(\"-only\" rows and ablations: seed {s['seeds'][0]}). Evaluated against full-resolution labels; "
+        f"multi-scale = scales {', '.join(str(x) for x in s['ms_scales'])} of the reduced input and their mirror images.",
         "",
-        f"On `{s['eval_split']}`:",
+        f"On `{s['eval_split']}` (percent; mean +- std over the seeds in brackets; differences paired by seed):",
         "",
-        camvid_table(doc["runs"], "eval", markdown=True),
+        camvid_table(doc["summary"]["eval"], markdown=True),
         "",
     ]
-    if s.get("test_root"):
-        out += [f"On the test split (`{s['test_root']}`):", "", camvid_table(doc["runs"], "test", markdown=True), ""]
+    if "test" in doc["summary"]:
+        out += [f"On the test split (`{s['test_root']}`):", "", camvid_table(doc["summary"]["test"], markdown=True), ""]
     if (folder / doc["picture"]).is_file():
         out += [f"![CamVid images, predictions, ground truth, scale maps]({link}/{doc['picture']})", ""]
     return out
+
+
+def _camvid_from_scratch(doc: Mapping[str, Any] | None, folder: Path, link: str) -> list[str]:
+    out = ["### CamVid from scratch: the five rows of Table 1, each trained on its own", ""]
+    if doc is None:
+        return out + ["No from-scratch results here.", ""]
+    s = doc["settings"]
+    headers = ["model", "mIoU", "pixel acc", "mIoU MS+flip", "pixel acc MS+flip", "best val mIoU (half res, selection)"]
+    rows = [
+        [title, pct(r["eval"]["single"]["miou"]), pct(r["eval"]["single"]["pixel_acc"]), pct(r["eval"]["ms_flip"]["miou"]),
+         pct(r["eval"]["ms_flip"]["pixel_acc"]), pct(r["train"]["best_val_miou"])]
+        for title, r in doc["runs"].items()
+    ]  # fmt: skip
+    out += [
+        _provenance(doc),
+        f"- setting: dilated ResNet-18, output stride 8, backbone weights: {s['backbone_weights'] or 'none (from scratch)'}; "
+        f"CamVid train at {s['factor']}x resolution, {s['crop']}x{s['crop']} crops, batch {s['batch']}, {s['iterations']} "
+        f"iterations (the -only rows: {s['only_iterations']} iterations of the scale regressors on the trained baseline), "
+        "best checkpoint by validation mIoU; evaluated against full-resolution labels.",
+        "",
+        f"On `{s['eval_split']}`:",
+        "",
+        format_table(headers, rows, markdown=True),
+        "",
+    ]
+    if (folder / doc["picture"]).is_file():
+        out += [f"![CamVid images, predictions, ground truth, scale maps]({link}/{doc['picture']})", ""]
+    return out
+
+
+def _reading(path: Path, missing: str) -> list[str]:
+    return [path.read_text(encoding="utf-8").strip() if path.is_file() else missing, ""]
 
 
 def render(folder: Path, markdown_dir: Path | None = None) -> str:
@@ -158,19 +247,37 @@ def render(folder: Path, markdown_dir: Path | None = None) -> str:
     ``folder``'s parent).
     """
     link = Path(os.path.relpath(folder, markdown_dir if markdown_dir is not None else folder.parent)).as_posix()
-    reading = folder / "reading.md"
     lines = [
         "# Results: SAC's claims at CPU scale",
         "",
         f"_Generated by `python -m studies.make_results` from `{folder.name}/*.json`; do not edit by hand "
-        f"(the reading lives in `{folder.name}/reading.md`)._",
+        f"(the readings live in `{folder.name}/reading.md` and `{folder.name}/reading_from_scratch.md`)._",
         "",
         "Claims under test (paper, Tables 1 and 3, Figure 4): SAC beats the fixed-receptive-field baseline; the "
         "\"-only\" variants (baseline weights, only the scale regressors trained) already help; SAC-multiple "
         "helps more than SAC-single; the learned scale coefficients grow with object size.",
         "",
+        "## The paper's protocol: every row from one trained baseline",
+        "",
+        "The paper starts every row of Table 1 from the same ImageNet ResNet-101, and the \"-only\" rows from "
+        "the trained baseline. ImageNet weights cannot be had here, so a baseline trained in stage 1 stands in: "
+        "stage 2 continues it (the control) and starts every SAC row from its weights, with one schedule.",
+        "",
         *_scalescenes(_load(folder / "scalescenes.json"), folder, link),
         *_camvid(_load(folder / "camvid.json"), folder, link),
+        "### Reading",
+        "",
+        *_reading(folder / "reading.md", "_Not written yet: the reading of the two-stage results goes in "
+                  f"`{folder.name}/reading.md`, by hand, from the full runs' numbers._"),
+        "## From scratch (the earlier studies)",
+        "",
+        "Every row trained from random weights on its own; kept for comparison.",
+        "",
+        *_scalescenes_from_scratch(_load(folder / "scalescenes_from_scratch.json"), folder, link),
+        *_camvid_from_scratch(_load(folder / "camvid_from_scratch.json"), folder, link),
+        "### Reading of the from-scratch results",
+        "",
+        *_reading(folder / "reading_from_scratch.md", "_No reading._"),
         "## The paper's numbers, for context",
         "",
         "ResNet-101 pre-trained on ImageNet, 500x500 crops, batch 8 on 4 GPUs; not comparable in scale with the "
@@ -183,11 +290,6 @@ def render(folder: Path, markdown_dir: Path | None = None) -> str:
         "Table 3 (ADE20K val, SAC rows):",
         "",
         format_table(["method", "mIoU (%)", "pixel acc (%)"], [list(r) for r in PAPER_TABLE3], markdown=True),
-        "",
-        "## Reading",
-        "",
-        reading.read_text(encoding="utf-8").strip() if reading.is_file()
-        else "_To be written after the full runs (in `docs/results/reading.md`)._",
         "",
     ]  # fmt: skip
     return "\n".join(lines)
