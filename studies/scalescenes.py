@@ -80,7 +80,7 @@ FULL: dict[str, Any] = {
     "seeds": (0, 1, 2),
     "stage1_iterations": 1000,
     "stage1_lr": 0.02,
-    "stage2_iterations": 600,
+    "stage2_iterations": 800,
     "stage2_lr": 0.005,
     "validations": 5,
     "train_images": 512,
