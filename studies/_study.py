@@ -144,12 +144,13 @@ def work_folder(name: str, given: Path | None) -> Path:
 _VALIDATION = re.compile(r"iteration (\d+) validation mIoU ([-\d.naN]+)")
 
 
-def validation_curve(out_dir: Path) -> list[tuple[int, float]]:
-    """``(iteration, val mIoU as a fraction)`` of every validation in ``out_dir/train.log``, in order."""
+def validation_curve(out_dir: Path) -> list[list[float]]:
+    """``[iteration, val mIoU as a fraction]`` of every validation in ``out_dir/train.log``, in order
+    (lists, as they come back from the JSON)."""
     log = out_dir / "train.log"
     if not log.is_file():
         return []
-    return [(int(m[1]), float(m[2]) / 100) for m in _VALIDATION.finditer(log.read_text(encoding="utf-8"))]
+    return [[int(m[1]), float(m[2]) / 100] for m in _VALIDATION.finditer(log.read_text(encoding="utf-8"))]
 
 
 def _read_json(path: Path) -> dict[str, Any]:
