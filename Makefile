@@ -15,15 +15,15 @@ $(STAMP): pyproject.toml
 
 # Checks that change nothing: ruff's lint rules and formatting, mypy's types, clang-format's C++ style.
 lint: $(STAMP)
-	$(BIN)/ruff check sacseg tests benchmarks
-	$(BIN)/ruff format --check sacseg tests benchmarks
+	$(BIN)/ruff check sacseg tests benchmarks studies
+	$(BIN)/ruff format --check sacseg tests benchmarks studies
 	$(BIN)/mypy sacseg
 	$(BIN)/clang-format --dry-run --Werror sacseg/ops/*.cpp
 
 # Rewrites the code as `make lint` wants it: ruff's safe fixes and formatting, clang-format.
 format: $(STAMP)
-	$(BIN)/ruff check --fix sacseg tests benchmarks
-	$(BIN)/ruff format sacseg tests benchmarks
+	$(BIN)/ruff check --fix sacseg tests benchmarks studies
+	$(BIN)/ruff format sacseg tests benchmarks studies
 	$(BIN)/clang-format -i sacseg/ops/*.cpp
 
 test: $(STAMP)
@@ -39,13 +39,13 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sac_conv.py
 
 study-scalescenes: $(STAMP)
-	$(BIN)/python -m benchmarks.study_scalescenes --out docs/results
+	$(BIN)/python -m studies.scalescenes --out docs/results
 
 study-camvid: $(STAMP)
-	$(BIN)/python -m benchmarks.study_camvid --data-root $(CAMVID) --out docs/results
+	$(BIN)/python -m studies.camvid --data-root $(CAMVID) --out docs/results
 
 results: $(STAMP)
-	$(BIN)/python -m benchmarks.make_results
+	$(BIN)/python -m studies.make_results
 
 clean:
 	rm -rf $(VENV) build *.egg-info

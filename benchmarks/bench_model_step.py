@@ -50,7 +50,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from benchmarks import _timing
-from benchmarks._study import format_table, run_record, write_json
+from benchmarks._report import format_table, run_record, write_json
 from sacseg.models import build_model
 from sacseg.training.train import segmentation_loss
 
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(_table(results))
     if args.json is not None:
-        record = run_record("bench_model_step", sys.argv[1:] if argv is None else argv)
+        record = run_record("benchmarks.bench_model_step", sys.argv[1:] if argv is None else argv)
         record["machine"]["torch_threads_per_job"] = args.threads
         record["device"] = _timing.device_name(device)
         settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items() if k != "json"}

@@ -47,6 +47,10 @@ class TrainConfig:
     max_scale: float = DEFAULT_MAX_SCALE
     scale_bound: ScaleBound = "clip"
     baseline_checkpoint: str | None = None
+    # A checkpoint whose model weights start the run (optimiser and schedule start afresh); a baseline's
+    # (fcn_*) weights also start a sac_* model, whose scale regressors keep their initialisation.
+    init_checkpoint: str | None = None
+    classifier_dilation: int | None = None
     frozen_bn: bool = False
     sync_bn: bool = False
     # Data.
@@ -91,6 +95,8 @@ class TrainConfig:
     dist_timeout: float = 600.0
     # Bookkeeping and evaluation.
     val_every: int = 1
+    # Also validate (and keep best.pt) before the first step: the starting weights can win the selection.
+    val_at_start: bool = False
     checkpoint_every: int = 1
     log_every: int = 10
     eval_mode: InferenceMode = "whole"
@@ -205,9 +211,9 @@ def _validate(cfg: TrainConfig, source: str) -> None:
             f"{source}: config keys 'scale_min', 'scale_max' need 0 < scale_min <= scale_max, "
             f"got {cfg.scale_min}, {cfg.scale_max}"
         )
-    if not 0 <= cfg.min_scale < cfg.max_scale:
+    if not 0 <= cfg.min_scale <= cfg.max_scale:  # equal: the scale maps are held at that value
         raise ValueError(
-            f"{source}: config keys 'min_scale', 'max_scale' need 0 <= min_scale < max_scale, "
+            f"{source}: config keys 'min_scale', 'max_scale' need 0 <= min_scale <= max_scale, "
             f"got {cfg.min_scale}, {cfg.max_scale}"
         )
     if cfg.baseline_checkpoint is not None and cfg.backbone_weights is not None:
@@ -215,6 +221,13 @@ def _validate(cfg: TrainConfig, source: str) -> None:
             f"{source}: config keys 'baseline_checkpoint' and 'backbone_weights' exclude each other "
             "(the baseline replaces every backbone weight); set backbone_weights: null"
         )
+    if cfg.init_checkpoint is not None and (cfg.baseline_checkpoint is not None or cfg.backbone_weights is not None):
+        raise ValueError(
+            f"{source}: config key 'init_checkpoint' excludes 'baseline_checkpoint' and 'backbone_weights' "
+            "(it replaces every weight they would set); set them to null"
+        )
+    if cfg.classifier_dilation is not None and cfg.classifier_dilation < 1:
+        raise ValueError(f"{source}: config key 'classifier_dilation' must be >= 1 or null, got {cfg.classifier_dilation}")
     if cfg.grad_clip is not None and cfg.grad_clip <= 0:
         raise ValueError(f"{source}: config key 'grad_clip' must be > 0 or null, got {cfg.grad_clip}")
     if cfg.dataset == "folder" and cfg.folder_classes is None:

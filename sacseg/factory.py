@@ -20,7 +20,7 @@ from sacseg.config import TrainConfig, config_from_dict
 from sacseg.data import ADE20K, CamVid, Cityscapes, ScaleScenes, SegmentationFolder, index_palette
 from sacseg.data.protocol import SegmentationDataset
 from sacseg.data.transforms import JointTransform, eval_transforms, train_transforms
-from sacseg.models import build_model, load_baseline_and_freeze
+from sacseg.models import build_model, load_baseline, load_baseline_and_freeze
 
 __all__ = [
     "DATASET_BUILDERS",
@@ -139,16 +139,20 @@ def build_datasets(cfg: TrainConfig) -> tuple[SegmentationDataset, SegmentationD
 
 
 def build_model_from_config(cfg: TrainConfig) -> nn.Module:
-    """``build_model`` with the config's options; "-only" configs load and freeze their baseline."""
+    """``build_model`` with the config's options; ``init_checkpoint`` configs start from its weights,
+    "-only" configs load and freeze their baseline."""
     options: dict[str, Any] = {
         "output_stride": cfg.output_stride,
         "backbone_weights": cfg.backbone_weights,
         "upsample": cfg.upsample,
+        "classifier_dilation": cfg.classifier_dilation,
         "frozen_bn": cfg.frozen_bn,
     }
     if cfg.model.startswith("sac_"):
         options.update(min_scale=cfg.min_scale, max_scale=cfg.max_scale, scale_bound=cfg.scale_bound)
     model = build_model(cfg.model, cfg.num_classes, **options)
+    if cfg.init_checkpoint is not None:
+        load_baseline(model, load_checkpoint(cfg.init_checkpoint)["model"], source=cfg.init_checkpoint)
     if cfg.baseline_checkpoint is not None:
         load_baseline_and_freeze(model, load_checkpoint(cfg.baseline_checkpoint)["model"])
     return model
@@ -164,7 +168,7 @@ def load_trained_model(
     Reads any file holding ``{"model": state_dict, "config": {...}}`` (``save_checkpoint`` writes
     both), rebuilds the model with ``build_model_from_config`` and loads the weights strictly.
     ``default_config`` is used only when the checkpoint stores no config. The config's
-    ``backbone_weights`` and ``baseline_checkpoint`` are not read: the checkpoint already holds
+    ``backbone_weights``, ``baseline_checkpoint`` and ``init_checkpoint`` are not read: the checkpoint holds
     every weight, so neither an ImageNet download nor the baseline file of a "-only" run is needed.
     FileNotFoundError / ValueError name the file (missing, corrupt, no config, weights that do not
     fit the model).
@@ -177,7 +181,9 @@ def load_trained_model(
         cfg = default_config
     else:
         raise ValueError(f"checkpoint {path} stores no config: give the training config (--config)")
-    model = build_model_from_config(dataclasses.replace(cfg, backbone_weights=None, baseline_checkpoint=None))
+    model = build_model_from_config(
+        dataclasses.replace(cfg, backbone_weights=None, baseline_checkpoint=None, init_checkpoint=None)
+    )
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as err:

@@ -129,3 +129,15 @@ def test_choices_are_the_owners_literal_types(key: str, owner: str) -> None:
     # ...and the message for any other lists exactly those.
     with pytest.raises(ValueError, match=f"config key '{key}' must be one of {', '.join(choices)}, got 'other'"):
         config_from_dict({"iterations": 1, key: "other"})
+
+
+def test_init_checkpoint_held_scales_and_classifier_dilation() -> None:
+    base = {"iterations": 1}
+    cfg = config_from_dict({**base, "min_scale": 1.0, "max_scale": 1.0, "init_checkpoint": "b.pt", "classifier_dilation": 1})
+    assert cfg.min_scale == cfg.max_scale == 1.0 and cfg.init_checkpoint == "b.pt" and not cfg.val_at_start
+    with pytest.raises(ValueError, match="'init_checkpoint' excludes"):
+        config_from_dict({**base, "init_checkpoint": "b.pt", "baseline_checkpoint": "b.pt"})
+    with pytest.raises(ValueError, match="'classifier_dilation' must be >= 1"):
+        config_from_dict({**base, "classifier_dilation": 0})
+    with pytest.raises(ValueError, match="min_scale <= max_scale"):
+        config_from_dict({**base, "min_scale": 2.0, "max_scale": 1.0})

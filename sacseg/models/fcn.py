@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import typing
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -17,7 +18,7 @@ from sacseg.models._state import check_state_dict
 from sacseg.models.resnet import DilatedResNet, load_backbone_weights
 from sacseg.nn import DEFAULT_MAX_SCALE, DEFAULT_MIN_SCALE, FrozenBatchNorm2d, ScaleAdaptiveConv2d, ScaleBound, ScaleRegressor
 
-__all__ = ["MODELS", "DilatedFCN", "Upsample", "bilinear_kernel", "build_model", "load_baseline_and_freeze"]
+__all__ = ["MODELS", "DilatedFCN", "Upsample", "bilinear_kernel", "build_model", "load_baseline", "load_baseline_and_freeze"]
 
 SacScheme = Literal["none", "single", "multiple"]
 #: How the logits are brought back to the input size (see :class:`Upsample`).
@@ -168,13 +169,47 @@ def _checkpoint_state(checkpoint: str | Path | Mapping[str, object]) -> tuple[Ma
     return state, source
 
 
+def load_baseline(
+    model: DilatedFCN, checkpoint: str | Path | Mapping[str, object], source: str | os.PathLike[str] | None = None
+) -> DilatedFCN:
+    """Load a baseline's (or the same model's) weights into ``model``; scale regressors keep theirs.
+
+    The state dict must hold exactly ``model``'s keys other than ``scale_regressors.*`` (a ``fcn_*``
+    model's, for a ``sac_*`` model: SAC layers keep the names and shapes of the convolutions they
+    replace), and may hold the regressors too. A regressor left at its initialisation maps every
+    position to scale 1, so the SAC model starts as the baseline. Nothing is frozen.
+
+    Args:
+        checkpoint: a path to a saved state dict, a state dict, or a dict with one under ``"model"``.
+        source: the name of the checkpoint in error messages (default: the path, if one is given).
+
+    Returns:
+        ``model``, modified in place.
+    """
+    state, name = _checkpoint_state(checkpoint)
+    name = name if source is None else str(source)
+    wanted = {k: v for k, v in model.state_dict().items() if not k.startswith("scale_regressors.")}
+    shared = {k: v for k, v in state.items() if not k.startswith("scale_regressors.")}
+    check_state_dict(
+        wanted,
+        shared,
+        f"{name} does not fit this model (it must have every key of the model except scale_regressors.*, with the same shapes)",
+    )
+    foreign = sorted(k for k in state if k.startswith("scale_regressors.") and k not in model.state_dict())
+    if foreign:
+        raise ValueError(f"{name} holds scale regressors {foreign} that this model does not have")
+    model.load_state_dict(state, strict=False)
+    return model
+
+
 def load_baseline_and_freeze(model: DilatedFCN, checkpoint: str | Path | Mapping[str, object]) -> DilatedFCN:
     """The "-only" schemes: a SAC model with a baseline's weights where only the scale regressors train.
 
     Loads a baseline (``fcn_*``) state dict, which must hold exactly the SAC model's keys other than
-    ``scale_regressors.*``; then sets ``requires_grad=False`` on every other parameter and replaces
-    every batch norm by a :class:`FrozenBatchNorm2d`, so that no training step (weight decay and
-    ``model.train()`` included) changes anything but the regressors. Build the optimiser afterwards.
+    ``scale_regressors.*`` (:func:`load_baseline`); then sets ``requires_grad=False`` on every other
+    parameter and replaces every batch norm by a :class:`FrozenBatchNorm2d`, so that no training step
+    (weight decay and ``model.train()`` included) changes anything but the regressors. Build the
+    optimiser afterwards.
 
     Args:
         checkpoint: a path to a saved state dict, a state dict, or a dict with one under ``"model"``.
@@ -182,17 +217,17 @@ def load_baseline_and_freeze(model: DilatedFCN, checkpoint: str | Path | Mapping
     Returns:
         ``model``, modified in place.
     """
+    if not any(k.startswith("scale_regressors.") for k in model.state_dict()):
+        raise ValueError("the model has no scale regressors: the -only schemes need a sac_single/sac_multiple model")
     state, source = _checkpoint_state(checkpoint)
     baseline = {k: v for k, v in model.state_dict().items() if not k.startswith("scale_regressors.")}
-    if len(baseline) == len(model.state_dict()):
-        raise ValueError("the model has no scale regressors: the -only schemes need a sac_single/sac_multiple model")
     check_state_dict(
         baseline,
         state,
         f"{source} is not a baseline checkpoint for this model (a baseline has every key of the SAC model "
         "except scale_regressors.*, with the same shapes)",
     )
-    model.load_state_dict(state, strict=False)
+    load_baseline(model, state, source)
     model.requires_grad_(False)
     model.scale_regressors.requires_grad_(True)
     FrozenBatchNorm2d.convert(model)

@@ -121,7 +121,9 @@ class ScaleRegressor(nn.Module):
 
     The default bounds ``[0.25, 4.0]`` let a 3x3 layer of dilation ``d`` shrink its taps to a
     quarter of ``d`` (finer than one pixel only below ``d = 4``) or spread them four times wider,
-    symmetric in log-scale around the plain convolution.
+    symmetric in log-scale around the plain convolution. ``min_scale == max_scale`` (clip only) holds
+    the map at that value: with 1, the SAC layer computes its plain convolution (a control for the
+    learned scales).
 
     Shapes:
         input ``[N, C, H, W]`` -> scale ``[N, 1, H_out, W_out]``, ``H_out = H`` for the default
@@ -146,8 +148,8 @@ class ScaleRegressor(nn.Module):
             raise ValueError(f"bound must be one of {', '.join(SCALE_BOUNDS)}, got {bound!r}")
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
-        if not 0 <= min_scale < max_scale:
-            raise ValueError(f"need 0 <= min_scale < max_scale, got min_scale={min_scale}, max_scale={max_scale}")
+        if not 0 <= min_scale <= max_scale:
+            raise ValueError(f"need 0 <= min_scale <= max_scale, got min_scale={min_scale}, max_scale={max_scale}")
         if bound == "smooth" and not min_scale < 1 < max_scale:
             raise ValueError(f"bound='smooth' needs min_scale < 1 < max_scale (scales start at 1), got {min_scale}, {max_scale}")
         self.min_scale = float(min_scale)
@@ -156,7 +158,7 @@ class ScaleRegressor(nn.Module):
         self.bound = bound
         # f(r) = min + (max - min) * sigmoid(a * (r - b)): f(1) = 1 puts sigmoid at p there, and
         # f'(1) = (max - min) * a * p * (1 - p) = 1 fixes the slope.
-        p = (1.0 - self.min_scale) / (self.max_scale - self.min_scale)
+        p = (1.0 - self.min_scale) / (self.max_scale - self.min_scale) if bound == "smooth" else 0.5
         self._slope = 1.0 / ((self.max_scale - self.min_scale) * p * (1.0 - p)) if bound == "smooth" else 1.0
         self._centre = 1.0 - math.log(p / (1.0 - p)) / self._slope if bound == "smooth" else 0.0
         self.conv = nn.Conv2d(

@@ -424,6 +424,8 @@ def _fit(cfg: TrainConfig, run: _Run, ctx: DistContext, out_dir: Path, revision:
         _failures_explained(cfg, run, ctx, out_dir),
         TrainMonitor(cfg, run.total, run.iteration, out_dir, ctx.is_main) as monitor,
     ):
+        if cfg.val_at_start and run.iteration == 0:  # the starting weights can win the selection
+            _validate(cfg, run, ctx, val_loader, monitor, checkpointer)
         while run.iteration < run.total:
             epoch, done_in_epoch = divmod(run.iteration, run.iters_per_epoch)
             run.model.train()

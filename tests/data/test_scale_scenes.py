@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sacseg.data import ScaleScenes, train_transforms
-from sacseg.data.scale_scenes import CLASSES, OBJECT_CLASSES
+from sacseg.data.scale_scenes import CLASSES, HUE_SPREAD, HUES, OBJECT_CLASSES, SHAPES
 
 
 def test_same_seed_same_scenes_in_any_order() -> None:
@@ -50,7 +50,7 @@ def test_object_records_match_the_drawn_masks() -> None:
             assert (label[mask] == record["class"]).all()
             cx, cy = record["center"]
             r = record["size"]
-            inside_image = r * 1.6 < min(cx, cy, 128 - cx, 128 - cy)  # 1.6 > the largest semi-axis / radius
+            inside_image = r * 2.4 < min(cx, cy, 128 - cx, 128 - cy)  # 2.4 > the largest half extent / radius
             if inside_image and record["area"] == record["drawn_area"] and r >= 4:
                 whole += 1
                 assert math.sqrt(record["area"] / math.pi) == pytest.approx(r, rel=0.1, abs=0.5)
@@ -76,3 +76,33 @@ def test_rejects_bad_arguments() -> None:
         ScaleScenes(2, num_objects=(5, 2))
     with pytest.raises(IndexError, match="out of range"):
         ScaleScenes(2).objects(2)
+
+
+def test_each_object_class_has_its_silhouette_and_hue() -> None:
+    """The cues that make the classes learnable: how much of its bounding box an unoccluded object fills
+    (rectangle 1, ellipse pi/4, ring 3/4 of that, triangle 1/2), and the hue of its bright colour."""
+    ds = ScaleScenes(40, size=128, noise=0.0)
+    fills: dict[str, list[float]] = {name: [] for name in SHAPES}
+    hues: dict[str, list[float]] = {name: [] for name in SHAPES}
+    for index in range(len(ds)):
+        instances, records = ds.objects(index)
+        image = ds.load(index)[0].permute(1, 2, 0).numpy().astype(float)
+        for record in records:
+            if record["size"] < 6 or record["area"] != record["drawn_area"]:
+                continue
+            mask = (instances == record["id"]).numpy()
+            ys, xs = np.nonzero(mask)
+            if ys.min() == 0 or xs.min() == 0 or ys.max() == 127 or xs.max() == 127:
+                continue  # cut by the border
+            name = CLASSES[record["class"]]
+            fills[name].append(mask.sum() / ((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)))
+            pixels = image[mask]
+            bright = pixels[pixels.sum(1) >= np.quantile(pixels.sum(1), 0.9)].mean(0)
+            r, g, b = bright
+            hues[name].append(math.degrees(math.atan2(math.sqrt(3) * (g - b), 2 * r - g - b)) % 360)
+    expected_fill = {"stripes": 1.0, "checker": 0.5, "dots": math.pi / 4, "rings": 0.75 * math.pi / 4}
+    for name in SHAPES:
+        assert len(fills[name]) >= 5, name
+        assert np.median(fills[name]) == pytest.approx(expected_fill[name], abs=0.08), name
+        off = [min(abs(h - HUES[name]), 360 - abs(h - HUES[name])) for h in hues[name]]
+        assert np.median(off) <= HUE_SPREAD + 10, (name, hues[name])

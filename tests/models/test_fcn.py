@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from sacseg.models import MODELS, Upsample, build_model, load_baseline_and_freeze
+from sacseg.models import MODELS, Upsample, build_model, load_baseline, load_baseline_and_freeze
 from sacseg.models.fcn import bilinear_kernel
 from sacseg.nn import FrozenBatchNorm2d, ScaleAdaptiveConv2d
 
@@ -230,3 +230,41 @@ def test_scale_bound_option_reaches_every_regressor():
     assert {r.bound for r in build_model("sac_single_resnet18", 3).scale_regressors.values()} == {"clip"}
     with pytest.raises(TypeError, match=r"fcn_resnet18 has no scale-adaptive layers.*\['scale_bound'\]"):
         build_model("fcn_resnet18", 3, scale_bound="smooth")
+
+
+@pytest.mark.parametrize("variant", ["sac_single", "sac_multiple"])
+def test_sac_with_maps_held_at_1_trains_as_the_baseline(variant: str):
+    """min_scale == max_scale == 1: the same outputs and the same gradients of every shared weight, in
+    training mode (batch statistics), so a study's control row differs from SAC only by learned scales."""
+    torch.manual_seed(0)
+    baseline = build_model("fcn_resnet18", 5)
+    held = build_model(f"{variant}_resnet18", 5, min_scale=1.0, max_scale=1.0)
+    held.load_state_dict(baseline.state_dict(), strict=False)
+    with torch.no_grad():  # regressors that would move the maps far from 1 if they were not held
+        for regressor in held.scale_regressors.values():
+            regressor.conv.weight.normal_(0.0, 0.1)
+    images, target = torch.randn(2, 3, 48, 40), torch.randint(0, 5, (2, 48, 40))
+    outputs = {}
+    for name, model in (("baseline", baseline), ("held", held)):
+        out = model.train()(images)
+        nn.functional.cross_entropy(out["out"], target).backward()
+        outputs[name] = out
+    assert outputs["held"]["scales"] and all(torch.equal(s, torch.ones_like(s)) for s in outputs["held"]["scales"].values())
+    torch.testing.assert_close(outputs["held"]["out"], outputs["baseline"]["out"], rtol=1e-5, atol=1e-5)
+    held_params = dict(held.named_parameters())
+    for name, param in baseline.named_parameters():
+        torch.testing.assert_close(held_params[name].grad, param.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert all(p.grad is None or not p.grad.any() for p in held.scale_regressors.parameters())
+
+
+def test_load_baseline_starts_a_sac_model_from_baseline_or_sac_weights(tmp_path: Path):
+    baseline = build_model("fcn_resnet18", 3)
+    sac = load_baseline(build_model("sac_multiple_resnet18", 3), baseline.state_dict())
+    assert all(torch.equal(sac.state_dict()[k], v) for k, v in baseline.state_dict().items())
+    assert all(p.requires_grad for p in sac.parameters())
+    again = load_baseline(build_model("sac_multiple_resnet18", 3), {"model": sac.state_dict()})
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in sac.state_dict().items())
+    with pytest.raises(ValueError, match=r"holds scale regressors \['scale_regressors"):
+        load_baseline(build_model("fcn_resnet18", 3), sac.state_dict())
+    with pytest.raises(ValueError, match=r"start\.pt does not fit this model.*shape mismatches"):
+        load_baseline(build_model("sac_single_resnet18", 4), baseline.state_dict(), source="start.pt")

@@ -176,3 +176,23 @@ def test_scale_regressors_get_their_own_learning_rate(tiny_config: Callable[...,
     assert scale["lr"] / main["lr"] == pytest.approx(0.1)
     # The baseline has no regressors: one group.
     assert len(train_module.build_optimizer(cfg, build_model_from_config(tiny_config(tmp_path))).param_groups) == 1
+
+
+def test_init_checkpoint_starts_every_model_from_its_weights_and_val_at_start_scores_them(
+    tiny_config: Callable[..., TrainConfig], tmp_path: Path, baseline_run: tuple[Path, dict[str, Any]]
+) -> None:
+    start = baseline_run[0] / "last.pt"
+    baseline = load_checkpoint(start)["model"]
+    for model, held in (("fcn_resnet18", {}), ("sac_multiple_resnet18", {"min_scale": 1.0, "max_scale": 1.0})):
+        cfg = tiny_config(tmp_path / model, model=model, init_checkpoint=str(start), iterations=1, val_every=1,
+                          val_at_start=True, **held)  # fmt: skip
+        initial = build_model_from_config(cfg).state_dict()
+        assert all(torch.equal(initial[k], v) for k, v in baseline.items())
+        assert all(p.requires_grad for p in build_model_from_config(cfg).parameters())  # nothing frozen
+        train(cfg)
+        log = (tmp_path / model / "train.log").read_text()
+        assert "iteration 0 validation mIoU" in log and "iteration 1 validation mIoU" in log
+        assert load_checkpoint(tmp_path / model / "best.pt")["iteration"] in (0, 1)
+    bad = tiny_config(tmp_path / "bad", model="fcn_resnet18", init_checkpoint=str(tmp_path / "missing.pt"))
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        train(bad)

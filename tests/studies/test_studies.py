@@ -1,4 +1,4 @@
-"""The study scripts' core computations (size buckets, restricted scores, scale vs size) and command lines."""
+"""The studies' core computations (two-stage plan, resumable runs, paired differences, size buckets, scale vs size) and command lines."""
 
 from __future__ import annotations
 
@@ -11,10 +11,30 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks import study_camvid, study_scalescenes
-from benchmarks._study import Downscaled, Job, format_table, mean_std, run_jobs, write_json
-from benchmarks.make_results import render
-from benchmarks.study_scalescenes import (
+from benchmarks._report import format_table, write_json
+from sacseg.config import config_from_dict
+from sacseg.evaluation.metrics import ConfusionMatrix
+from sacseg.models import build_model
+from studies import camvid as study_camvid
+from studies import scalescenes as study_scalescenes
+from studies._study import (
+    ABLATIONS,
+    Downscaled,
+    Job,
+    estimate_wall,
+    evaluate_once,
+    mean_std,
+    paired_differences,
+    run_folder,
+    run_jobs,
+    stage2_plan,
+    stage2_settings,
+    train_once,
+    validation_curve,
+    work_folder,
+)  # fmt: skip
+from studies.make_results import render
+from studies.scalescenes import (
     bucket_edges,
     bucket_index,
     bucket_targets,
@@ -23,8 +43,6 @@ from benchmarks.study_scalescenes import (
     restricted_scores,
     spearman,
 )
-from sacseg.evaluation.metrics import ConfusionMatrix
-from sacseg.models import build_model
 
 
 def test_bucket_edges_are_log_terciles() -> None:
@@ -87,7 +105,7 @@ def test_restricted_scores_count_only_the_buckets_pixels() -> None:
 
 
 def test_object_scales_and_spearman() -> None:
-    target, instances, records = _scene()
+    _target, instances, records = _scene()
     records = records + [{"id": 4, "class": 6, "size": 9.0, "center": (1.0, 3.0)}]  # fully occluded: no visible pixel
     growing = instances.double() * 0.5 + 0.25  # mean scale grows with the object id (= with size)
     rows = object_scales(instances, records, growing)
@@ -220,10 +238,15 @@ def test_camvid_quick_study_evaluates_the_test_root(tmp_path: Path) -> None:
     doc = study_camvid.main(["--data-root", str(data), "--test-root", str(tests), "--quick", "--jobs", "1",
                              "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])  # fmt: skip
     labelled = sum(int((np.array(Image.open(p)) != 11).sum()) for p in (tests / "testannot").iterdir())
-    assert set(doc["runs"]) == {"baseline", "SAC-single-only", "SAC-multiple-only", "SAC-single", "SAC-multiple"}
-    for run in doc["runs"].values():
-        assert run["test"]["single"]["num_pixels"] == labelled
-        assert 0.0 <= run["eval"]["ms_flip"]["pixel_acc"] <= 1.0
+    assert set(doc["runs"]) == {"control", "SAC-single-only", "SAC-multiple-only", "SAC-single", "SAC-multiple"}
+    assert set(doc["runs"]["control"]) == {0, 1} and set(doc["runs"]["SAC-single-only"]) == {0}
+    for per_seed in doc["runs"].values():
+        for run in per_seed.values():
+            assert run["test"]["single"]["num_pixels"] == labelled
+            assert 0.0 <= run["eval"]["ms_flip"]["pixel_acc"] <= 1.0
+            assert Path(run["train"]["checkpoint"]).is_file()
+    assert Path(doc["checkpoints"]["stage 1"]).is_file() and doc["estimated_wall_seconds"] > 0
+    assert set(doc["summary"]["test"]["differences_to_control"]["SAC-single"]["single"]["per_seed"]) == {0, 1}
     saved = json.loads((tmp_path / "out" / "camvid.json").read_text())
     assert saved["quick"] is True and saved["settings"]["test_root"] == str(tests)
     assert (tmp_path / "out" / "camvid_predictions.png").is_file()
@@ -232,10 +255,111 @@ def test_camvid_quick_study_evaluates_the_test_root(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_scalescenes_quick_study(tmp_path: Path) -> None:
-    doc = study_scalescenes.main(["--quick", "--jobs", "1", "--seeds", "0", "--out", str(tmp_path / "out"),
-                                  "--work", str(tmp_path / "work")])  # fmt: skip
+    doc = study_scalescenes.main(["--quick", "--jobs", "1", "--seeds", "0", "--ablations", "held",
+                                  "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])  # fmt: skip
     run = doc["runs"]["SAC-multiple"][0]
     assert set(run["spearman"]) == set(run["partial_spearman_given_row"]) == {"classifier", "res5"}
     assert sum(b["num_pixels"] for b in run["buckets"].values()) > 0
-    assert doc["runs"]["baseline"][0]["spearman"] == {}
+    assert doc["runs"]["control"][0]["spearman"] == {}
+    # SAC with its maps held at 1 computes the control's function: the same scores, to rounding.
+    assert doc["runs"]["SAC-single held at 1"][0]["miou"] == pytest.approx(doc["runs"]["control"][0]["miou"], abs=0.01)
     assert "ScaleScenes" in render(tmp_path / "out")
+
+
+def test_stage2_plan_rows_seeds_and_ablations() -> None:
+    plan = stage2_plan((0, 1, 2), [])
+    seeds = {title: sorted(seed for t, _, _, seed, _ in plan if t == title) for title, _, _, _, _ in plan}
+    assert seeds == {"control": [0, 1, 2], "SAC-single-only": [0], "SAC-multiple-only": [0],
+                     "SAC-single": [0, 1, 2], "SAC-multiple": [0, 1, 2]}  # fmt: skip
+    with_ablations = stage2_plan((0, 1, 2), list(ABLATIONS))
+    extra = [row for row in with_ablations if row not in plan]
+    assert len(extra) == sum(len(v) for v in ABLATIONS.values()) and all(row[3] == 0 for row in extra)
+    with pytest.raises(ValueError, match="unknown ablations"):
+        stage2_plan((0,), ["bogus"])
+
+
+def test_stage2_settings_start_every_row_from_stage_1(tmp_path: Path) -> None:
+    stage1 = {**_TINY, "out_dir": str(tmp_path / "s1")}
+    start = str(tmp_path / "s1" / "best.pt")
+    control = stage2_settings(stage1, "fcn_resnet18", "control", 1, 8, 0.005, tmp_path / "c")
+    only = stage2_settings(stage1, "sac_single_resnet18", "only", 0, 8, 0.005, tmp_path / "o")
+    held = stage2_settings(
+        stage1, "sac_single_resnet18", "whole", 0, 8, 0.005, tmp_path / "h", {"min_scale": 1.0, "max_scale": 1.0}
+    )
+    assert control["init_checkpoint"] == start and control["baseline_checkpoint"] is None and control["seed"] == 1
+    assert only["baseline_checkpoint"] == start and only["init_checkpoint"] is None
+    assert all(s["val_at_start"] and s["lr"] == 0.005 and s["iterations"] == 8 and s["scale_lr_mult"] == 0.1
+               for s in (control, only, held))  # fmt: skip
+    assert held["min_scale"] == held["max_scale"] == 1.0
+    for settings in (control, only, held):
+        config_from_dict(settings, source="test")  # valid training configs
+    with pytest.raises(ValueError, match="kind"):
+        stage2_settings(stage1, "fcn_resnet18", "other", 0, 8, 0.005, tmp_path / "x")
+
+
+def test_paired_differences_and_estimate() -> None:
+    runs = {"control": {0: 0.50, 1: 0.40}, "SAC": {0: 0.55, 1: 0.43}, "SAC-only": {0: 0.45}}
+    diffs = paired_differences(runs, lambda r: r)
+    assert diffs["SAC"]["per_seed"] == {0: pytest.approx(0.05), 1: pytest.approx(0.03)}
+    assert diffs["SAC"]["mean"] == pytest.approx(0.04) and diffs["SAC"]["std"] == pytest.approx(0.01414, abs=1e-4)
+    assert diffs["SAC-only"]["per_seed"] == {0: pytest.approx(-0.05)} and diffs["SAC-only"]["std"] is None
+    assert "control" not in diffs
+    assert estimate_wall(10.0, [3.0, 5.0, 4.0], 2) == 17.0  # 10 | 10, then 5, 4, 3 to the earlier-free worker
+    assert estimate_wall(10.0, [], 2) == 10.0
+
+
+def test_work_folder_and_run_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert work_folder("study_x", tmp_path / "given") == tmp_path / "given"
+    monkeypatch.setenv("SACSEG_STUDY_WORK", str(tmp_path / "root"))
+    assert work_folder("study_x", None) == tmp_path / "root" / "study_x"
+    monkeypatch.delenv("SACSEG_STUDY_WORK")
+    assert work_folder("study_x", None) == Path.home() / ".cache" / "sacseg" / "study_x"
+    assert run_folder("SAC-single, regressor at lr", 0) == "sac-single_regressor_at_lr_seed0"
+    assert run_folder("control", 2) == "control_seed2"
+
+
+_TINY = {
+    "model": "fcn_resnet18", "num_classes": 7, "dataset": "scale_scenes", "scale_scenes_train_images": 2,
+    "scale_scenes_val_images": 1, "scale_scenes_size": 64, "crop_size": 48, "batch_size": 2, "iterations": 2,
+    "lr": 0.01, "schedule": "poly", "workers": 0, "amp": False, "device": "cpu", "threads": 1, "val_every": 1,
+    "checkpoint_every": 1, "log_every": 1,
+}  # fmt: skip
+
+
+def test_train_once_reuses_a_finished_run_and_refuses_other_settings(tmp_path: Path) -> None:
+    settings = {**_TINY, "out_dir": str(tmp_path / "run")}
+    first = train_once(settings)
+    assert first["iterations"] == 2 and Path(first["checkpoint"]).is_file()
+    assert [it for it, _ in first["validations"]] == [1, 2] == [it for it, _ in validation_curve(tmp_path / "run")]
+    stamp = (tmp_path / "run" / "last.pt").stat().st_mtime_ns
+    assert train_once(settings) == first  # nothing trained again
+    assert (tmp_path / "run" / "last.pt").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match=r"other settings \(lr differ\)"):
+        train_once({**settings, "lr": 0.02})
+    # An interrupted run (a last.pt, no summary) with other settings is refused too, not resumed.
+    (tmp_path / "run" / "train_summary.json").unlink()
+    with pytest.raises(ValueError, match=r"other settings \(iterations differ\)"):
+        train_once({**settings, "iterations": 3})
+    calls = []
+
+    def compute() -> dict:
+        calls.append(1)
+        return {"miou": 0.5}
+
+    assert evaluate_once(tmp_path / "run", "scores", {"split": "val"}, compute) == {"miou": 0.5}
+    assert evaluate_once(tmp_path / "run", "scores", {"split": "val"}, compute) == {"miou": 0.5} and len(calls) == 1
+    evaluate_once(tmp_path / "run", "scores", {"split": "test"}, compute)
+    assert len(calls) == 2
+
+
+def test_camvid_summary_and_table() -> None:
+    def run(miou: float) -> dict:
+        scores = {"miou": miou, "pixel_acc": 0.8}
+        return {"eval": {"single": scores, "ms_flip": {**scores, "miou": miou + 0.01}}}
+
+    runs = {"control": {0: run(0.40), 1: run(0.42)}, "SAC-single": {0: run(0.41), 1: run(0.45)}}
+    result = study_camvid.summary(runs, "eval")
+    assert result["rows"]["control"]["single miou"]["mean"] == pytest.approx(0.41)
+    assert result["differences_to_control"]["SAC-single"]["ms_flip"]["mean"] == pytest.approx(0.02)
+    text = study_camvid.table(result)
+    assert "SAC-single (0, 1)" in text and "2.0 +- 1.4 (+1.0, +3.0)" in text

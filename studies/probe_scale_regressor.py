@@ -9,12 +9,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from benchmarks._report import format_table
 from sacseg.config import config_from_dict
+from sacseg.data import IGNORE_INDEX
+from sacseg.evaluation.evaluate import evaluate
+from sacseg.factory import build_datasets, build_model_from_config
 from sacseg.training.demo import DEMO_SETTINGS
 from sacseg.training.distributed import DistContext
-from sacseg.evaluation.evaluate import evaluate
-from sacseg.data import IGNORE_INDEX
-from sacseg.factory import build_datasets, build_model_from_config
 from sacseg.training.train import (
     _val_loader,
     build_optimizer,
@@ -23,8 +24,7 @@ from sacseg.training.train import (
     seed_everything,
     train_step,
 )
-
-from benchmarks._study import Job, format_table, run_jobs
+from studies._study import Job, run_jobs
 
 # name -> config overrides of the demo's settings; "clip" is the paper's regressor with one lr for all.
 CANDIDATES: dict[str, dict[str, Any]] = {
@@ -47,9 +47,7 @@ def _stats(scale: Tensor, low: float, high: float) -> dict[str, float]:
     }
 
 
-def probe(
-    model_name: str, overrides: dict[str, Any], iterations: int, val_images: int, every: int, seed: int
-) -> dict[str, Any]:
+def probe(model_name: str, overrides: dict[str, Any], iterations: int, val_images: int, every: int, seed: int) -> dict[str, Any]:
     """Train ``model_name`` with the demo settings plus ``overrides``; scale statistics per ``every`` iterations."""
     values = dict(DEMO_SETTINGS, model=model_name, iterations=iterations, seed=seed, out_dir="unused",
                   scale_scenes_val_images=val_images, **overrides)  # fmt: skip

@@ -1,10 +1,16 @@
-"""The ScaleScenes study: baseline vs SAC-single vs SAC-multiple over seeds, by object size, scale vs size.
+"""The ScaleScenes study: what SAC adds on top of a trained baseline, by object size, and scale vs size.
 
-Trains the three models (ResNet-18 from scratch, output stride 8, the same schedule, seeds 0..2:
-for a given seed the three start from the same backbone and classifier weights) with
-``sacseg.engine.train.train``, then on held-out scenes (``ScaleScenes(seed=2)``) measures:
+The paper's protocol at CPU scale (as ``studies/camvid.py``): stage 1 trains the FCN baseline
+(ResNet-18 from scratch, output stride 8) on generated scenes until its validation mIoU flattens;
+stage 2 starts every row from its selected weights with one schedule: the control (the baseline
+continued), SAC-single-only and SAC-multiple-only (only the regressors train, at a tenth of the lr),
+SAC-single and SAC-multiple trained whole (regressors at a tenth of the lr); seeds 0, 1, 2 for the
+control and the whole rows, seed 0 for the "-only" rows; every row validates at iteration 0 too, so
+the unchanged start can win the selection. ``--ablations`` adds the runs of ``studies._study.ABLATIONS``.
+The selected checkpoints are then scored on held-out scenes (``ScaleScenes(seed=2)``):
 
-- mIoU and pixel accuracy over all pixels;
+- mIoU and pixel accuracy over all pixels, IoU per class, and the paired difference to the control
+  of the same seed;
 - by object size: an object's size is its drawn radius ``r`` (``ds.objects(i)``; its visible area is
   about ``pi r^2``); radii are drawn log-uniformly in ``[r_min, r_max]`` (2 to 30 px at 128x128), so the
   fixed bucket edges ``r_min * (r_max / r_min) ** (1/3)`` and ``** (2/3)`` (4.9 and 12.2 px) are the
@@ -21,11 +27,13 @@ for a given seed the three start from the same backbone and classifier weights) 
   correlate with size. The partial Spearman correlation given the object's centre row (ranks of size
   and scale, each with the linear effect of the ranked row removed) separates the two.
 
-Writes ``<out>/scalescenes.json`` (every number, per seed, and the per-object (size, scale) pairs) and
-``<out>/scalescenes_predictions.png``; prints the table. Training runs go to ``--work``.
+Resumable: runs live in the work folder (``--work``, default ``$SACSEG_STUDY_WORK/study_scalescenes``
+or ``~/.cache/sacseg/study_scalescenes``); finished runs and their evaluations are reused, an
+interrupted run resumes from its ``last.pt``. Writes ``<out>/scalescenes.json`` (every number, per
+seed, the per-object (size, scale) pairs, the checkpoints) and ``<out>/scalescenes_predictions.png``.
 
-    python -m benchmarks.study_scalescenes --out docs/results          # full study (~45 min, 2 cores)
-    python -m benchmarks.study_scalescenes --quick --out /tmp/ss_quick  # smoke test (~1-2 min)
+    python -m studies.scalescenes --out docs/results            # full study (estimate printed first)
+    python -m studies.scalescenes --quick --out /tmp/ss_quick    # smoke test (~2 min)
 """
 
 from __future__ import annotations
@@ -43,30 +51,51 @@ import torch
 from scipy import stats
 from torch.utils.data import DataLoader
 
-from benchmarks._study import (
-    Job, format_table, load_trained, mean_std, number_stat, pct_stat, run_jobs, run_record, train_and_load, write_json,
-)  # fmt: skip
+from benchmarks._report import format_table, run_record, write_json
 from sacseg.data import ScaleScenes
-from sacseg.models.inference import predict_with_scales
 from sacseg.evaluation.metrics import ConfusionMatrix
+from sacseg.models.inference import predict_with_scales
 from sacseg.viz import colorize, denormalize, save_report_grid
+from studies._study import (
+    ABLATIONS,
+    Job,
+    estimate_wall,
+    evaluate_once,
+    load_trained,
+    mean_std,
+    number_stat,
+    paired_differences,
+    pct,
+    pct_stat,
+    run_folder,
+    run_jobs,
+    stage2_plan,
+    stage2_settings,
+    train_once,
+    work_folder,
+)  # fmt: skip
 
-MODELS: dict[str, str] = {
-    "baseline": "fcn_resnet18",
-    "SAC-single": "sac_single_resnet18",
-    "SAC-multiple": "sac_multiple_resnet18",
-}
 BUCKETS: tuple[str, ...] = ("small", "medium", "large")
-TEST_SEED = 2  # train/val/test scenes come from seeds 0/1/2 (sacseg.engine.train's convention)
+TEST_SEED = 2  # train/val/test scenes come from seeds 0/1/2 (sacseg.training.train's convention)
 
-# Full study, sized from measured per-iteration costs on one core of this machine (batch 8, 96x96
-# crops, ResNet-18 at output stride 8, the default fast SAC path): baseline 0.65 s, SAC-single 0.65 s,
-# SAC-multiple 1.02 s, plus ~0.04 s of scene generation. 9 runs x 700 iterations on two
-# single-threaded workers (assumed each at its single-process speed on a quiet machine): ~45 min;
-# evaluation ~1 min.
+# Seconds per training iteration of each model, one thread, batch 8 of 96x96 crops of 128x128 scenes,
+# validations included (the from-scratch study's runs in docs/results/scalescenes_from_scratch.json:
+# baseline 0.70, SAC-single 0.72, SAC-multiple 1.03; the "-only" rows, frozen backbones, scaled by
+# their CamVid ratios to the whole models: 0.37 and 0.60), and seconds to score one model on the
+# 64 test scenes. Two single-threaded workers: stage 1 alone, then stage 2's runs longest first.
+SECONDS_PER_ITERATION: dict[tuple[str, str], float] = {
+    ("fcn_resnet18", "control"): 0.70, ("sac_single_resnet18", "whole"): 0.72,
+    ("sac_multiple_resnet18", "whole"): 1.03, ("sac_single_resnet18", "only"): 0.27,
+    ("sac_multiple_resnet18", "only"): 0.62,
+}  # fmt: skip
+EVAL_SECONDS = 6.0
 FULL: dict[str, Any] = {
     "seeds": (0, 1, 2),
-    "iterations": 700,
+    "stage1_iterations": 1000,
+    "stage1_lr": 0.02,
+    "stage2_iterations": 800,
+    "stage2_lr": 0.005,
+    "validations": 5,
     "train_images": 512,
     "val_images": 16,
     "test_images": 64,
@@ -76,7 +105,11 @@ FULL: dict[str, Any] = {
 }
 QUICK: dict[str, Any] = {
     "seeds": (0, 1),
-    "iterations": 3,
+    "stage1_iterations": 3,
+    "stage1_lr": 0.02,
+    "stage2_iterations": 2,
+    "stage2_lr": 0.005,
+    "validations": 1,
     "train_images": 8,
     "val_images": 2,
     "test_images": 4,
@@ -162,9 +195,7 @@ def spearman(sizes: Sequence[float], scales: Sequence[float]) -> dict[str, float
     return {"rho": float(result.statistic), "p": float(result.pvalue), "objects": len(sizes)}
 
 
-def partial_spearman(
-    sizes: Sequence[float], scales: Sequence[float], control: Sequence[float]
-) -> dict[str, float | int | None]:
+def partial_spearman(sizes: Sequence[float], scales: Sequence[float], control: Sequence[float]) -> dict[str, float | int | None]:
     """Spearman's rho between sizes and scales with ``control`` partialled out, and its p-value.
 
     The ranks of ``sizes`` and of ``scales`` are each regressed (least squares, with intercept) on
@@ -188,7 +219,9 @@ def partial_spearman(
     return {"rho": rho, "p": p, "objects": n}
 
 
-def _settings(model: str, seed: int, p: Mapping[str, Any], work: Path) -> dict[str, Any]:
+def stage_settings(model: str, seed: int, p: Mapping[str, Any], out_dir: Path, stage: int = 1) -> dict[str, Any]:
+    """The training config of one run of stage ``stage`` (1: the baseline from scratch; 2: from its weights)."""
+    iterations = p["stage1_iterations"] if stage == 1 else p["stage2_iterations"]
     return {
         "model": model,
         "num_classes": len(ScaleScenes.classes),
@@ -202,16 +235,11 @@ def _settings(model: str, seed: int, p: Mapping[str, Any], work: Path) -> dict[s
         "scale_min": 0.75,
         "scale_max": 1.25,
         "batch_size": p["batch"],
-        "iterations": p["iterations"],
-        # Nothing is pre-trained and steps are few: a larger lr than the paper's, decayed (poly).
-        "lr": 0.02,
+        "iterations": iterations,
+        "lr": p["stage1_lr"] if stage == 1 else p["stage2_lr"],
         "schedule": "poly",
-        # From scratch, the first steps throw scale coefficients onto the regressor's clip bound (0.25
-        # or 4), where ReLU + clamp pass no gradient and SAC trains as a fixed-dilation model.
-        # Clipping the global gradient norm at 1 (typical norms early on: 6-15; every model gets it)
-        # and the regressors at a tenth of the lr keep the maps inside the bounds
-        # (benchmarks/probe_scale_regressor.py: without the lower lr SAC-multiple's res5 map sat on a
-        # bound all run). scale_lr_mult does nothing to the baseline, which has no regressor.
+        # From scratch the first steps are large; clipping the global gradient norm at 1 keeps them in
+        # hand (typical norms early on: 6-15). Every row of stage 2 gets it too: one schedule for all.
         "grad_clip": 1.0,
         "scale_lr_mult": 0.1,
         "seed": seed,
@@ -219,10 +247,10 @@ def _settings(model: str, seed: int, p: Mapping[str, Any], work: Path) -> dict[s
         "amp": False,
         "device": "cpu",
         "threads": 1,
-        "val_every": p["iterations"],
-        "checkpoint_every": p["iterations"],
-        "log_every": max(1, p["iterations"] // 10),
-        "out_dir": str(work / f"{model}_seed{seed}"),
+        "val_every": max(1, iterations // p["validations"]),
+        "checkpoint_every": max(1, iterations // p["validations"]),
+        "log_every": max(1, iterations // 10),
+        "out_dir": str(out_dir),
     }
 
 
@@ -248,8 +276,7 @@ def evaluate_run(model: torch.nn.Module, test_set: ScaleScenes) -> dict[str, Any
     by_bucket = {name: restricted_scores(m) for name, m in zip(BUCKETS, buckets)}
     correlation = {name: spearman([r[0] for r in rows], [r[1] for r in rows]) for name, rows in pairs.items()}
     partial = {
-        name: partial_spearman([r[0] for r in rows], [r[1] for r in rows], [r[3] for r in rows])
-        for name, rows in pairs.items()
+        name: partial_spearman([r[0] for r in rows], [r[1] for r in rows], [r[3] for r in rows]) for name, rows in pairs.items()
     }
     mean_scale_by_bucket = {
         name: {b: mean_std([r[1] for r in rows if bucket_index(r[0], edges) == i])["mean"] for i, b in enumerate(BUCKETS)}
@@ -268,11 +295,22 @@ def evaluate_run(model: torch.nn.Module, test_set: ScaleScenes) -> dict[str, Any
     }
 
 
-def _job(settings: dict[str, Any], test_params: dict[str, Any]) -> dict[str, Any]:
-    model, summary = train_and_load(settings)
-    start = time.perf_counter()
-    result = evaluate_run(model, ScaleScenes(test_params["test_images"], size=test_params["size"], seed=TEST_SEED))
-    return {"train": summary, "eval_seconds": time.perf_counter() - start, **result}
+def _job(settings: dict[str, Any], p: dict[str, Any]) -> dict[str, Any]:
+    """Train (or reuse) one run and score its selected checkpoint on the held-out scenes (or reuse that)."""
+    summary = train_once(settings)
+    key = {
+        "test_images": p["test_images"],
+        "size": p["size"],
+        "test_seed": TEST_SEED,
+        "best_iteration": summary["best_iteration"],
+    }
+
+    def compute() -> dict[str, Any]:
+        start = time.perf_counter()
+        result = evaluate_run(load_trained(settings), ScaleScenes(p["test_images"], size=p["size"], seed=TEST_SEED))
+        return {"eval_seconds": time.perf_counter() - start, **result}
+
+    return {"train": summary, **evaluate_once(Path(settings["out_dir"]), "test_scores", key, compute)}
 
 
 def _aggregate(runs: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dict[str, Any]:
@@ -282,9 +320,9 @@ def _aggregate(runs: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dict[str,
         entry: dict[str, Any] = {
             "miou": mean_std([r["miou"] for r in seeds]),
             "pixel_acc": mean_std([r["pixel_acc"] for r in seeds]),
+            "iou": {c: mean_std([r["iou"][k] for r in seeds]) for k, c in enumerate(ScaleScenes.classes)},
             "buckets": {
-                b: {key: mean_std([r["buckets"][b][key] for r in seeds]) for key in ("miou", "pixel_acc")}
-                for b in BUCKETS
+                b: {key: mean_std([r["buckets"][b][key] for r in seeds]) for key in ("miou", "pixel_acc")} for b in BUCKETS
             },
             **{
                 key: {name: mean_std([r[key][name]["rho"] for r in seeds]) for name in seeds[0][key]}
@@ -315,15 +353,36 @@ def summary_table(summary: Mapping[str, Any], markdown: bool = False) -> str:
     return format_table(headers, rows, markdown)
 
 
-def _picture(work: Path, seed: int, p: Mapping[str, Any], path: Path) -> None:
-    """Test scenes, each model's prediction, the ground truth and the SAC scale maps (first seed)."""
+def class_table(summary: Mapping[str, Any], markdown: bool = False) -> str:
+    """IoU per class (percent, mean +- std over seeds) of every row."""
+    classes = list(ScaleScenes.classes)
+    rows = [[title, *(pct_stat(entry["iou"][c]) for c in classes)] for title, entry in summary.items()]
+    return format_table(["model", *classes], rows, markdown)
+
+
+def difference_table(differences: Mapping[str, Any], markdown: bool = False) -> str:
+    """Paired differences to the control (points of mIoU): mean +- std and each seed's."""
+    keys = ("miou", *(f"{b} miou" for b in BUCKETS))
+    rows = []
+    for title, by_key in differences.items():
+        cells = [title]
+        for key in keys:
+            d = by_key[key]
+            seeds = ", ".join(f"{100 * v:+.1f}" for v in d["per_seed"].values())
+            cells.append(f"{pct(d['mean'], d['std'])} ({seeds})" if d["mean"] is not None else "n/a")
+        rows.append(cells)
+    return format_table(["row - control (per seed)", "mIoU", *(f"{b} mIoU" for b in BUCKETS)], rows, markdown)
+
+
+def _picture(runs_settings: Mapping[str, Mapping[str, Any]], p: Mapping[str, Any], path: Path) -> None:
+    """Test scenes, the seed-0 predictions of the control, SAC-single and SAC-multiple, the ground truth and the scale maps."""
     test_set = ScaleScenes(min(_PICTURE_ROWS, p["test_images"]), size=p["size"], seed=TEST_SEED)
-    models = {title: load_trained(_settings(name, seed, p, work)) for title, name in MODELS.items()}
+    models = {title: load_trained(settings) for title, settings in runs_settings.items()}
     rows = []
     for image, target in DataLoader(test_set, batch_size=1):
         cells: list[Any] = [denormalize(image[0])]
         maps: list[Any] = []
-        for title, model in models.items():
+        for model in models.values():
             probs, scales = predict_with_scales(model, image)
             cells.append(colorize(probs.argmax(1)[0], test_set.palette))
             maps += [scales[name][0, 0] for name in ("classifier", "res5") if name in scales]
@@ -333,53 +392,97 @@ def _picture(work: Path, seed: int, p: Mapping[str, Any], path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.study_scalescenes", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.scalescenes", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("docs/results"), help="where scalescenes.json and the PNG go")
-    parser.add_argument("--work", type=Path, default=Path("runs/study_scalescenes"), help="training runs (checkpoints, logs)")
+    parser.add_argument(
+        "--work", type=Path, help="training runs (default: $SACSEG_STUDY_WORK/study_scalescenes or ~/.cache/sacseg/...)"
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke test of a minute or two (not a result)")
     parser.add_argument("--jobs", type=int, default=2, help="training processes at once (one thread each)")
-    parser.add_argument("--seeds", type=int, nargs="+", help="override the seeds (default 0 1 2; quick: 0 1)")
-    parser.add_argument("--iterations", type=int, help="override the training iterations per run")
+    parser.add_argument("--seeds", type=int, nargs="+", help="override stage 2's seeds (default 0 1 2; quick: 0 1)")
+    parser.add_argument("--ablations", nargs="*", default=[], choices=sorted(ABLATIONS), help="extra runs, seed 0")
     args = parser.parse_args(argv)
-    params = dict(QUICK if args.quick else FULL)
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
+    p = dict(QUICK if args.quick else FULL)
     if args.seeds:
-        params["seeds"] = tuple(args.seeds)
-    if args.iterations is not None:
-        if args.iterations < 1:
-            parser.error("--iterations must be >= 1")
-        params["iterations"] = args.iterations
-    record = run_record("study_scalescenes", list(argv) if argv is not None else sys.argv[1:])
+        p["seeds"] = tuple(args.seeds)
+    work = work_folder("study_scalescenes" + ("_quick" if args.quick else ""), args.work)
+    record = run_record("studies.scalescenes", list(argv) if argv is not None else sys.argv[1:])
+    plan = stage2_plan(p["seeds"], args.ablations)
+    estimate = estimate_wall(
+        p["stage1_iterations"] * SECONDS_PER_ITERATION[("fcn_resnet18", "control")] + EVAL_SECONDS,
+        [p["stage2_iterations"] * SECONDS_PER_ITERATION[(model, kind)] + EVAL_SECONDS
+         for _, model, kind, _, _ in plan],
+        args.jobs,
+    )  # fmt: skip
+    print(f"estimated wall time on a quiet 2-core machine: {estimate / 60:.0f} min (work folder {work})", flush=True)
     start = time.perf_counter()
 
-    jobs = [
-        Job(f"{title} seed {seed}", _job, (_settings(name, seed, params, args.work), params))
-        for seed in params["seeds"]
-        for title, name in sorted(MODELS.items(), key=lambda item: item[0] != "SAC-multiple")  # longest first
-    ]
+    stage1 = stage_settings("fcn_resnet18", 0, p, work / "stage1_baseline_seed0")
+    settings = {
+        (title, seed): stage2_settings(stage1, model, kind, seed, p["stage2_iterations"], p["stage2_lr"],
+                                       work / "stage2" / run_folder(title, seed), overrides)
+        for title, model, kind, seed, overrides in plan
+    }  # fmt: skip
+    costs = {(title, seed): SECONDS_PER_ITERATION[(model, kind)] for title, model, kind, seed, _ in plan}
+    jobs = [Job("stage 1", _job, (stage1, p))] + [
+        Job(f"{title} seed {seed}", _job, (settings[(title, seed)], p), after=("stage 1",))
+        for title, seed in sorted(settings, key=lambda key: -costs[key])  # longest first
+    ]  # fmt: skip
     results = run_jobs(jobs, args.jobs)
-    runs = {title: {seed: results[f"{title} seed {seed}"] for seed in params["seeds"]} for title in MODELS}
+    runs: dict[str, dict[int, Any]] = {}
+    for title, seed in settings:
+        runs.setdefault(title, {})[seed] = results[f"{title} seed {seed}"]
     summary = _aggregate(runs)
-    edges = bucket_edges(ScaleScenes(0, size=params["size"]).radius_range)
+    differences = {
+        title: dict(zip(
+            ("miou", *(f"{b} miou" for b in BUCKETS)),
+            (paired_differences(runs, lambda r: r["miou"])[title],
+             *(paired_differences(runs, lambda r, b=b: r["buckets"][b]["miou"])[title] for b in BUCKETS)),
+        ))
+        for title in runs if title != "control"
+    }  # fmt: skip
+    edges = bucket_edges(ScaleScenes(0, size=p["size"]).radius_range)
     args.out.mkdir(parents=True, exist_ok=True)
     picture = args.out / "scalescenes_predictions.png"
-    _picture(args.work, params["seeds"][0], params, picture)
+    seed0 = p["seeds"][0]
+    _picture({t: settings[(t, seed0)] for t in ("control", "SAC-single", "SAC-multiple")}, p, picture)
     doc = {
         "study": "scalescenes",
+        "protocol": "two-stage",
         "quick": args.quick,
         **record,
         "wall_seconds": time.perf_counter() - start,
-        "settings": {**params, "models": MODELS, "test_seed": TEST_SEED,
-                     "train": {k: v for k, v in _settings("MODEL", 0, params, args.work).items()
-                               if k not in ("model", "seed", "out_dir")}},  # fmt: skip
+        "estimated_wall_seconds": estimate,
+        "work": str(work),
+        "settings": {
+            **p,
+            "ablations": args.ablations,
+            "test_seed": TEST_SEED,
+            "stage1": {k: v for k, v in stage1.items() if k != "out_dir"},
+            "stage2": {
+                f"{t} seed {sd}": {k: v for k, v in s.items() if k not in ("out_dir", "init_checkpoint", "baseline_checkpoint")}
+                for (t, sd), s in settings.items()
+            },
+        },
+        "stage1": results["stage 1"],
+        "checkpoints": {
+            "stage 1": results["stage 1"]["train"]["checkpoint"],
+            **{f"{t} seed {sd}": results[f"{t} seed {sd}"]["train"]["checkpoint"] for t, sd in settings},
+        },
         "bucket_edges_px": list(edges),
         "picture": picture.name,
         "summary": summary,
+        "differences_to_control": differences,
         "runs": runs,
     }
     write_json(doc, args.out / "scalescenes.json")
     print(summary_table(summary))
+    print(class_table(summary))
+    print(difference_table(differences))
     print(f"size buckets (radius, px): small < {edges[0]:.1f} <= medium < {edges[1]:.1f} <= large")
-    print(f"wrote {args.out / 'scalescenes.json'} and {picture} in {doc['wall_seconds']:.0f} s")
+    print(f"wrote {args.out / 'scalescenes.json'} and {picture} in {doc['wall_seconds']:.0f} s (estimated {estimate:.0f} s)")
     return doc
 
 
