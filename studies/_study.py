@@ -30,6 +30,8 @@ __all__ = [
     "ROWS",
     "Downscaled",
     "Job",
+    "TwoStage",
+    "estimate_two_stage",
     "estimate_wall",
     "evaluate_once",
     "load_trained",
@@ -40,6 +42,7 @@ __all__ = [
     "pct_stat",
     "run_folder",
     "run_jobs",
+    "run_two_stage",
     "stage2_plan",
     "stage2_settings",
     "train_once",
@@ -294,6 +297,69 @@ def stage2_plan(seeds: Sequence[int], ablations: Sequence[str]) -> list[tuple[st
             for seed in (seeds[:1] if kind == "only" else seeds)]  # fmt: skip
     plan += [(title, model, kind, seeds[0], dict(o)) for name in ablations for title, model, kind, o in ABLATIONS[name]]
     return plan
+
+
+Plan = Sequence[tuple[str, str, str, int, Mapping[str, Any]]]
+
+
+def estimate_two_stage(p: Mapping[str, Any], plan: Plan, seconds_per_iteration: Mapping[tuple[str, str], float],
+                       eval_seconds: float, workers: int) -> float:  # fmt: skip
+    """Seconds for stage 1 (the baseline) then ``plan``'s stage-2 runs on ``workers`` processes, from each
+    ``(model, kind)``'s seconds per iteration and the seconds one evaluation takes."""
+    return estimate_wall(
+        p["stage1_iterations"] * seconds_per_iteration[("fcn_resnet18", "control")] + eval_seconds,
+        [p["stage2_iterations"] * seconds_per_iteration[(model, kind)] + eval_seconds for _, model, kind, _, _ in plan],
+        workers,
+    )
+
+
+@dataclasses.dataclass
+class TwoStage:
+    """What :func:`run_two_stage` ran: each stage-2 run's settings by ``(title, seed)``, every job's result
+    by name (``"stage 1"``, ``"<title> seed <seed>"``), and the stage-2 results as ``runs[title][seed]``."""
+
+    stage1: dict[str, Any]
+    settings: dict[tuple[str, int], dict[str, Any]]
+    results: dict[str, Any]
+    runs: dict[str, dict[int, Any]]
+
+    def record(self, private: Sequence[str]) -> dict[str, Any]:
+        """The JSON's record of both stages: their settings (without the keys in ``private`` and the
+        checkpoints they start from), stage 1's result and every selected checkpoint."""
+        hidden = {*private, "init_checkpoint", "baseline_checkpoint"}
+        return {
+            "stage1_settings": {k: v for k, v in self.stage1.items() if k not in private},
+            "stage2_settings": {
+                f"{t} seed {sd}": {k: v for k, v in s.items() if k not in hidden} for (t, sd), s in self.settings.items()
+            },
+            "stage1": self.results["stage 1"],
+            "checkpoints": {
+                "stage 1": self.results["stage 1"]["train"]["checkpoint"],
+                **{f"{t} seed {sd}": self.results[f"{t} seed {sd}"]["train"]["checkpoint"] for t, sd in self.settings},
+            },
+        }
+
+
+def run_two_stage(stage1: dict[str, Any], plan: Plan, p: Mapping[str, Any], work: Path,
+                  job: Callable[..., Any], job_args: tuple[Any, ...],
+                  seconds_per_iteration: Mapping[tuple[str, str], float], workers: int) -> TwoStage:  # fmt: skip
+    """Stage 1 (``stage1``'s settings), then every run of ``plan`` from its selected checkpoint, as
+    ``job(settings, *job_args)`` on ``workers`` processes, the longest first."""
+    settings = {
+        (title, seed): stage2_settings(stage1, model, kind, seed, p["stage2_iterations"], p["stage2_lr"],
+                                       work / "stage2" / run_folder(title, seed), overrides)
+        for title, model, kind, seed, overrides in plan
+    }  # fmt: skip
+    costs = {(title, seed): seconds_per_iteration[(model, kind)] for title, model, kind, seed, _ in plan}
+    jobs = [Job("stage 1", job, (stage1, *job_args))] + [
+        Job(f"{title} seed {seed}", job, (settings[(title, seed)], *job_args), after=("stage 1",))
+        for title, seed in sorted(settings, key=lambda key: -costs[key])
+    ]
+    results = run_jobs(jobs, workers)
+    runs: dict[str, dict[int, Any]] = {}
+    for title, seed in settings:
+        runs.setdefault(title, {})[seed] = results[f"{title} seed {seed}"]
+    return TwoStage(stage1, settings, results, runs)
 
 
 def run_folder(title: str, seed: int) -> str:

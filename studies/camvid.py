@@ -54,18 +54,15 @@ from sacseg.viz import colorize, denormalize, save_report_grid
 from studies._study import (
     ABLATIONS,
     Downscaled,
-    Job,
-    estimate_wall,
+    estimate_two_stage,
     evaluate_once,
     load_trained,
     mean_std,
     paired_differences,
     pct,
     pct_stat,
-    run_folder,
-    run_jobs,
+    run_two_stage,
     stage2_plan,
-    stage2_settings,
     train_once,
     work_folder,
 )  # fmt: skip
@@ -331,36 +328,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     plan = stage2_plan(p["seeds"], args.ablations)
     test_root = None if args.test_root is None else str(args.test_root)
     eval_seconds = EVAL_SECONDS * (1 + (TEST_EVAL_FACTOR if test_root else 0))
-    estimate = estimate_wall(
-        p["stage1_iterations"] * SECONDS_PER_ITERATION[("fcn_resnet18", "control")] + eval_seconds,
-        [p["stage2_iterations"] * SECONDS_PER_ITERATION[(model, kind)] + eval_seconds for _, model, kind, _, _ in plan],
-        args.jobs,
-    )  # fmt: skip
+    estimate = estimate_two_stage(p, plan, SECONDS_PER_ITERATION, eval_seconds, args.jobs)
     print(f"estimated wall time on a quiet 2-core machine: {estimate / 60:.0f} min (work folder {work})", flush=True)
     start = time.perf_counter()
     name = f"camvid_x{p['factor']}" + (f"_first{p['limit']}" if p["limit"] else "")
     reduced = reduced_copy(args.data_root, ("train", "val"), p["factor"], work / name, p["limit"])
     stage1 = stage1_settings(p, reduced, work / "stage1_baseline_seed0", args.backbone_weights)
-    settings = {
-        (title, seed): stage2_settings(stage1, model, kind, seed, p["stage2_iterations"], p["stage2_lr"],
-                                       work / "stage2" / run_folder(title, seed), overrides)
-        for title, model, kind, seed, overrides in plan
-    }  # fmt: skip
-    costs = {(title, seed): SECONDS_PER_ITERATION[(model, kind)] for title, model, kind, seed, _ in plan}
     common = (p, str(args.data_root), args.eval_split, test_root)
-    jobs = [Job("stage 1", _job, (stage1, *common))] + [
-        Job(f"{title} seed {seed}", _job, (settings[(title, seed)], *common), after=("stage 1",))
-        for title, seed in sorted(settings, key=lambda key: -costs[key])  # longest first
-    ]  # fmt: skip
-    results = run_jobs(jobs, args.jobs)
-    runs: dict[str, dict[int, Any]] = {}
-    for title, seed in settings:
-        runs.setdefault(title, {})[seed] = results[f"{title} seed {seed}"]
+    two = run_two_stage(stage1, plan, p, work, _job, common, SECONDS_PER_ITERATION, args.jobs)
+    runs, results = two.runs, two.results
     args.out.mkdir(parents=True, exist_ok=True)
     picture = args.out / "camvid_predictions.png"
     seed0 = p["seeds"][0]
-    scale_stats = _picture({t: settings[(t, seed0)] for t in ("control", "SAC-single", "SAC-multiple")},
+    scale_stats = _picture({t: two.settings[(t, seed0)] for t in ("control", "SAC-single", "SAC-multiple")},
                            args.data_root, args.eval_split, p["factor"], picture)  # fmt: skip
+    stages = two.record(private=("data_root", "out_dir"))
     doc = {
         "study": "camvid",
         "protocol": "two-stage",
@@ -376,19 +358,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "test_root": test_root,
             "backbone_weights": args.backbone_weights,
             "ablations": args.ablations,
-            "stage1": {k: v for k, v in stage1.items() if k not in ("data_root", "out_dir")},
-            "stage2": {
-                f"{t} seed {sd}": {
-                    k: v for k, v in s.items() if k not in ("data_root", "out_dir", "init_checkpoint", "baseline_checkpoint")
-                }
-                for (t, sd), s in settings.items()
-            },
+            "stage1": stages["stage1_settings"],
+            "stage2": stages["stage2_settings"],
         },
-        "stage1": results["stage 1"],
-        "checkpoints": {
-            "stage 1": results["stage 1"]["train"]["checkpoint"],
-            **{f"{t} seed {sd}": results[f"{t} seed {sd}"]["train"]["checkpoint"] for t, sd in settings},
-        },
+        "stage1": stages["stage1"],
+        "checkpoints": stages["checkpoints"],
         "picture": picture.name,
         "scale_stats_on_picture_images": scale_stats,
         "summary": {key: summary(runs, key) for key in ("eval", "test") if key == "eval" or test_root is not None},

@@ -58,8 +58,7 @@ from sacseg.models.inference import predict_with_scales
 from sacseg.viz import colorize, denormalize, save_report_grid
 from studies._study import (
     ABLATIONS,
-    Job,
-    estimate_wall,
+    estimate_two_stage,
     evaluate_once,
     load_trained,
     mean_std,
@@ -67,10 +66,8 @@ from studies._study import (
     paired_differences,
     pct,
     pct_stat,
-    run_folder,
-    run_jobs,
+    run_two_stage,
     stage2_plan,
-    stage2_settings,
     train_once,
     work_folder,
 )  # fmt: skip
@@ -410,30 +407,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     work = work_folder("study_scalescenes" + ("_quick" if args.quick else ""), args.work)
     record = run_record("studies.scalescenes", list(argv) if argv is not None else sys.argv[1:])
     plan = stage2_plan(p["seeds"], args.ablations)
-    estimate = estimate_wall(
-        p["stage1_iterations"] * SECONDS_PER_ITERATION[("fcn_resnet18", "control")] + EVAL_SECONDS,
-        [p["stage2_iterations"] * SECONDS_PER_ITERATION[(model, kind)] + EVAL_SECONDS
-         for _, model, kind, _, _ in plan],
-        args.jobs,
-    )  # fmt: skip
+    estimate = estimate_two_stage(p, plan, SECONDS_PER_ITERATION, EVAL_SECONDS, args.jobs)
     print(f"estimated wall time on a quiet 2-core machine: {estimate / 60:.0f} min (work folder {work})", flush=True)
     start = time.perf_counter()
-
     stage1 = stage_settings("fcn_resnet18", 0, p, work / "stage1_baseline_seed0")
-    settings = {
-        (title, seed): stage2_settings(stage1, model, kind, seed, p["stage2_iterations"], p["stage2_lr"],
-                                       work / "stage2" / run_folder(title, seed), overrides)
-        for title, model, kind, seed, overrides in plan
-    }  # fmt: skip
-    costs = {(title, seed): SECONDS_PER_ITERATION[(model, kind)] for title, model, kind, seed, _ in plan}
-    jobs = [Job("stage 1", _job, (stage1, p))] + [
-        Job(f"{title} seed {seed}", _job, (settings[(title, seed)], p), after=("stage 1",))
-        for title, seed in sorted(settings, key=lambda key: -costs[key])  # longest first
-    ]  # fmt: skip
-    results = run_jobs(jobs, args.jobs)
-    runs: dict[str, dict[int, Any]] = {}
-    for title, seed in settings:
-        runs.setdefault(title, {})[seed] = results[f"{title} seed {seed}"]
+    two = run_two_stage(stage1, plan, p, work, _job, (p,), SECONDS_PER_ITERATION, args.jobs)
+    runs = two.runs
     summary = _aggregate(runs)
     differences = {
         title: dict(zip(
@@ -447,7 +426,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args.out.mkdir(parents=True, exist_ok=True)
     picture = args.out / "scalescenes_predictions.png"
     seed0 = p["seeds"][0]
-    _picture({t: settings[(t, seed0)] for t in ("control", "SAC-single", "SAC-multiple")}, p, picture)
+    _picture({t: two.settings[(t, seed0)] for t in ("control", "SAC-single", "SAC-multiple")}, p, picture)
+    stages = two.record(private=("out_dir",))
     doc = {
         "study": "scalescenes",
         "protocol": "two-stage",
@@ -460,17 +440,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             **p,
             "ablations": args.ablations,
             "test_seed": TEST_SEED,
-            "stage1": {k: v for k, v in stage1.items() if k != "out_dir"},
-            "stage2": {
-                f"{t} seed {sd}": {k: v for k, v in s.items() if k not in ("out_dir", "init_checkpoint", "baseline_checkpoint")}
-                for (t, sd), s in settings.items()
-            },
+            "stage1": stages["stage1_settings"],
+            "stage2": stages["stage2_settings"],
         },
-        "stage1": results["stage 1"],
-        "checkpoints": {
-            "stage 1": results["stage 1"]["train"]["checkpoint"],
-            **{f"{t} seed {sd}": results[f"{t} seed {sd}"]["train"]["checkpoint"] for t, sd in settings},
-        },
+        "stage1": stages["stage1"],
+        "checkpoints": stages["checkpoints"],
         "bucket_edges_px": list(edges),
         "picture": picture.name,
         "summary": summary,
