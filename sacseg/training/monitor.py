@@ -114,6 +114,8 @@ def _validation_pictures(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    # Maps held at one value (min_scale == max_scale) are drawn on a range around it.
+    high = cfg.max_scale if cfg.max_scale > cfg.min_scale else cfg.min_scale + 1.0
     try:
         for index in range(min(_VAL_PICTURES, len(val_set))):
             image, target = val_set[index]
@@ -124,8 +126,6 @@ def _validation_pictures(
             picture = np.concatenate([panel[::step, ::step] for panel in row], axis=1)
             writer.add_image(f"val/prediction/{index}", picture, iteration, dataformats="HWC")
             for name, scale in scale_maps.items():
-                # Maps held at one value (min_scale == max_scale) are drawn on a range around it.
-                high = cfg.max_scale if cfg.max_scale > cfg.min_scale else cfg.min_scale + 1.0
                 picture = heatmap(scale[0, 0, ::step, ::step].cpu(), cfg.min_scale, high)
                 writer.add_image(f"val/scale_{name}/{index}", picture, iteration, dataformats="HWC")
     finally:
