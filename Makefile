@@ -39,7 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sac_conv.py
 
 study-scalescenes: $(STAMP)
-	$(BIN)/python -m studies.scalescenes --out docs/results
+	$(BIN)/python -m studies.scalescenes --ablations held scale_lr --out docs/results
 
 study-camvid: $(STAMP)
 	$(BIN)/python -m studies.camvid --data-root $(CAMVID) --out docs/results

@@ -277,6 +277,8 @@ def stage2_settings(stage1: Mapping[str, Any], model: str, kind: str, seed: int,
         "iterations": iterations,
         "lr": lr,
         "scale_lr_mult": 0.1,
+        # Stage 2's runs share the cores (one process each); stage 1, alone, may have had more threads.
+        "threads": 1,
         "seed": seed,
         "val_every": validations,
         "val_at_start": True,
@@ -303,11 +305,12 @@ Plan = Sequence[tuple[str, str, str, int, Mapping[str, Any]]]
 
 
 def estimate_two_stage(p: Mapping[str, Any], plan: Plan, seconds_per_iteration: Mapping[tuple[str, str], float],
-                       eval_seconds: float, workers: int) -> float:  # fmt: skip
-    """Seconds for stage 1 (the baseline) then ``plan``'s stage-2 runs on ``workers`` processes, from each
-    ``(model, kind)``'s seconds per iteration and the seconds one evaluation takes."""
+                       eval_seconds: float, workers: int, stage1_speedup: float = 1.0) -> float:  # fmt: skip
+    """Seconds for stage 1 (the baseline, ``stage1_speedup`` times faster than one thread) then ``plan``'s
+    stage-2 runs on ``workers`` processes, from each ``(model, kind)``'s seconds per iteration (one
+    thread) and the seconds one evaluation takes."""
     return estimate_wall(
-        p["stage1_iterations"] * seconds_per_iteration[("fcn_resnet18", "control")] + eval_seconds,
+        p["stage1_iterations"] * seconds_per_iteration[("fcn_resnet18", "control")] / stage1_speedup + eval_seconds,
         [p["stage2_iterations"] * seconds_per_iteration[(model, kind)] + eval_seconds for _, model, kind, _, _ in plan],
         workers,
     )
