@@ -48,6 +48,15 @@ def _load(path: Path) -> dict[str, Any] | None:
         raise ValueError(f"{path}: not valid JSON: {err}") from err
 
 
+def _training_seconds(doc: Mapping[str, Any]) -> float | None:
+    """Seconds of training summed over a two-stage study's runs (each as long as the invocation that
+    trained it took), or None for a study of another kind."""
+    if doc.get("protocol") != "two-stage":
+        return None
+    runs = [r for per_seed in doc["runs"].values() for r in per_seed.values()]
+    return doc["stage1"]["train"]["train_seconds"] + sum(r["train"]["train_seconds"] for r in runs)
+
+
 def _provenance(doc: Mapping[str, Any]) -> str:
     machine = doc["machine"]
     lines = [
@@ -57,6 +66,13 @@ def _provenance(doc: Mapping[str, Any]) -> str:
         f"- machine: {machine['cores']} cores ({machine['processor']}, {machine['platform']}), torch {machine['torch']}, "
         f"Python {machine['python']}, {machine['torch_threads_per_job']} thread per training process",
     ]
+    training = _training_seconds(doc)
+    if training is not None:
+        # A resumed study reuses the runs an earlier invocation finished: its wall time alone would
+        # understate what the results cost.
+        lines.insert(2, f"- the wall time is that of the invocation that wrote the JSON, which reuses the runs already "
+                        f"finished in the work folder; training summed over every run, whichever invocation trained "
+                        f"it: {training / 60:.0f} min (of one process each; two ran at once in stage 2)")  # fmt: skip
     if doc["quick"]:
         lines.insert(0, "> **SMOKE TEST (`--quick`)**: a few iterations on tiny data to check that the script runs. "
                         "These numbers say nothing about SAC; run the command without `--quick`.\n")  # fmt: skip
