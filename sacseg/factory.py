@@ -33,36 +33,44 @@ __all__ = [
 ]
 
 
+#: A data set's class names and colours (uint8 ``[K, 3]``).
+Labels = tuple[tuple[str, ...], Tensor]
+
+
 class DatasetBuilder(NamedTuple):
-    """How a config's ``dataset`` is made: its class names and colours (known without the data, so a
-    trained model's pictures need none on disk) and one split of it."""
+    """How a config's ``dataset`` is made: its labels (known without the data, so a trained model's
+    pictures need none on disk) and one split of it, given those labels (read once, checked)."""
 
-    labels: Callable[[TrainConfig], tuple[tuple[str, ...], Tensor]]
-    build: Callable[[TrainConfig, str, JointTransform, bool], SegmentationDataset]
+    labels: Callable[[TrainConfig], Labels]
+    build: Callable[[TrainConfig, str, JointTransform, bool, Labels], SegmentationDataset]
 
 
-def _fixed_labels(classes: Sequence[str], palette: Tensor) -> Callable[[TrainConfig], tuple[tuple[str, ...], Tensor]]:
+def _fixed_labels(classes: Sequence[str], palette: Tensor) -> Callable[[TrainConfig], Labels]:
     """The labels of a data set whose classes are its own (class attributes), whatever the config."""
     return lambda cfg: (tuple(classes), palette)
 
 
-def _on_disk(kind: Callable[..., SegmentationDataset]) -> Callable[[TrainConfig, str, JointTransform, bool], SegmentationDataset]:
-    """A data set read from ``data_root`` as ``kind(root, split, transforms=...)``."""
-    return lambda cfg, split, transforms, training: kind(cfg.data_root, split, transforms=transforms)
+def _on_disk(
+    kind: Callable[..., SegmentationDataset],
+) -> Callable[[TrainConfig, str, JointTransform, bool, Labels], SegmentationDataset]:
+    """A data set read from ``data_root`` as ``kind(root, split, transforms=...)`` (its labels are its own)."""
+    return lambda cfg, split, transforms, training, labels: kind(cfg.data_root, split, transforms=transforms)
 
 
 # ScaleScenes' convention: each split is generated from its own seed, so validation is held out.
 _SCALE_SCENES_SEEDS = {"train": 0, "val": 1, "test": 2}
 
 
-def _scale_scenes(cfg: TrainConfig, split: str, transforms: JointTransform, training: bool) -> SegmentationDataset:
+def _scale_scenes(
+    cfg: TrainConfig, split: str, transforms: JointTransform, training: bool, labels: Labels
+) -> SegmentationDataset:
     if split not in _SCALE_SCENES_SEEDS:
         raise ValueError(f"scale_scenes split {split!r} is unknown; valid: {', '.join(_SCALE_SCENES_SEEDS)}")
     count = cfg.scale_scenes_train_images if training else cfg.scale_scenes_val_images
     return ScaleScenes(count, size=cfg.scale_scenes_size, seed=_SCALE_SCENES_SEEDS[split], transforms=transforms)
 
 
-def _folder_labels(cfg: TrainConfig) -> tuple[tuple[str, ...], Tensor]:
+def _folder_labels(cfg: TrainConfig) -> Labels:
     """``folder_classes`` (the list itself, or the names in the file it names under ``data_root``) and
     ``folder_palette`` (default: generated)."""
     if isinstance(cfg.folder_classes, list):
@@ -84,8 +92,8 @@ def _folder_labels(cfg: TrainConfig) -> tuple[tuple[str, ...], Tensor]:
     return classes, torch.tensor(palette, dtype=torch.uint8)
 
 
-def _folder(cfg: TrainConfig, split: str, transforms: JointTransform, training: bool) -> SegmentationDataset:
-    classes, palette = _folder_labels(cfg)
+def _folder(cfg: TrainConfig, split: str, transforms: JointTransform, training: bool, labels: Labels) -> SegmentationDataset:
+    classes, palette = labels
     root = Path(cfg.data_root)
     return SegmentationFolder(
         root / cfg.folder_images.format(split=split),
@@ -113,7 +121,7 @@ def _builder(cfg: TrainConfig) -> DatasetBuilder:
     return DATASET_BUILDERS[cfg.dataset]
 
 
-def dataset_labels(cfg: TrainConfig) -> tuple[tuple[str, ...], Tensor]:
+def dataset_labels(cfg: TrainConfig) -> Labels:
     """The class names and the palette (uint8 ``[K, 3]``) of the config's data set, read without its
     data; ValueError when their count is not the config's ``num_classes``."""
     classes, palette = _builder(cfg).labels(cfg)
@@ -123,8 +131,8 @@ def dataset_labels(cfg: TrainConfig) -> tuple[tuple[str, ...], Tensor]:
 
 
 def _build(cfg: TrainConfig, split: str, transforms: JointTransform, training: bool) -> SegmentationDataset:
-    dataset_labels(cfg)  # fails on a class-count mismatch before any file is read
-    return _builder(cfg).build(cfg, split, transforms, training)
+    labels = dataset_labels(cfg)  # fails on a class-count mismatch before any image is read
+    return _builder(cfg).build(cfg, split, transforms, training, labels)
 
 
 def build_eval_dataset(cfg: TrainConfig, split: str | None = None) -> SegmentationDataset:
