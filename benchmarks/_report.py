@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from sacseg.training.train import git_revision
 from sacseg.utils.io import atomic_open
+from sacseg.utils.revision import git_revision
 
 __all__ = ["format_table", "jsonable", "run_record", "write_json"]
 
@@ -29,7 +29,6 @@ def run_record(module: str, argv: Sequence[str]) -> dict[str, Any]:
         "machine": {
             "cores": os.cpu_count(),
             "torch": torch.__version__,
-            "torch_threads_per_job": 1,
             "python": sys.version.split()[0],
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),

@@ -57,6 +57,16 @@ def _training_seconds(doc: Mapping[str, Any]) -> float | None:
     return doc["stage1"]["train"]["train_seconds"] + sum(r["train"]["train_seconds"] for r in runs)
 
 
+def _threads(doc: Mapping[str, Any]) -> str:
+    """Threads per training process, from the runs' own settings where the JSON has them."""
+    settings = doc["settings"]
+    if "stage1" not in settings:
+        return f"{doc['machine']['torch_threads_per_job']} thread per training process"
+    stage1 = settings["stage1"]["threads"]
+    stage2 = ", ".join(str(t) for t in sorted({s["threads"] for s in settings["stage2"].values()}))
+    return f"stage 1 (alone) on {stage1} thread{'s' if stage1 > 1 else ''}, stage 2 on {stage2} per training process"
+
+
 def _provenance(doc: Mapping[str, Any]) -> str:
     machine = doc["machine"]
     lines = [
@@ -64,7 +74,7 @@ def _provenance(doc: Mapping[str, Any]) -> str:
         f"- date: {doc['date']}, git revision `{doc['git_revision']}`, wall time {doc['wall_seconds'] / 60:.1f} min"
         + (f" (estimated beforehand: {doc['estimated_wall_seconds'] / 60:.0f} min)" if "estimated_wall_seconds" in doc else ""),
         f"- machine: {machine['cores']} cores ({machine['processor']}, {machine['platform']}), torch {machine['torch']}, "
-        f"Python {machine['python']}, {machine['torch_threads_per_job']} thread per training process",
+        f"Python {machine['python']}, {_threads(doc)}",
     ]
     training = _training_seconds(doc)
     if training is not None:

@@ -8,7 +8,6 @@ import logging
 import math
 import os
 import random
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,6 +37,7 @@ from sacseg.training.monitor import TrainMonitor
 from sacseg.training.run_dir import check_run_folder, clear_run, locked_run_folder, remove_stale_temp_files
 from sacseg.training.sampling import ResumableSampler, SeededSamples, seed_worker
 from sacseg.utils.io import atomic_open
+from sacseg.utils.revision import git_revision
 
 __all__ = [
     "NonFiniteLossError",
@@ -187,22 +187,6 @@ def train_step(
     scaler.update()
     scales = {name: float(s.detach().float().mean()) for name, s in output["scales"].items()}
     return loss_value, scales
-
-
-def git_revision() -> str:
-    """``git rev-parse HEAD`` of the sacseg source tree, or "unknown" outside git."""
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return result.stdout.strip() or "unknown"
 
 
 def _setup_logging(out_dir: Path, is_main: bool) -> logging.Handler | None:

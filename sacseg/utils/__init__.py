@@ -1,1 +1,1 @@
-"""Small helpers shared by every layer: atomic file writes and image files, int-or-pair sizes, devices, optional dependencies."""
+"""Small helpers shared by every layer: atomic file writes and image files, int-or-pair sizes, devices, optional dependencies, the git revision."""
