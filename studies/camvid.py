@@ -26,7 +26,7 @@ Resumable: runs live in the work folder (``--work``, default ``$SACSEG_STUDY_WOR
 run resumes from its ``last.pt``. Writes ``<out>/camvid.json`` (every number, the stage-1 and
 selected checkpoints) and ``<out>/camvid_predictions.png``; prints the estimate first, then the tables.
 
-    python -m studies.camvid --data-root ../shared/data/camvid --out docs/results   # ~105 min on 2 cores
+    python -m studies.camvid --data-root ../shared/data/camvid --out docs/results   # ~80 min on 2 cores
     python -m studies.camvid --data-root ../shared/data/camvid --quick --out /tmp/cv  # smoke test
 """
 

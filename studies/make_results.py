@@ -22,7 +22,7 @@ from typing import Any
 
 from benchmarks._report import format_table
 from sacseg.utils.io import atomic_open
-from studies._study import number_stat, pct
+from studies._study import mean_std, number_stat, paired_differences, pct, pct_stat
 from studies.camvid import table as camvid_table
 from studies.scalescenes import BUCKETS, class_table, difference_table, summary_table
 
@@ -87,6 +87,38 @@ def _provenance(doc: Mapping[str, Any]) -> str:
         lines.insert(0, "> **SMOKE TEST (`--quick`)**: a few iterations on tiny data to check that the script runs. "
                         "These numbers say nothing about SAC; run the command without `--quick`.\n")  # fmt: skip
     return "\n".join(lines)
+
+
+def _stage2_curves(doc: Mapping[str, Any]) -> list[str]:
+    """Every stage-2 row's validation mIoU at each validation (mean +- std over seeds), the iterations
+    its best-checkpoint selection kept, and its last validation's paired difference to the control.
+
+    The tables above score the selected checkpoints; where a row's selection kept iteration 0 (stage
+    1's weights) in every seed, they cannot tell it from the control, and the end of the common
+    schedule (the paper's protocol: a fixed number of iterations) is the comparison left.
+    """
+    runs = doc["runs"]
+    iterations = [it for it, _ in next(iter(next(iter(runs.values())).values()))["train"]["validations"]]
+    end = paired_differences(runs, lambda r: r["train"]["validations"][-1][1])
+    headers = ["row (seeds)", *(f"it {it}" for it in iterations), "selected iteration", "last - control"]
+    rows = []
+    for title, per_seed in runs.items():
+        curves = [dict(r["train"]["validations"]) for r in per_seed.values()]
+        d = end.get(title)
+        rows.append([
+            f"{title} ({', '.join(per_seed)})",
+            *(pct_stat(mean_std([c.get(it) for c in curves])) for it in iterations),
+            ", ".join(str(r["train"]["best_iteration"]) for r in per_seed.values()),
+            "-" if d is None or d["mean"] is None
+            else f"{pct(d['mean'], d['std'])} ({', '.join(f'{100 * v:+.1f}' for v in d['per_seed'].values())})",
+        ])  # fmt: skip
+    return [
+        "Validation mIoU along stage 2 (the validation set the selection used, percent; mean +- std over seeds), "
+        "the iteration each seed's selection kept, and the last validation's paired difference to the control:",
+        "",
+        format_table(headers, rows, markdown=True),
+        "",
+    ]
 
 
 def scatter(doc: Mapping[str, Any], path: Path) -> None:
@@ -181,6 +213,7 @@ def _scalescenes(doc: Mapping[str, Any] | None, folder: Path, link: str) -> list
         "",
         difference_table(doc["differences_to_control"], markdown=True),
         "",
+        *_stage2_curves(doc),
         *_size_scales(doc, folder, link),
     ]
 
@@ -229,6 +262,7 @@ def _camvid(doc: Mapping[str, Any] | None, folder: Path, link: str) -> list[str]
         "",
         camvid_table(doc["summary"]["eval"], markdown=True),
         "",
+        *_stage2_curves(doc),
     ]
     if "test" in doc["summary"]:
         out += [f"On the test split (`{s['test_root']}`):", "", camvid_table(doc["summary"]["test"], markdown=True), ""]

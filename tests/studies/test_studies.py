@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ from studies._study import (
     validation_curve,
     work_folder,
 )  # fmt: skip
-from studies.make_results import render
+from studies.make_results import _stage2_curves, render
 from studies.scalescenes import (
     bucket_edges,
     bucket_index,
@@ -363,3 +364,18 @@ def test_camvid_summary_and_table() -> None:
     assert result["differences_to_control"]["SAC-single"]["ms_flip"]["mean"] == pytest.approx(0.02)
     text = study_camvid.table(result)
     assert "SAC-single (0, 1)" in text and "2.0 +- 1.4 (+1.0, +3.0)" in text
+
+
+def test_stage2_curves_give_the_selection_and_the_last_validation_paired_to_the_control() -> None:
+    def run(curve: list[tuple[int, float]]) -> dict[str, Any]:
+        best = max(curve, key=lambda v: v[1])
+        return {"train": {"validations": [list(v) for v in curve], "best_iteration": best[0]}}
+
+    doc = {"runs": {
+        "control": {"0": run([(0, 0.50), (100, 0.40), (200, 0.45)]), "1": run([(0, 0.50), (100, 0.42), (200, 0.47)])},
+        "SAC-single": {"0": run([(0, 0.50), (100, 0.52), (200, 0.46)]), "1": run([(0, 0.50), (100, 0.41), (200, 0.46)])},
+    }}  # fmt: skip
+    table = "\n".join(_stage2_curves(doc))
+    assert "| row (seeds) | it 0 | it 100 | it 200 | selected iteration | last - control |" in table
+    assert "| control (0, 1) | 50.0 +- 0.0 | 41.0 +- 1.4 | 46.0 +- 1.4 | 0, 0 | - |" in table
+    assert "| SAC-single (0, 1) | 50.0 +- 0.0 | 46.5 +- 7.8 | 46.0 +- 0.0 | 100, 0 | 0.0 +- 1.4 (+1.0, -1.0) |" in table
