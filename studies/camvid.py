@@ -13,9 +13,10 @@ seed 0 for the "-only" rows. Every stage-2 row validates at iteration 0 too, so 
 can win the best-checkpoint selection. ``--ablations`` adds runs (``studies._study.ABLATIONS``): SAC
 with its maps held at 1 trained like the control, the classifier's dilation, the regressors' lr.
 
-Each selected checkpoint is then evaluated on ``--eval-split`` of ``--data-root`` (default ``val``)
-and, with ``--test-root``, on ``test/`` + ``testannot/`` there, against the full-resolution labels:
-the image is resized to half resolution (antialiased), the logits back to full resolution.
+Each selected checkpoint, and each run's last one (the end of the common schedule, the paper's own
+protocol: a fixed number of iterations, no selection), is then evaluated on ``--eval-split`` of
+``--data-root`` (default ``val``) and, with ``--test-root``, on ``test/`` + ``testannot/`` there,
+against the full-resolution labels: the image is resized to half resolution (antialiased), the logits back to full resolution.
 Single-scale, and multi-scale + flip (``sacseg.models.inference.predict``: scales 0.75, 1, 1.25 of
 the half-resolution input, and their mirror images, softmax averaged). mIoU and pixel accuracy over
 the 11 classes, void ignored; mean +- std over seeds and the paired difference to the control of the
@@ -24,7 +25,8 @@ same seed. No number is selected on the test split.
 Resumable: runs live in the work folder (``--work``, default ``$SACSEG_STUDY_WORK/study_camvid`` or
 ``~/.cache/sacseg/study_camvid``); finished runs and their evaluations are reused, an interrupted
 run resumes from its ``last.pt``. Writes ``<out>/camvid.json`` (every number, the stage-1 and
-selected checkpoints) and ``<out>/camvid_predictions.png``; prints the estimate first, then the tables.
+selected checkpoints) and ``<out>/camvid_predictions.png`` (the models at the end of the schedule);
+prints the estimate first, then the tables.
 
     python -m studies.camvid --data-root ../shared/data/camvid --out docs/results   # ~80 min on 2 cores
     python -m studies.camvid --data-root ../shared/data/camvid --quick --out /tmp/cv  # smoke test
@@ -163,19 +165,27 @@ def evaluate_split(model: torch.nn.Module, root: Path, split: str, factor: float
 
 
 def _job(settings: dict[str, Any], p: dict[str, Any], eval_root: str, eval_split: str, test_root: str | None) -> dict[str, Any]:
-    """Train (or reuse) one run; score its selected checkpoint on the eval split and the test root (or reuse those)."""
+    """Train (or reuse) one run; score its selected checkpoint (``eval``, ``test``) and its last one, the
+    end of the common schedule (``eval_last``, ``test_last``), on the eval split and the test root (or
+    reuse those scores)."""
     summary = train_once(settings)
     out = Path(settings["out_dir"])
     result: dict[str, Any] = {"train": summary}
     for name, root, split in (("eval", eval_root, eval_split), ("test", test_root, "test")):
         if root is None:
             continue
-        key = {"root": root, "split": split, "factor": p["factor"], "limit": p["limit"], "ms_scales": list(MS_SCALES),
-               "best_iteration": summary["best_iteration"]}  # fmt: skip
-        result[name] = evaluate_once(
-            out, f"{name}_scores", key,
-            lambda root=root, split=split: evaluate_split(load_trained(settings), Path(root), split, p["factor"], p["limit"]),
-        )  # fmt: skip
+        for suffix, checkpoint, iteration in (("", "best.pt", summary["best_iteration"]),
+                                              ("_last", "last.pt", summary["iterations"])):  # fmt: skip
+            if suffix and iteration == summary["best_iteration"]:
+                result[name + suffix] = result[name]  # the selection kept the last checkpoint
+                continue
+            key = {"root": root, "split": split, "factor": p["factor"], "limit": p["limit"], "ms_scales": list(MS_SCALES),
+                   "best_iteration" if not suffix else "iteration": iteration}  # fmt: skip
+            result[name + suffix] = evaluate_once(
+                out, f"{name}{suffix}_scores", key,
+                lambda root=root, split=split, checkpoint=checkpoint: evaluate_split(
+                    load_trained(settings, checkpoint), Path(root), split, p["factor"], p["limit"]),
+            )  # fmt: skip
     return result
 
 
@@ -259,10 +269,11 @@ def table(doc_summary: Mapping[str, Any], markdown: bool = False) -> str:
 
 def _picture(settings: Mapping[str, Mapping[str, Any]], root: Path, split: str, factor: float, path: Path) -> dict[str, Any]:
     """Eval-split images (spread over the split), the seed-0 predictions of the control, SAC-single and
-    SAC-multiple, ground truth and the classifier scale maps; returns min / mean / max of every scale
-    map over those images."""
+    SAC-multiple at the end of the schedule (``last.pt``: where the selection kept stage 1's weights,
+    the selected SAC models would show maps of 1), ground truth and the classifier scale maps; returns
+    min / mean / max of every scale map over those images."""
     titles = tuple(settings)
-    models = {t: Downscaled(load_trained(settings[t]), factor) for t in titles}
+    models = {t: Downscaled(load_trained(settings[t], "last.pt"), factor) for t in titles}
     dataset = CamVid(root, split)
     rows = []
     stats: dict[str, dict[str, list[float]]] = {}
@@ -334,7 +345,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     work = work_folder("study_camvid" + ("_quick" if args.quick else ""), args.work)
     plan = stage2_plan(p["seeds"], args.ablations)
     test_root = None if args.test_root is None else str(args.test_root)
-    eval_seconds = EVAL_SECONDS * (1 + (TEST_EVAL_FACTOR if test_root else 0))
+    # Every run is scored twice: its selected checkpoint and the end of the schedule.
+    eval_seconds = 2 * EVAL_SECONDS * (1 + (TEST_EVAL_FACTOR if test_root else 0))
     estimate = estimate_two_stage(p, plan, SECONDS_PER_ITERATION, eval_seconds, args.jobs, STAGE1_SPEEDUP[p["stage1_threads"]])
     print(f"estimated wall time on a quiet 2-core machine: {estimate / 60:.0f} min (work folder {work})", flush=True)
     start = time.perf_counter()
@@ -372,18 +384,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "checkpoints": stages["checkpoints"],
         "picture": picture.name,
         "scale_stats_on_picture_images": scale_stats,
-        "summary": {key: summary(runs, key) for key in ("eval", "test") if key == "eval" or test_root is not None},
+        "summary": {
+            key + suffix: summary(runs, key + suffix)
+            for key in ("eval", "test")
+            if key == "eval" or test_root is not None
+            for suffix in ("", "_last")
+        },
         "runs": runs,
     }
     write_json(doc, args.out / "camvid.json")
     s1 = results["stage 1"]
     print(f"stage 1 baseline: best val mIoU {pct(s1['train']['best_val_miou'])} at iteration {s1['train']['best_iteration']} "
           f"of {s1['train']['iterations']}; {args.eval_split} mIoU {pct(s1['eval']['single']['miou'])}")  # fmt: skip
-    print(f"CamVid {args.eval_split} ({args.data_root}), full-resolution labels:")
-    print(table(doc["summary"]["eval"]))
-    if test_root is not None:
-        print(f"CamVid test ({test_root}):")
-        print(table(doc["summary"]["test"]))
+    for key, where in (("eval", f"{args.eval_split} ({args.data_root})"), ("test", f"test ({test_root})")):
+        if key in doc["summary"]:
+            print(f"CamVid {where}, full-resolution labels, selected checkpoints:")
+            print(table(doc["summary"][key]))
+            print(f"the same, end of the schedule (iteration {p['stage2_iterations']}, no selection):")
+            print(table(doc["summary"][key + "_last"]))
     print(f"wrote {args.out / 'camvid.json'} and {picture} in {doc['wall_seconds']:.0f} s (estimated {estimate:.0f} s)")
     return doc
 

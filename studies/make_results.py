@@ -107,7 +107,7 @@ def _stage2_curves(doc: Mapping[str, Any]) -> list[str]:
         d = end.get(title)
         rows.append([
             f"{title} ({', '.join(per_seed)})",
-            *(pct_stat(mean_std([c.get(it) for c in curves])) for it in iterations),
+            *(pct_stat(mean_std([c[it] for c in curves if it in c])) for it in iterations),
             ", ".join(str(r["train"]["best_iteration"]) for r in per_seed.values()),
             "-" if d is None or d["mean"] is None
             else f"{pct(d['mean'], d['std'])} ({', '.join(f'{100 * v:+.1f}' for v in d['per_seed'].values())})",
@@ -258,17 +258,30 @@ def _camvid(doc: Mapping[str, Any] | None, folder: Path, link: str) -> list[str]
         f'("-only" rows and ablations: seed {s["seeds"][0]}). Evaluated against full-resolution labels; '
         f"multi-scale = scales {', '.join(str(x) for x in s['ms_scales'])} of the reduced input and their mirror images.",
         "",
-        f"On `{s['eval_split']}` (percent; mean +- std over the seeds in brackets; differences paired by seed):",
-        "",
-        camvid_table(doc["summary"]["eval"], markdown=True),
-        "",
-        *_stage2_curves(doc),
     ]
-    if "test" in doc["summary"]:
-        out += [f"On the test split (`{s['test_root']}`):", "", camvid_table(doc["summary"]["test"], markdown=True), ""]
+    for key, where in (("eval", f"`{s['eval_split']}`"), ("test", f"the test split (`{s['test_root']}`)")):
+        if key not in doc["summary"]:
+            continue
+        out += [f"On {where}, the selected checkpoints (percent; mean +- std over the seeds in brackets; differences "
+                "paired by seed):", "", camvid_table(doc["summary"][key], markdown=True), ""]  # fmt: skip
+        if key + "_last" in doc["summary"]:
+            out += [f"On {where}, the end of the schedule (every run's last checkpoint, iteration {s['stage2_iterations']}; "
+                    f"stage 1's at {s['stage1_iterations']}: {_stage1_last(doc, key)}):", "",
+                    camvid_table(doc["summary"][key + "_last"], markdown=True), ""]  # fmt: skip
+    out += _stage2_curves(doc)
     if (folder / doc["picture"]).is_file():
-        out += [f"![CamVid images, predictions, ground truth, scale maps]({link}/{doc['picture']})", ""]
+        caption = "CamVid images, predictions, ground truth, scale maps" + (
+            " (end of the schedule)" if "eval_last" in doc["summary"] else ""
+        )
+        out += [f"![{caption}]({link}/{doc['picture']})", ""]
     return out
+
+
+def _stage1_last(doc: Mapping[str, Any], key: str) -> str:
+    scores = doc["stage1"].get(key + "_last")
+    if scores is None:
+        return "not scored"
+    return f"mIoU {pct(scores['single']['miou'])}, MS+flip {pct(scores['ms_flip']['miou'])}"
 
 
 def _camvid_from_scratch(doc: Mapping[str, Any] | None, folder: Path, link: str) -> list[str]:

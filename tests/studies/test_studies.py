@@ -243,11 +243,20 @@ def test_camvid_quick_study_evaluates_the_test_root(tmp_path: Path) -> None:
     assert set(doc["runs"]["control"]) == {0, 1} and set(doc["runs"]["SAC-single-only"]) == {0}
     for per_seed in doc["runs"].values():
         for run in per_seed.values():
-            assert run["test"]["single"]["num_pixels"] == labelled
+            assert run["test"]["single"]["num_pixels"] == labelled == run["test_last"]["single"]["num_pixels"]
+            if run["train"]["best_iteration"] == run["train"]["iterations"]:
+                assert run["eval_last"] == run["eval"]  # the selection kept the last checkpoint: scored once
             assert 0.0 <= run["eval"]["ms_flip"]["pixel_acc"] <= 1.0
             assert Path(run["train"]["checkpoint"]).is_file()
     assert Path(doc["checkpoints"]["stage 1"]).is_file() and doc["estimated_wall_seconds"] > 0
     assert set(doc["summary"]["test"]["differences_to_control"]["SAC-single"]["single"]["per_seed"]) == {0, 1}
+    assert set(doc["summary"]) == {"eval", "eval_last", "test", "test_last"}
+    # A run whose selection kept an earlier checkpoint has its last one scored apart, at the schedule's end.
+    scored_apart = list((tmp_path / "work").rglob("eval_last_scores.json"))
+    assert scored_apart  # stage 1 at least: validated every 2 of its 4 iterations, val at the start of stage 2
+    for path in scored_apart:
+        expected = 2 if path.parent.parent.name == "stage2" else 4  # QUICK: stage 2, stage 1 iterations
+        assert json.loads(path.read_text())["key"]["iteration"] == expected, path
     saved = json.loads((tmp_path / "out" / "camvid.json").read_text())
     assert saved["quick"] is True and saved["settings"]["test_root"] == str(tests)
     assert (tmp_path / "out" / "camvid_predictions.png").is_file()
