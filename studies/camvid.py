@@ -28,7 +28,7 @@ run resumes from its ``last.pt``. Writes ``<out>/camvid.json`` (every number, th
 selected checkpoints) and ``<out>/camvid_predictions.png`` (the models at the end of the schedule);
 prints the estimate first, then the tables.
 
-    python -m studies.camvid --data-root ../shared/data/camvid --out docs/results   # ~80 min on 2 cores
+    python -m studies.camvid --data-root ../shared/data/camvid --out docs/results   # ~95 min on 2 cores
     python -m studies.camvid --data-root ../shared/data/camvid --quick --out /tmp/cv  # smoke test
 """
 
@@ -73,21 +73,21 @@ NUM_CLASSES = len(CLASSES)
 MS_SCALES: tuple[float, ...] = (0.75, 1.0, 1.25)
 
 # Seconds per training iteration, one thread, batch 8 of 176x176 crops of the half-resolution copy,
-# validations included: the from-scratch study's runs (docs/results/camvid_from_scratch.json,
-# train_seconds / iterations: baseline 2.59, SAC-single 2.66, SAC-multiple 3.42, SAC-single-only 0.97,
-# SAC-multiple-only 2.07) times 1.2, the factor by which the two-stage ScaleScenes study's stage-2
-# runs (two at once, validated five times) exceeded the same kind of estimate. Stage 1 runs alone on
-# ``stage1_threads`` threads: two make a training step of the baseline 1.85 times faster (2.77 s ->
-# 1.47 s, one step of batch 8 at 176x176). Seconds to score one model on val, single + multi-scale +
-# flip: about 125 in the from-scratch study, 150 with the same margin; 2.3 times that on the 233 test
-# images. Two workers: stage 1 (~30 min), then stage 2's 11 runs of 200 iterations (~75 min).
+# validations included, two runs at once: the full two-stage run's stage 2 (docs/results/camvid.json,
+# train_seconds / iterations: control 2.35, SAC-single 2.37, SAC-multiple 3.05, SAC-single-only 1.06,
+# SAC-multiple-only 1.99). Stage 1 runs alone on ``stage1_threads`` threads: two make a training step
+# of the baseline 1.85 times faster (2.77 s -> 1.47 s, one step of batch 8 at 176x176; that run's
+# stage 1 took 1.19 s per iteration, the estimate 1.27). Seconds to score one checkpoint on val,
+# single + multi-scale + flip: 100-120 in that run (two at once); 2.3 times that on the 233 test
+# images. Two workers: stage 1 (~25 min), then stage 2's 11 runs of 200 iterations, each scored at its
+# selected and its last checkpoint (~70 min).
 SECONDS_PER_ITERATION: dict[tuple[str, str], float] = {
-    ("fcn_resnet18", "control"): 3.1, ("sac_single_resnet18", "whole"): 3.2,
-    ("sac_multiple_resnet18", "whole"): 4.1, ("sac_single_resnet18", "only"): 1.16,
-    ("sac_multiple_resnet18", "only"): 2.5,
+    ("fcn_resnet18", "control"): 2.35, ("sac_single_resnet18", "whole"): 2.4,
+    ("sac_multiple_resnet18", "whole"): 3.05, ("sac_single_resnet18", "only"): 1.06,
+    ("sac_multiple_resnet18", "only"): 2.0,
 }  # fmt: skip
 STAGE1_SPEEDUP: dict[int, float] = {1: 1.0, 2: 1.85}
-EVAL_SECONDS = 150.0
+EVAL_SECONDS = 120.0
 TEST_EVAL_FACTOR = 2.3
 FULL: dict[str, Any] = {
     "factor": 0.5,
