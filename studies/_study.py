@@ -447,6 +447,15 @@ def pct_stat(stat: Mapping[str, float | None]) -> str:
     return pct(stat["mean"], stat["std"])
 
 
+def paired_stat(diff: Mapping[str, Any] | None, missing: str = "-") -> str:
+    """A :func:`paired_differences` entry of fractions as ``"mean +- std (+a, +b, ...)"`` percentage
+    points, each seed's difference in brackets; ``missing`` when there is none."""
+    if diff is None or diff["mean"] is None:
+        return missing
+    seeds = ", ".join(f"{100 * v:+.1f}" for v in diff["per_seed"].values())
+    return f"{pct(diff['mean'], diff['std'])} ({seeds})"
+
+
 def number_stat(stat: Mapping[str, float | None] | None) -> str:
     """A ``mean_std`` result as ``"mean +- std"`` with two decimals; "-" when missing."""
     if stat is None or stat["mean"] is None:

@@ -61,6 +61,7 @@ from studies._study import (
     load_trained,
     mean_std,
     paired_differences,
+    paired_stat,
     pct,
     pct_stat,
     run_two_stage,
@@ -179,6 +180,7 @@ def _job(settings: dict[str, Any], p: dict[str, Any], eval_root: str, eval_split
             if suffix and iteration == summary["best_iteration"]:
                 result[name + suffix] = result[name]  # the selection kept the last checkpoint
                 continue
+            # The selected checkpoint's key keeps its name, so the scores already in work folders stay valid.
             key = {"root": root, "split": split, "factor": p["factor"], "limit": p["limit"], "ms_scales": list(MS_SCALES),
                    "best_iteration" if not suffix else "iteration": iteration}  # fmt: skip
             result[name + suffix] = evaluate_once(
@@ -258,11 +260,7 @@ def table(doc_summary: Mapping[str, Any], markdown: bool = False) -> str:
         cells = [f"{title} ({', '.join(str(s) for s in entry['seeds'])})"]
         cells += [pct_stat(entry[k]) for k in ("single miou", "single pixel_acc", "ms_flip miou", "ms_flip pixel_acc")]
         for mode in ("single", "ms_flip"):
-            d = doc_summary["differences_to_control"].get(title, {}).get(mode)
-            if d is None or d["mean"] is None:
-                cells.append("-")
-            else:
-                cells.append(f"{pct(d['mean'], d['std'])} ({', '.join(f'{100 * v:+.1f}' for v in d['per_seed'].values())})")
+            cells.append(paired_stat(doc_summary["differences_to_control"].get(title, {}).get(mode)))
         rows.append(cells)
     return format_table(headers, rows, markdown)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from benchmarks._report import format_table
 from sacseg.utils.io import atomic_open
-from studies._study import mean_std, number_stat, paired_differences, pct, pct_stat
+from studies._study import mean_std, number_stat, paired_differences, paired_stat, pct, pct_stat
 from studies.camvid import table as camvid_table
 from studies.scalescenes import BUCKETS, class_table, difference_table, summary_table
 
@@ -104,13 +104,11 @@ def _stage2_curves(doc: Mapping[str, Any]) -> list[str]:
     rows = []
     for title, per_seed in runs.items():
         curves = [dict(r["train"]["validations"]) for r in per_seed.values()]
-        d = end.get(title)
         rows.append([
             f"{title} ({', '.join(per_seed)})",
             *(pct_stat(mean_std([c[it] for c in curves if it in c])) for it in iterations),
             ", ".join(str(r["train"]["best_iteration"]) for r in per_seed.values()),
-            "-" if d is None or d["mean"] is None
-            else f"{pct(d['mean'], d['std'])} ({', '.join(f'{100 * v:+.1f}' for v in d['per_seed'].values())})",
+            paired_stat(end.get(title)),
         ])  # fmt: skip
     return [
         "Validation mIoU along stage 2 (the validation set the selection used, percent; mean +- std over seeds), "

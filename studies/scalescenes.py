@@ -64,7 +64,7 @@ from studies._study import (
     mean_std,
     number_stat,
     paired_differences,
-    pct,
+    paired_stat,
     pct_stat,
     run_two_stage,
     stage2_plan,
@@ -365,9 +365,7 @@ def difference_table(differences: Mapping[str, Any], markdown: bool = False) -> 
     for title, by_key in differences.items():
         cells = [title]
         for key in keys:
-            d = by_key[key]
-            seeds = ", ".join(f"{100 * v:+.1f}" for v in d["per_seed"].values())
-            cells.append(f"{pct(d['mean'], d['std'])} ({seeds})" if d["mean"] is not None else "n/a")
+            cells.append(paired_stat(by_key[key], missing="n/a"))
         rows.append(cells)
     return format_table(["row - control (per seed)", "mIoU", *(f"{b} mIoU" for b in BUCKETS)], rows, markdown)
 
