@@ -1,0 +1,56 @@
+"""What users of sacseg 0.1.0 saved keeps working: its checkpoint loads and evaluates to the same
+numbers, its run folder resumes to the weights its own uninterrupted run reached, and its exported
+program runs (fixtures written by tests/fixtures/v0_1_0/make_fixtures.py at that version)."""
+
+from __future__ import annotations
+
+import json
+import lzma
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from sacseg.config import load_config
+from sacseg.evaluation.evaluate import evaluate
+from sacseg.factory import build_eval_dataset, load_trained_model
+from sacseg.training.train import train
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "v0_1_0"
+
+
+@pytest.fixture
+def saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, single_thread: None) -> dict[str, Any]:
+    """A copy of the 0.1.0 files in ``tmp_path`` (the working directory: the run's config names its
+    baseline by a relative path), checkpoints unpacked byte for byte."""
+    shutil.copytree(FIXTURES, tmp_path, dirs_exist_ok=True)
+    for packed in tmp_path.rglob("*.xz"):
+        packed.with_suffix("").write_bytes(lzma.decompress(packed.read_bytes()))
+        packed.unlink()
+    monkeypatch.chdir(tmp_path)
+    return json.loads((tmp_path / "expected.json").read_text())
+
+
+def test_checkpoint_evaluates_to_the_same_numbers(saved: dict[str, Any]) -> None:
+    model, cfg = load_trained_model("run/last.pt")
+    loader = torch.utils.data.DataLoader(build_eval_dataset(cfg), batch_size=1)
+    whole = evaluate(model, loader, cfg.num_classes).compute()
+    slide = evaluate(model, loader, cfg.num_classes, mode="slide", crop_size=40, stride=24, scales=(0.75, 1.0), flip=True)
+    assert {"miou": whole["miou"], "pixel_acc": whole["pixel_acc"]} == saved["eval_whole"]
+    assert {"miou": slide.compute()["miou"], "pixel_acc": slide.compute()["pixel_acc"]} == saved["eval_slide_ms_flip"]
+
+
+def test_run_folder_resumes_to_its_uninterrupted_weights(saved: dict[str, Any]) -> None:
+    summary = train(load_config("run/config.yaml"), resume="auto")
+    assert summary["losses"] == saved["straight_losses"][2:]
+    final = torch.load("run/last.pt", weights_only=True)["model"]
+    for key, value in torch.load("straight_regressors.pt", weights_only=True).items():
+        assert torch.equal(final[key], value), key
+
+
+def test_exported_program_runs(saved: dict[str, Any]) -> None:
+    program = torch.export.load("sac_layer.pt2")
+    io = torch.load("sac_layer_io.pt", weights_only=True)
+    torch.testing.assert_close(program.module()(io["input"], io["scale"]), io["output"])
