@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: lint format test test-slow demo bench study-scalescenes study-camvid results clean
+.PHONY: lint format test test-slow test-all test-min-torch demo bench study-scalescenes study-camvid results clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,11 +26,27 @@ format: $(STAMP)
 	$(BIN)/ruff format sacseg tests benchmarks studies
 	$(BIN)/clang-format -i sacseg/ops/*.cpp
 
+# The default run: everything but the checks marked slow (inductor compiles, torchrun, whole runs in subprocesses).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# Every test, slow ones included (what .ci/run runs).
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -m 'slow or not slow'
+
+# The operator and model tests on the oldest PyTorch that pyproject admits (the GPU machines' 2.11),
+# in a venv of its own: not part of `make test`.
+MIN_TORCH := torch==2.11.0 torchvision==0.26.0
+MIN_VENV := .venv-min-torch
+test-min-torch:
+	test -x $(MIN_VENV)/bin/python || $(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install --quiet $(MIN_TORCH)
+	$(MIN_VENV)/bin/python -m pip install --quiet -e '.[dev]' $(MIN_TORCH)
+	$(MIN_VENV)/bin/python -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'
+	$(MIN_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/ops tests/nn tests/models
 
 demo: $(STAMP)
 	$(BIN)/python -m sacseg demo
@@ -48,4 +64,4 @@ results: $(STAMP)
 	$(BIN)/python -m studies.make_results
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(MIN_VENV) build *.egg-info

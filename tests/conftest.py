@@ -66,7 +66,7 @@ def tiny_config(tiny_settings: dict[str, Any]) -> Callable[..., TrainConfig]:
 @pytest.fixture(scope="module")
 def single_thread() -> Iterator[None]:
     """One torch thread for a test module: two OpenMP threads on a busy 2-core machine spin against
-    each other, and training steps get 10-30x slower."""
+    each other, and training steps get many times slower (benchmarks/DESIGN_MEASUREMENTS.md)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -100,9 +100,9 @@ class ScaleRegressor(nn.Module):
 
     Initialised as equation (1) in its limit ``sigma = 0``: zero weights and bias 1, so every scale
     starts at exactly 1 and SAC starts as the plain convolution, whatever the magnitude of the
-    features. (The paper's small ``sigma`` is not small on deep features: with ``sigma = 1e-3`` the
-    3x3 regressor on a torchvision ResNet-50's 1024 res4 channels, batch norm fitted to real
-    images, starts at scales of 0.63-1.28.) The weights still get a gradient, the features times
+    features. (The paper's small ``sigma`` is not small on deep features: on a ResNet-50's res4 it
+    starts the scales far from 1; benchmarks/DESIGN_MEASUREMENTS.md, "Models and training", has
+    the measured range.) The weights still get a gradient, the features times
     the gradient of the map, so they learn from the first step (which, with every tap on an integer
     position, follows the sampler's right-hand derivative there and need not lower the loss; the
     steps after it do). ``init_std > 0`` draws the weights

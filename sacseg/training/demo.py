@@ -21,21 +21,15 @@ from sacseg.viz import colorize, denormalize, save_report_grid
 
 __all__ = ["DEMO_SETTINGS", "demo_config", "run_demo"]
 
-# Sized so both models train within the demo's ~10 minutes on 2 CPU cores (~0.7 s an iteration
-# each): ResNet-18 from scratch (no ImageNet weights offline) at output stride 8 on 96x96 crops of
-# 128x128 scenes. A larger lr than the paper's 5e-4 with a poly decay, because nothing is
-# pre-trained and steps are few: as the ScaleScenes study's stage 1, whose baseline reaches 62-71
-# IoU on every object class in 400 such iterations (studies/probe_scale_scenes.py) and 32-65
-# after 100.
-# Gradient clipping is needed from scratch: without it the first steps throw SAC's scale
-# regressor to its lower clip bound (0.25 everywhere, where the clip passes no gradient back)
-# and the loss diverges. Even clipped, the regressor's weight gradient is 30-50% of the model's
-# gradient norm (it reads unnormalised res5 features), and with momentum a few steps still pin
-# parts of the scale map at 0.25 / 4 for good; a tenth of the lr for the regressor
-# (scale_lr_mult, as Deformable ConvNets do for their offsets) keeps the whole map inside the
-# bounds and learning (studies/probe_scale_regressor.py).
-# One thread: two OpenMP threads on a 2-core machine that is busy with anything else spin
-# against each other and run 3-10x slower; one thread is never far from the best.
+# Sized so both models train within the demo's ~10 minutes on 2 CPU cores: ResNet-18 from scratch
+# (no ImageNet weights offline) at output stride 8 on 96x96 crops of 128x128 scenes. A larger lr
+# than the paper's 5e-4 with a poly decay, because nothing is pre-trained and steps are few (as
+# the ScaleScenes study's stage 1). Gradient clipping is needed from scratch: without it the first
+# steps throw SAC's scale regressor onto its lower clip bound, where the clip passes no gradient
+# back, and the loss diverges; a tenth of the lr for the regressor (scale_lr_mult, as Deformable
+# ConvNets do for their offsets) keeps the whole map inside the bounds and learning. One thread:
+# OpenMP threads on a 2-core machine busy with anything else spin against each other. The
+# measurements behind each choice: benchmarks/DESIGN_MEASUREMENTS.md, "Models and training".
 DEMO_SETTINGS: dict[str, Any] = {
     "num_classes": len(ScaleScenes.classes),
     "output_stride": 8,
