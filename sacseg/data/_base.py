@@ -107,14 +107,33 @@ def map_label(array: np.ndarray, lut: np.ndarray, path: Path) -> torch.Tensor:
     return torch.from_numpy(mapped.astype(np.uint8))
 
 
+def _lab(rgb: np.ndarray) -> np.ndarray:
+    """sRGB uint8 ``[..., 3]`` -> CIELAB (D65) ``[..., 3]``: distances there follow perceived colour differences."""
+    c = rgb / 255.0
+    linear = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+    xyz = linear @ np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]).T
+    xyz = xyz / np.array([0.9505, 1.0, 1.089])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
 def index_palette(num_classes: int) -> torch.Tensor:
-    """Distinct colours uint8 [num_classes, 3] by the PASCAL VOC bit-interleaving scheme (for class lists without one)."""
-    ids = np.arange(num_classes)
-    palette = np.zeros((num_classes, 3), dtype=np.int64)
-    for shift in range(8):
-        for channel in range(3):
-            palette[:, channel] |= ((ids >> (3 * shift + channel)) & 1) << (7 - shift)
-    return torch.from_numpy(palette.astype(np.uint8))
+    """Distinct colours uint8 ``[num_classes, 3]`` for class lists without a palette of their own.
+
+    Greedy farthest points in CIELAB among the colours of a 16-level RGB grid: each class gets the
+    candidate farthest from every colour already taken, so the first classes differ most and no two
+    look alike. Near-black is left out, as black draws ignored pixels. Deterministic.
+    """
+    levels = np.arange(0, 256, 17)
+    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(-1, 3)
+    lab = _lab(grid)
+    grid, lab = grid[lab[:, 0] > 25], lab[lab[:, 0] > 25]
+    chosen = [int(np.argmax(np.hypot(lab[:, 1], lab[:, 2])))]  # start from the most saturated colour
+    nearest = np.linalg.norm(lab - lab[chosen[0]], axis=1)
+    for _ in range(1, num_classes):
+        chosen.append(int(np.argmax(nearest)))
+        nearest = np.minimum(nearest, np.linalg.norm(lab - lab[chosen[-1]], axis=1))
+    return torch.from_numpy(grid[chosen[:num_classes]].astype(np.uint8)).reshape(num_classes, 3)
 
 
 class PairedSegmentation(Dataset):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 __all__ = ["IMAGE_SUFFIXES", "atomic_open", "read_image", "save_png", "stale_temp_files"]
 
@@ -86,6 +86,9 @@ def save_png(array: np.ndarray, path: str | os.PathLike[str]) -> None:
 def read_image(path: str | os.PathLike[str]) -> Image.Image:
     """Decode an image fully (so truncation is detected here) as 8-bit RGB; errors name the file.
 
+    An EXIF orientation (as phones and cameras write) is applied, so the pixels are those an image
+    viewer shows, not the sensor's rows.
+
     16-bit greyscale (PIL modes ``I;16*``, and ``I`` holding values in 0..65535, as 16-bit PNGs
     and TIFFs decode) is scaled to 0..255 (``/ 257``): PIL's own conversion clips it, which turns
     nearly every pixel white. Wider integer and floating-point images are refused.
@@ -93,6 +96,7 @@ def read_image(path: str | os.PathLike[str]) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()
+            img = ImageOps.exif_transpose(img)
             if img.mode.startswith("I") or img.mode == "F":
                 return _grey16_to_rgb(img)
             return img.convert("RGB")

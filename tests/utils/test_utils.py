@@ -1,4 +1,4 @@
-"""Tests for the shared helpers: int-or-pair sizes, device resolution, optional dependencies and their extras."""
+"""Tests for the shared helpers: int-or-pair sizes, device resolution, optional dependencies and their extras, image files."""
 
 from __future__ import annotations
 
@@ -6,10 +6,13 @@ import ast
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from sacseg.utils.device import resolve_device
+from sacseg.utils.io import read_image
 from sacseg.utils.optional import MissingExtraError, import_optional
 from sacseg.utils.pair import pair, positive_pair
 
@@ -70,3 +73,16 @@ def test_positive_pair_refuses_empty_sizes() -> None:
     assert positive_pair([4, 2], "crop_size") == (4, 2)
     with pytest.raises(ValueError, match=r"crop_size must be positive, got \(0, 2\)"):
         positive_pair((0, 2), "crop_size")
+
+
+def test_read_image_applies_the_exif_orientation(tmp_path: Path) -> None:
+    # 40 wide, 20 high, its left half red: orientation 6 (as phones write) shows it turned 90 degrees
+    # clockwise, 20 wide and 40 high with the red half on top.
+    stored = np.zeros((20, 40, 3), dtype=np.uint8)
+    stored[:, :20, 0] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "phone.jpg", exif=exif.tobytes(), quality=95)
+    shown = np.asarray(read_image(tmp_path / "phone.jpg"))
+    assert shown.shape == (40, 20, 3)
+    assert shown[:20, :, 0].min() > 200 and shown[20:, :, 0].max() < 50
