@@ -15,8 +15,9 @@ if TYPE_CHECKING:
     from sacseg.config import TrainConfig
     from sacseg.utils.pair import IntOrPair
 
-# Sub-commands import what they run when they run: a command that does not train loads neither
-# TensorBoard nor the training loop (a test checks `sacseg eval`).
+# Sub-commands import what they run when they run: `sacseg --help` and every `sacseg <command>
+# --help` load no torch, and a command that does not train loads neither TensorBoard nor the
+# training loop (tests check both).
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -223,7 +224,7 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_inference_args(parser: argparse.ArgumentParser) -> None:
-    from sacseg.models.inference import InferenceMode
+    from sacseg.options import InferenceMode
 
     parser.add_argument("--mode", choices=typing.get_args(InferenceMode), default=None, help="default: config key eval_mode")
     parser.add_argument("--crop-size", type=int, nargs="+", default=None, metavar="N",
@@ -251,7 +252,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("predict", help="predict image files: colour PNGs, overlays, scale heat maps, "
                                             "class-index PNGs or Cityscapes labelIds")  # fmt: skip
-    from sacseg.evaluation.predict_files import PredictionFormat
+    from sacseg.options import PredictionFormat
 
     _add_model_args(parser)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched for images")

@@ -13,9 +13,7 @@ from typing import Any, Literal
 
 import yaml
 
-from sacseg.models import UpsampleMode
-from sacseg.models.inference import InferenceMode
-from sacseg.nn import DEFAULT_MAX_SCALE, DEFAULT_MIN_SCALE, ScaleBound
+from sacseg.options import DEFAULT_MAX_SCALE, DEFAULT_MIN_SCALE, InferenceMode, ScaleBound, UpsampleMode
 from sacseg.utils.device import DeviceName
 from sacseg.utils.io import atomic_open
 

@@ -114,9 +114,9 @@ def test_window_sizes_are_an_int_or_height_and_width() -> None:
 @pytest.mark.parametrize(
     ("key", "owner"),
     [
-        ("upsample", "sacseg.models.fcn.UpsampleMode"),
-        ("scale_bound", "sacseg.nn.sac.ScaleBound"),
-        ("eval_mode", "sacseg.models.inference.InferenceMode"),
+        ("upsample", "sacseg.options.UpsampleMode"),
+        ("scale_bound", "sacseg.options.ScaleBound"),
+        ("eval_mode", "sacseg.options.InferenceMode"),
         ("device", "sacseg.utils.device.DeviceName"),
         ("schedule", "sacseg.config.Schedule"),
     ],

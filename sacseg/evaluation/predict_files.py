@@ -6,7 +6,7 @@ import os
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,14 +20,12 @@ from sacseg.data.transforms import eval_transforms
 from sacseg.export.label_png import export_cityscapes_prediction, save_label_png
 from sacseg.factory import dataset_labels
 from sacseg.models.inference import InferenceMode, predict_labels
+from sacseg.options import PredictionFormat
 from sacseg.utils.io import IMAGE_SUFFIXES, read_image, save_png
 from sacseg.utils.pair import IntOrPair
 from sacseg.viz import add_legend, colorize, overlay, save_scale_map
 
 __all__ = ["PredictionFormat", "find_images", "load_image", "predict_files", "to_model_input"]
-
-#: What ``predict_files`` writes per image: colour pictures, class-index PNGs or Cityscapes labelIds.
-PredictionFormat = Literal["color", "index", "cityscapes"]
 
 
 def find_images(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str] | None = None) -> list[Path]:

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from sacseg.options import InferenceMode
 from sacseg.utils.pair import IntOrPair, positive_pair
 
 __all__ = ["InferenceMode", "predict", "predict_labels", "predict_with_scales"]
-
-#: Whole images, or sliding windows of ``crop_size`` every ``stride`` pixels.
-InferenceMode = Literal["whole", "slide"]
 
 
 def _forward(model: nn.Module, images: Tensor) -> dict[str, Any]:
