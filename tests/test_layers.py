@@ -150,14 +150,14 @@ _LOAD_CONFIG_AND_LIST_HEAVY = f"""
 import sys
 from sacseg.config import load_config
 cfg = load_config(sys.argv[1])
-assert (cfg.eval_mode, cfg.eval_crop_size) == ("slide", [64, 96])
+assert (cfg.eval_mode, cfg.eval_crop_size, cfg.eval_scales, cfg.eval_flip) == ("slide", [64, 96], [0.5, 1.0], True)
 print("HEAVY", *sorted(m for m in {sorted(_HEAVY)!r} if m in sys.modules))
 """
 
 
 def test_configs_and_help_load_neither_torch_nor_torchvision(tmp_path: Path) -> None:
     path = tmp_path / "run.yaml"
-    path.write_text("iterations: 2\neval_mode: slide\neval_crop_size: [64, 96]\n")
+    path.write_text("iterations: 2\neval_mode: slide\neval_crop_size: [64, 96]\neval_scales: [0.5, 1]\neval_flip: true\n")
     result = subprocess.run([sys.executable, "-c", _LOAD_CONFIG_AND_LIST_HEAVY, str(path)], capture_output=True, text=True,
                             timeout=300, cwd=REPO)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
