@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from torch import nn
 
     from sacseg.config import TrainConfig
-    from sacseg.utils.pair import IntOrPair
+    from sacseg.options import InferenceOptions
 
-# Sub-commands import what they run when they run: a command that does not train loads neither
-# TensorBoard nor the training loop (a test checks `sacseg eval`).
+# Sub-commands import what they run when they run: `sacseg --help` and every `sacseg <command>
+# --help` load no torch, and a command that does not train loads neither TensorBoard nor the
+# training loop (tests check both).
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -76,16 +78,22 @@ def _size(values: list[int] | None, flag: str) -> int | tuple[int, int] | None:
     return values[0] if len(values) == 1 else (values[0], values[1])
 
 
-def _inference_options(args: argparse.Namespace, cfg: TrainConfig) -> dict[str, Any]:
-    """``predict``'s keyword arguments: the command line's, else the config's ``eval_*`` keys."""
-    mode = args.mode if args.mode is not None else cfg.eval_mode
-    crop_size: IntOrPair | None = _size(args.crop_size, "--crop-size")
-    crop_size = crop_size if crop_size is not None else cfg.eval_crop_size
-    stride: IntOrPair | None = _size(args.stride, "--stride")
-    stride = stride if stride is not None else cfg.eval_stride
-    if mode == "slide" and crop_size is None:
-        raise ValueError("--mode slide needs --crop-size (or config key eval_crop_size)")
-    return {"mode": mode, "crop_size": crop_size, "stride": stride, "scales": tuple(args.scales), "flip": args.flip}
+def _inference_options(args: argparse.Namespace, cfg: TrainConfig) -> InferenceOptions:
+    """The inference options given on the command line, the others from the config's ``eval_*`` keys;
+    errors name the flag or the key."""
+    from sacseg.options import InferenceOptions
+
+    flags = {
+        "mode": args.mode, "crop_size": _size(args.crop_size, "--crop-size"), "stride": _size(args.stride, "--stride"),
+        "scales": args.scales, "flip": args.flip,
+    }  # fmt: skip
+    given = {option: value for option, value in flags.items() if value is not None}
+    values = dataclasses.asdict(InferenceOptions.from_config(cfg)) | given
+
+    def name(option: str) -> str:
+        return "--" + option.replace("_", "-") if option in given else InferenceOptions.config_key(option)
+
+    return InferenceOptions.named(values, name)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -98,38 +106,25 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     overrides = list(args.set) + ([f"data_root={args.data_root}"] if args.data_root is not None else [])
     model, cfg = _trained_model(args, overrides)
+    options = _inference_options(args, cfg)
     split = args.split if args.split is not None else cfg.val_split
     out = Path(args.out) if args.out is not None else Path(args.checkpoint).parent / f"eval_{split}.json"
     if out.is_dir():  # found now, not after minutes of evaluation
         raise ValueError(f"--out {out} is a folder; give the results file to write")
     dataset = build_eval_dataset(cfg, split)
     classes, count = dataset.classes, len(dataset)
-    options = _inference_options(args, cfg)
     loader = DataLoader(torch_dataset(dataset), batch_size=1, num_workers=min(cfg.workers, 2))  # images may differ in size
-    results = evaluate(model, loader, cfg.num_classes, **options, progress=True).compute()
+    results = evaluate(model, loader, cfg.num_classes, options=options, progress=True).compute()
     meta = {
         "checkpoint": str(args.checkpoint), "model": cfg.model, "dataset": cfg.dataset, "data_root": cfg.data_root,
-        "split": split, "images": count, **options, "scales": list(options["scales"]),
+        "split": split, "images": count, **dataclasses.asdict(options),
     }  # fmt: skip
     # The table first: a results file that cannot be written must not lose the scores.
-    print(f"{cfg.model} on {cfg.dataset} {split} ({count} images; {_describe(options)}):")
+    print(f"{cfg.model} on {cfg.dataset} {split} ({count} images; {options.describe()}):")
     print(format_results(results, classes), flush=True)
     save_results_json(results, out, classes, extra=meta)
     print(f"results: {out}")
     return 0
-
-
-def _size_text(size: int | tuple[int, int] | list[int]) -> str:
-    return "x".join(map(str, size)) if isinstance(size, (tuple, list)) else str(size)
-
-
-def _describe(options: dict[str, Any]) -> str:
-    text = f"mode {options['mode']}"
-    if options["mode"] == "slide":
-        crop, stride = options["crop_size"], options["stride"] or options["crop_size"]
-        text += f", crop {_size_text(crop)}, stride {_size_text(stride)}"
-    text += ", scales " + " ".join(f"{s:g}" for s in options["scales"])
-    return text + (", flip" if options["flip"] else "")
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -143,7 +138,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         paths,
         args.out,
         fmt=args.format,
-        **_inference_options(args, cfg),
+        options=_inference_options(args, cfg),
         progress=True,
         legend=not args.no_legend,
     )
@@ -223,7 +218,7 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_inference_args(parser: argparse.ArgumentParser) -> None:
-    from sacseg.models.inference import InferenceMode
+    from sacseg.options import InferenceMode
 
     parser.add_argument("--mode", choices=typing.get_args(InferenceMode), default=None, help="default: config key eval_mode")
     parser.add_argument("--crop-size", type=int, nargs="+", default=None, metavar="N",
@@ -232,9 +227,11 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stride", type=int, nargs="+", default=None, metavar="N",
                         help="window step for --mode slide: N or H W (default: config key eval_stride, "
                              "else the crop size)")  # fmt: skip
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], metavar="S",
-                        help="image scales whose probabilities are averaged, e.g. 0.5 0.75 1 1.25 1.5 1.75")  # fmt: skip
-    parser.add_argument("--flip", action="store_true", help="also average the left-right mirrored images")
+    parser.add_argument("--scales", type=float, nargs="+", default=None, metavar="S",
+                        help="image scales whose probabilities are averaged, e.g. 0.5 0.75 1 1.25 1.5 1.75 "
+                             "(default: config key eval_scales)")  # fmt: skip
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="also average the left-right mirrored images (default: config key eval_flip)")  # fmt: skip
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -251,7 +248,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("predict", help="predict image files: colour PNGs, overlays, scale heat maps, "
                                             "class-index PNGs or Cityscapes labelIds")  # fmt: skip
-    from sacseg.evaluation.predict_files import PredictionFormat
+    from sacseg.options import PredictionFormat
 
     _add_model_args(parser)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched for images")

@@ -13,9 +13,7 @@ from typing import Any, Literal
 
 import yaml
 
-from sacseg.models import UpsampleMode
-from sacseg.models.inference import InferenceMode
-from sacseg.nn import DEFAULT_MAX_SCALE, DEFAULT_MIN_SCALE, ScaleBound
+from sacseg.options import DEFAULT_MAX_SCALE, DEFAULT_MIN_SCALE, InferenceMode, InferenceOptions, ScaleBound, UpsampleMode
 from sacseg.utils.device import DeviceName
 from sacseg.utils.io import atomic_open
 
@@ -30,11 +28,16 @@ class TrainConfig:
     """Everything one training run needs, one flat level of keys.
 
     Lengths (``lr_step``, ``val_every``, ``checkpoint_every``) count epochs when ``epochs > 0`` and
-    iterations when ``iterations > 0``; exactly one of the two must be set. ``eval_crop_size`` and
-    ``eval_stride`` are one int (square) or ``[H, W]``. ``batch_size`` is the
-    global batch: with N processes each takes ``batch_size / N`` samples per step. ``threads``
-    sets torch's CPU threads per process (0 keeps torch's default). ``dist_timeout``: seconds a
-    process waits for its peers in one collective operation before the run fails (torchrun runs).
+    iterations when ``iterations > 0``; exactly one of the two must be set. The ``eval_*`` keys are
+    the inference options of validation during training, and the defaults of ``sacseg eval`` /
+    ``predict`` and ``Segmenter`` (see ``sacseg.options.InferenceOptions``): ``eval_mode`` (whole
+    images or ``slide`` windows), ``eval_crop_size`` and ``eval_stride`` (one int, square, or
+    ``[H, W]``), ``eval_scales`` (image scales whose probabilities are averaged) and ``eval_flip``
+    (also average the mirrored images); a config without the last two keeps single-scale, unmirrored
+    validation. ``batch_size`` is the global batch: with N processes each takes ``batch_size / N``
+    samples per step. ``threads`` sets torch's CPU threads per process (0 keeps torch's default).
+    ``dist_timeout``: seconds a process waits for its peers in one collective operation before the
+    run fails (torchrun runs).
     """
 
     # What to train.
@@ -102,6 +105,8 @@ class TrainConfig:
     eval_mode: InferenceMode = "whole"
     eval_crop_size: int | list[int] | None = None
     eval_stride: int | list[int] | None = None
+    eval_scales: list[float] = dataclasses.field(default_factory=lambda: [1.0])
+    eval_flip: bool = False
     out_dir: str = "runs/default"
 
 
@@ -194,11 +199,6 @@ def _validate(cfg: TrainConfig, source: str) -> None:
     for key in _NON_NEGATIVE:
         if getattr(cfg, key) < 0:
             raise ValueError(f"{source}: config key {key!r} must be >= 0, got {getattr(cfg, key)!r}")
-    for key in ("eval_crop_size", "eval_stride"):  # a size: one int, or [H, W]
-        if isinstance(getattr(cfg, key), list) and len(getattr(cfg, key)) != 2:
-            raise ValueError(
-                f"{source}: config key {key!r} must be int or a list [H, W] of two ints or null, got {getattr(cfg, key)!r}"
-            )
     if (cfg.epochs > 0) == (cfg.iterations > 0):
         raise ValueError(
             f"{source}: set exactly one of config keys 'epochs' and 'iterations' > 0, "
@@ -232,8 +232,10 @@ def _validate(cfg: TrainConfig, source: str) -> None:
         raise ValueError(f"{source}: config key 'grad_clip' must be > 0 or null, got {cfg.grad_clip}")
     if cfg.dataset == "folder" and cfg.folder_classes is None:
         raise ValueError(f"{source}: config key 'folder_classes' (a list of names or a file) is needed for dataset 'folder'")
-    if cfg.eval_mode == "slide" and cfg.eval_crop_size is None:
-        raise ValueError(f"{source}: config key 'eval_crop_size' is needed when eval_mode is 'slide'")
+    try:
+        InferenceOptions.from_config(cfg)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
 
 
 def config_from_dict(values: Mapping[str, Any], source: str = "config") -> TrainConfig:

@@ -8,66 +8,44 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor, nn
 
 from sacseg.checkpoint import load_checkpoint, read_checkpoint
 from sacseg.config import TrainConfig, config_from_dict
-from sacseg.data import ADE20K, CamVid, Cityscapes, ScaleScenes, SegmentationFolder, index_palette
+from sacseg.data import DATASETS, ScaleScenes, SegmentationFolder, index_palette
 from sacseg.data.protocol import SegmentationDataset
 from sacseg.data.transforms import JointTransform, eval_transforms, train_transforms
 from sacseg.models import build_model, load_baseline, load_baseline_and_freeze
 
-__all__ = [
-    "DATASET_BUILDERS",
-    "DatasetBuilder",
-    "build_datasets",
-    "build_eval_dataset",
-    "build_model_from_config",
-    "dataset_labels",
-    "load_trained_model",
-]
+__all__ = ["build_datasets", "build_eval_dataset", "build_model_from_config", "dataset_labels", "load_trained_model"]
 
 
 #: A data set's class names and colours (uint8 ``[K, 3]``).
 Labels = tuple[tuple[str, ...], Tensor]
 
-
-class DatasetBuilder(NamedTuple):
-    """How a config's ``dataset`` is made: its labels (known without the data, so a trained model's
-    pictures need none on disk) and one split of it, given those labels (read once, checked)."""
-
-    labels: Callable[[TrainConfig], Labels]
-    build: Callable[[TrainConfig, str, JointTransform, bool, Labels], SegmentationDataset]
-
-
-def _fixed_labels(classes: Sequence[str], palette: Tensor) -> Callable[[TrainConfig], Labels]:
-    """The labels of a data set whose classes are its own (class attributes), whatever the config."""
-    return lambda cfg: (tuple(classes), palette)
-
-
-def _on_disk(
-    kind: Callable[..., SegmentationDataset],
-) -> Callable[[TrainConfig, str, JointTransform, bool, Labels], SegmentationDataset]:
-    """A data set read from ``data_root`` as ``kind(root, split, transforms=...)`` (its labels are its own)."""
-    return lambda cfg, split, transforms, training, labels: kind(cfg.data_root, split, transforms=transforms)
-
-
 # ScaleScenes' convention: each split is generated from its own seed, so validation is held out.
 _SCALE_SCENES_SEEDS = {"train": 0, "val": 1, "test": 2}
 
 
-def _scale_scenes(
-    cfg: TrainConfig, split: str, transforms: JointTransform, training: bool, labels: Labels
-) -> SegmentationDataset:
-    if split not in _SCALE_SCENES_SEEDS:
-        raise ValueError(f"scale_scenes split {split!r} is unknown; valid: {', '.join(_SCALE_SCENES_SEEDS)}")
-    count = cfg.scale_scenes_train_images if training else cfg.scale_scenes_val_images
-    return ScaleScenes(count, size=cfg.scale_scenes_size, seed=_SCALE_SCENES_SEEDS[split], transforms=transforms)
+class _OnDisk(Protocol):
+    """A data set class read from one folder, whose labels are class attributes (Cityscapes, ADE20K, CamVid):
+    what ``sacseg.data.DATASETS`` holds besides ScaleScenes (generated) and SegmentationFolder (labels from the config)."""
+
+    classes: tuple[str, ...]
+    palette: Tensor
+
+    def __call__(self, root: Path, split: str, transforms: JointTransform | None = None) -> SegmentationDataset: ...
+
+
+def _dataset_class(cfg: TrainConfig) -> type[SegmentationDataset]:
+    """The class that ``sacseg.data.DATASETS``, the one registry of data sets, holds under the config's ``dataset``."""
+    if cfg.dataset not in DATASETS:
+        raise ValueError(f"config key 'dataset': {cfg.dataset!r} is unknown; valid: {', '.join(sorted(DATASETS))}")
+    return DATASETS[cfg.dataset]
 
 
 def _folder_labels(cfg: TrainConfig) -> Labels:
@@ -92,47 +70,36 @@ def _folder_labels(cfg: TrainConfig) -> Labels:
     return classes, torch.tensor(palette, dtype=torch.uint8)
 
 
-def _folder(cfg: TrainConfig, split: str, transforms: JointTransform, training: bool, labels: Labels) -> SegmentationDataset:
-    classes, palette = labels
-    root = Path(cfg.data_root)
-    return SegmentationFolder(
-        root / cfg.folder_images.format(split=split),
-        root / cfg.folder_masks.format(split=split),
-        classes,
-        cfg.folder_ignore_index,
-        transforms,
-        palette,
-    )
-
-
-#: The config key ``dataset``'s values (those of ``sacseg.data.DATASETS``) and how each is built.
-DATASET_BUILDERS: dict[str, DatasetBuilder] = {
-    "cityscapes": DatasetBuilder(_fixed_labels(Cityscapes.classes, Cityscapes.palette), _on_disk(Cityscapes)),
-    "ade20k": DatasetBuilder(_fixed_labels(ADE20K.classes, ADE20K.palette), _on_disk(ADE20K)),
-    "camvid": DatasetBuilder(_fixed_labels(CamVid.classes, CamVid.palette), _on_disk(CamVid)),
-    "folder": DatasetBuilder(_folder_labels, _folder),
-    "scale_scenes": DatasetBuilder(_fixed_labels(ScaleScenes.classes, ScaleScenes.palette), _scale_scenes),
-}
-
-
-def _builder(cfg: TrainConfig) -> DatasetBuilder:
-    if cfg.dataset not in DATASET_BUILDERS:
-        raise ValueError(f"config key 'dataset': {cfg.dataset!r} is unknown; valid: {', '.join(sorted(DATASET_BUILDERS))}")
-    return DATASET_BUILDERS[cfg.dataset]
-
-
 def dataset_labels(cfg: TrainConfig) -> Labels:
     """The class names and the palette (uint8 ``[K, 3]``) of the config's data set, read without its
-    data; ValueError when their count is not the config's ``num_classes``."""
-    classes, palette = _builder(cfg).labels(cfg)
+    data (so a trained model's pictures need none on disk); ValueError when their count is not the
+    config's ``num_classes``."""
+    kind = _dataset_class(cfg)
+    if kind is SegmentationFolder:
+        classes, palette = _folder_labels(cfg)
+    else:  # every other data set's labels are class attributes (ScaleScenes' too)
+        fixed = cast(_OnDisk, kind)
+        classes, palette = tuple(fixed.classes), fixed.palette
     if len(classes) != cfg.num_classes or len(palette) != cfg.num_classes:
         raise ValueError(f"config key 'num_classes' is {cfg.num_classes} but dataset {cfg.dataset!r} has {len(classes)} classes")
     return classes, palette
 
 
 def _build(cfg: TrainConfig, split: str, transforms: JointTransform, training: bool) -> SegmentationDataset:
-    labels = dataset_labels(cfg)  # fails on a class-count mismatch before any image is read
-    return _builder(cfg).build(cfg, split, transforms, training, labels)
+    """One split of the config's data set; ScaleScenes and folders take config keys of their own, the
+    others are read from ``data_root`` as ``kind(root, split, transforms=...)``."""
+    kind = _dataset_class(cfg)
+    classes, palette = dataset_labels(cfg)  # fails on a class-count mismatch before any image is read
+    if kind is ScaleScenes:
+        if split not in _SCALE_SCENES_SEEDS:
+            raise ValueError(f"scale_scenes split {split!r} is unknown; valid: {', '.join(_SCALE_SCENES_SEEDS)}")
+        count = cfg.scale_scenes_train_images if training else cfg.scale_scenes_val_images
+        return ScaleScenes(count, size=cfg.scale_scenes_size, seed=_SCALE_SCENES_SEEDS[split], transforms=transforms)
+    root = Path(cfg.data_root)
+    if kind is SegmentationFolder:
+        images, masks = root / cfg.folder_images.format(split=split), root / cfg.folder_masks.format(split=split)
+        return SegmentationFolder(images, masks, classes, cfg.folder_ignore_index, transforms, palette)
+    return cast(_OnDisk, kind)(root, split, transforms=transforms)
 
 
 def build_eval_dataset(cfg: TrainConfig, split: str | None = None) -> SegmentationDataset:

@@ -52,6 +52,7 @@ from sacseg.data import CamVid
 from sacseg.data.camvid import CLASSES
 from sacseg.evaluation.evaluate import evaluate
 from sacseg.models.inference import predict_with_scales
+from sacseg.options import InferenceOptions
 from sacseg.viz import colorize, denormalize, save_report_grid
 from studies._study import (
     ABLATIONS,
@@ -156,9 +157,9 @@ def evaluate_split(model: torch.nn.Module, root: Path, split: str, factor: float
     loader = DataLoader(_dataset(root, split, limit), batch_size=1)
     wrapped = Downscaled(model, factor)
     scores = {}
-    for name, options in (("single", {}), ("ms_flip", {"scales": MS_SCALES, "flip": True})):
+    for name, options in (("single", InferenceOptions()), ("ms_flip", InferenceOptions(scales=MS_SCALES, flip=True))):
         start = time.perf_counter()
-        results = evaluate(wrapped, loader, NUM_CLASSES, **options).compute()
+        results = evaluate(wrapped, loader, NUM_CLASSES, options=options).compute()
         scores[name] = {key: results[key] for key in ("miou", "pixel_acc", "mean_acc", "iou", "num_pixels")} | {
             "seconds": time.perf_counter() - start
         }

@@ -107,16 +107,16 @@ def test_window_sizes_are_an_int_or_height_and_width() -> None:
     cfg = apply_overrides(cfg, ["eval_stride=[256, 512]"])
     assert cfg.eval_stride == [256, 512]
     assert config_from_dict(dataclasses.asdict(cfg)) == cfg  # as saved into checkpoints
-    with pytest.raises(ValueError, match=r"'eval_crop_size' must be int or a list \[H, W\] of two ints or null"):
+    with pytest.raises(ValueError, match=r"config key 'eval_crop_size' must be an int or a pair of ints, got \[1, 2, 3\]"):
         apply_overrides(cfg, ["eval_crop_size=[1, 2, 3]"])
 
 
 @pytest.mark.parametrize(
     ("key", "owner"),
     [
-        ("upsample", "sacseg.models.fcn.UpsampleMode"),
-        ("scale_bound", "sacseg.nn.sac.ScaleBound"),
-        ("eval_mode", "sacseg.models.inference.InferenceMode"),
+        ("upsample", "sacseg.options.UpsampleMode"),
+        ("scale_bound", "sacseg.options.ScaleBound"),
+        ("eval_mode", "sacseg.options.InferenceMode"),
         ("device", "sacseg.utils.device.DeviceName"),
         ("schedule", "sacseg.config.Schedule"),
     ],

@@ -1,8 +1,9 @@
-"""Tests of the package's layering: no import cycle between sacseg's modules or sub-packages, and commands
-that only run a trained model load neither the training loop nor TensorBoard."""
+"""Tests of the package's layering: no import cycle between sacseg's modules or sub-packages, configs and
+``--help`` without torch, and commands that only run a trained model load neither the training loop nor TensorBoard."""
 
 from __future__ import annotations
 
+import argparse
 import ast
 import dataclasses
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sacseg.checkpoint import atomic_torch_save
+from sacseg.cli import _build_parser
 from sacseg.config import TrainConfig, config_from_dict, save_config
 from sacseg.factory import build_model_from_config
 
@@ -139,6 +141,30 @@ def _loaded_modules(*args: str) -> set[str]:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith("MODULES "))
     return set(line.split()[1:])
+
+
+_HEAVY = {"torch", "torchvision"}
+
+# Run in a fresh interpreter: read and check a config, then list which of torch, torchvision are loaded.
+_LOAD_CONFIG_AND_LIST_HEAVY = f"""
+import sys
+from sacseg.config import load_config
+cfg = load_config(sys.argv[1])
+assert (cfg.eval_mode, cfg.eval_crop_size, cfg.eval_scales, cfg.eval_flip) == ("slide", [64, 96], [0.5, 1.0], True)
+print("HEAVY", *sorted(m for m in {sorted(_HEAVY)!r} if m in sys.modules))
+"""
+
+
+def test_configs_and_help_load_neither_torch_nor_torchvision(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("iterations: 2\neval_mode: slide\neval_crop_size: [64, 96]\neval_scales: [0.5, 1]\neval_flip: true\n")
+    result = subprocess.run([sys.executable, "-c", _LOAD_CONFIG_AND_LIST_HEAVY, str(path)], capture_output=True, text=True,
+                            timeout=300, cwd=REPO)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["HEAVY"]
+    subparsers = next(a for a in _build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for args in (["--help"], *([command, "--help"] for command in subparsers.choices)):
+        assert sorted(_loaded_modules(*args) & _HEAVY) == [], f"sacseg {' '.join(args)}"
 
 
 def _training_stack(modules: set[str]) -> list[str]:

@@ -16,6 +16,7 @@ import torch
 from sacseg.config import load_config
 from sacseg.evaluation.evaluate import evaluate
 from sacseg.factory import build_eval_dataset, load_trained_model
+from sacseg.options import InferenceOptions
 from sacseg.training.train import train
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "v0_1_0"
@@ -37,7 +38,8 @@ def test_checkpoint_evaluates_to_the_same_numbers(saved: dict[str, Any]) -> None
     model, cfg = load_trained_model("run/last.pt")
     loader = torch.utils.data.DataLoader(build_eval_dataset(cfg), batch_size=1)
     whole = evaluate(model, loader, cfg.num_classes).compute()
-    slide = evaluate(model, loader, cfg.num_classes, mode="slide", crop_size=40, stride=24, scales=(0.75, 1.0), flip=True)
+    options = InferenceOptions(mode="slide", crop_size=40, stride=24, scales=(0.75, 1.0), flip=True)
+    slide = evaluate(model, loader, cfg.num_classes, options=options)
     assert {"miou": whole["miou"], "pixel_acc": whole["pixel_acc"]} == saved["eval_whole"]
     assert {"miou": slide.compute()["miou"], "pixel_acc": slide.compute()["pixel_acc"]} == saved["eval_slide_ms_flip"]
 

@@ -13,6 +13,8 @@ from .protocol import SegmentationDataset
 from .scale_scenes import ScaleScenes
 from .transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, eval_transforms, train_transforms
 
+#: The data sets by name, the one registry: ``build_dataset``'s names and the config key ``dataset``'s
+#: values (``sacseg.factory`` builds a config's data set from its class).
 DATASETS: dict[str, type[SegmentationDataset]] = {
     "cityscapes": Cityscapes,
     "ade20k": ADE20K,

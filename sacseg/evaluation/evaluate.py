@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
@@ -10,8 +10,8 @@ from tqdm import tqdm
 
 from sacseg.data.transforms import IGNORE_INDEX
 from sacseg.evaluation.metrics import ConfusionMatrix
-from sacseg.models.inference import InferenceMode, predict
-from sacseg.utils.pair import IntOrPair
+from sacseg.models.inference import predict
+from sacseg.options import InferenceOptions
 
 __all__ = ["evaluate"]
 
@@ -23,20 +23,17 @@ def evaluate(
     num_classes: int,
     ignore_index: int = IGNORE_INDEX,
     device: torch.device | str | None = None,
-    mode: InferenceMode = "whole",
-    crop_size: IntOrPair | None = None,
-    stride: IntOrPair | None = None,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
+    options: InferenceOptions = InferenceOptions(),
     progress: bool = False,
     desc: str = "eval",
 ) -> ConfusionMatrix:
     """Confusion matrix of ``model`` over ``loader`` batches ``(images [N, 3, H, W], targets [N, H, W])``.
 
-    Inference options are those of ``predict``; ``device`` defaults to the model's. The model runs in eval mode and is put back in
-    its previous mode afterwards. Under torch.distributed (each process given its share of the
-    data) the returned matrix is already summed over processes; call ``.compute()`` on it.
-    ``progress`` shows a tqdm bar (on stderr) over the batches, labelled ``desc``.
+    Each batch is predicted under ``options`` (see ``predict``); ``device`` defaults to the model's.
+    The model runs in eval mode and is put back in its previous mode afterwards. Under
+    torch.distributed (each process given its share of the data) the returned matrix is already
+    summed over processes; call ``.compute()`` on it. ``progress`` shows a tqdm bar (on stderr)
+    over the batches, labelled ``desc``.
     """
     if device is None:
         first = next(model.parameters(), None)
@@ -46,7 +43,7 @@ def evaluate(
     model.eval()
     try:
         for images, targets in tqdm(loader, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
-            probs = predict(model, images.to(device), mode=mode, crop_size=crop_size, stride=stride, scales=scales, flip=flip)
+            probs = predict(model, images.to(device), options)
             matrix.update(probs.argmax(dim=1), targets.to(device))
     finally:
         model.train(was_training)

@@ -6,7 +6,6 @@ import os
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -19,15 +18,12 @@ from sacseg.data import Cityscapes
 from sacseg.data.transforms import eval_transforms
 from sacseg.export.label_png import export_cityscapes_prediction, save_label_png
 from sacseg.factory import dataset_labels
-from sacseg.models.inference import InferenceMode, predict_labels
+from sacseg.models.inference import predict_labels
+from sacseg.options import InferenceOptions, PredictionFormat
 from sacseg.utils.io import IMAGE_SUFFIXES, read_image, save_png
-from sacseg.utils.pair import IntOrPair
 from sacseg.viz import add_legend, colorize, overlay, save_scale_map
 
 __all__ = ["PredictionFormat", "find_images", "load_image", "predict_files", "to_model_input"]
-
-#: What ``predict_files`` writes per image: colour pictures, class-index PNGs or Cityscapes labelIds.
-PredictionFormat = Literal["color", "index", "cityscapes"]
 
 
 def find_images(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str] | None = None) -> list[Path]:
@@ -106,11 +102,7 @@ def predict_files(
     paths: Sequence[Path],
     out_dir: str | os.PathLike[str],
     fmt: PredictionFormat = "color",
-    mode: InferenceMode = "whole",
-    crop_size: IntOrPair | None = None,
-    stride: IntOrPair | None = None,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
+    options: InferenceOptions = InferenceOptions(),
     progress: bool = False,
     legend: bool = True,
 ) -> list[Path]:
@@ -125,7 +117,7 @@ def predict_files(
     stays the ignore value, as in the data sets' label maps) and 16-bit above. ``fmt="cityscapes"``
     (Cityscapes configs only) writes
     ``<city>/<city>_<seq>_<frame>_pred_labelIds.png`` with official labelIds for
-    ``cityscapesscripts``' evaluator. Inference options are those of ``predict``.
+    ``cityscapesscripts``' evaluator. The labels are predicted under ``options`` (see ``predict``).
     """
     if fmt not in typing.get_args(PredictionFormat):
         raise ValueError(f"unknown prediction format {fmt!r}; valid: {', '.join(typing.get_args(PredictionFormat))}")
@@ -135,7 +127,6 @@ def predict_files(
         )
     classes, palette = dataset_labels(cfg)
     stems = _output_stems(paths)
-    options: dict[str, Any] = {"mode": mode, "crop_size": crop_size, "stride": stride, "scales": scales, "flip": flip}
     device = next(model.parameters()).device
     out_dir = Path(out_dir)
     written: list[Path] = []
@@ -143,15 +134,15 @@ def predict_files(
         picture, image = load_image(path)
         x = image.unsqueeze(0).to(device)
         if fmt == "cityscapes":
-            pred = predict_labels(model, x, **options, with_scales=False)[0][0]
+            pred = predict_labels(model, x, options, with_scales=False)[0][0]
             written.append(export_cityscapes_prediction(pred, path, out_dir, Cityscapes.train_id_to_label_id))
             continue
         if fmt == "index":
             written.append(out_dir / f"{stem}_index.png")
-            labels = predict_labels(model, x, **options, with_scales=False)[0][0]
+            labels = predict_labels(model, x, options, with_scales=False)[0][0]
             save_label_png(labels, written[-1], bits=8 if cfg.num_classes <= 255 else 16)
             continue
-        labels, scale_maps = predict_labels(model, x, **options)
+        labels, scale_maps = predict_labels(model, x, options)
         colours = colorize(labels[0], palette)
         outputs = {out_dir / f"{stem}_color.png": colours, out_dir / f"{stem}_overlay.png": overlay(picture, colours)}
         for target, array in outputs.items():

@@ -7,7 +7,6 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -19,9 +18,9 @@ from sacseg.config import TrainConfig, apply_overrides, load_config
 from sacseg.data.transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from sacseg.evaluation.predict_files import find_images, load_image, to_model_input
 from sacseg.factory import dataset_labels, load_trained_model
-from sacseg.models.inference import InferenceMode, predict_labels
+from sacseg.models.inference import predict_labels
+from sacseg.options import InferenceOptions
 from sacseg.utils.device import resolve_device
-from sacseg.utils.pair import IntOrPair
 
 __all__ = ["ImageInput", "Segmenter", "load_model_and_config"]
 
@@ -71,9 +70,8 @@ class Segmenter:
 
     ``predict`` takes one image in any usual form and returns its class labels and scale maps,
     as mmsegmentation's ``inference_model`` does; ``predict_folder`` does so for image files and
-    folders. Inference options default to the config's ``eval_*`` keys (``mode``, ``crop_size``,
-    ``stride``; a size is an int or ``(H, W)``); ``scales`` and ``flip`` are those of
-    :func:`sacseg.models.inference.predict`. The model must be in eval mode.
+    folders. ``options`` (:class:`sacseg.options.InferenceOptions`) default to the config's
+    ``eval_*`` keys. The model must be in eval mode.
 
     Example::
 
@@ -86,24 +84,14 @@ class Segmenter:
         self,
         model: nn.Module,
         config: TrainConfig,
-        *,
-        mode: InferenceMode | None = None,
-        crop_size: IntOrPair | None = None,
-        stride: IntOrPair | None = None,
-        scales: Sequence[float] = (1.0,),
-        flip: bool = False,
+        options: InferenceOptions | None = None,
     ) -> None:
         self.model = model
         self.config = config
         #: Class names and their colours (uint8 ``[K, 3]``), those of the config's dataset.
         self.classes, self.palette = dataset_labels(config)
-        mode = config.eval_mode if mode is None else mode
-        crop_size = config.eval_crop_size if crop_size is None else crop_size
-        stride = config.eval_stride if stride is None else stride
-        #: Keyword arguments of every prediction (those of :func:`sacseg.models.inference.predict`).
-        self.options: dict[str, Any] = {
-            "mode": mode, "crop_size": crop_size, "stride": stride, "scales": tuple(scales), "flip": flip,
-        }  # fmt: skip
+        #: The inference options of every prediction.
+        self.options = InferenceOptions.from_config(config) if options is None else options
 
     @classmethod
     def from_checkpoint(
@@ -112,14 +100,14 @@ class Segmenter:
         device: str | torch.device = "auto",
         config: str | os.PathLike[str] | TrainConfig | None = None,
         overrides: Iterable[str] = (),
-        **options: Any,
+        options: InferenceOptions | None = None,
     ) -> Segmenter:
         """The segmenter of a checkpoint written by ``sacseg train``; see :func:`load_model_and_config`.
 
-        ``options`` are the inference options of the constructor (``mode``, ``crop_size``, ...).
+        ``options`` default to the (overridden) config's ``eval_*`` keys.
         """
         model, cfg = load_model_and_config(checkpoint, device, config, overrides)
-        return cls(model, cfg, **options)
+        return cls(model, cfg, options)
 
     @property
     def device(self) -> torch.device:
@@ -153,7 +141,7 @@ class Segmenter:
             both on :attr:`device`.
         """
         x = self._input(image).unsqueeze(0).to(self.device)
-        labels, scale_maps = predict_labels(self.model, x, **self.options)
+        labels, scale_maps = predict_labels(self.model, x, self.options)
         return labels[0], {name: scale[0, 0] for name, scale in scale_maps.items()}
 
     def predict_folder(

@@ -17,12 +17,11 @@ from torch.nn import functional as F
 from sacseg.models._state import check_state_dict
 from sacseg.models.resnet import DilatedResNet, load_backbone_weights
 from sacseg.nn import DEFAULT_MAX_SCALE, DEFAULT_MIN_SCALE, FrozenBatchNorm2d, ScaleAdaptiveConv2d, ScaleBound, ScaleRegressor
+from sacseg.options import UpsampleMode
 
 __all__ = ["MODELS", "DilatedFCN", "Upsample", "bilinear_kernel", "build_model", "load_baseline", "load_baseline_and_freeze"]
 
 SacScheme = Literal["none", "single", "multiple"]
-#: How the logits are brought back to the input size (see :class:`Upsample`).
-UpsampleMode = Literal["deconv", "bilinear"]
 
 
 def bilinear_kernel(factor: int) -> Tensor:

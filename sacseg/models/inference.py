@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import typing
-from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from sacseg.utils.pair import IntOrPair, positive_pair
+from sacseg.options import InferenceMode, InferenceOptions
 
-__all__ = ["InferenceMode", "predict", "predict_labels", "predict_with_scales"]
-
-#: Whole images, or sliding windows of ``crop_size`` every ``stride`` pixels.
-InferenceMode = Literal["whole", "slide"]
+__all__ = ["InferenceMode", "InferenceOptions", "predict", "predict_labels", "predict_with_scales"]
 
 
 def _forward(model: nn.Module, images: Tensor) -> dict[str, Any]:
@@ -61,55 +56,29 @@ def _slide_logits(model: nn.Module, images: Tensor, crop: tuple[int, int], strid
 
 
 @torch.no_grad()
-def predict(
-    model: nn.Module,
-    images: Tensor,
-    mode: InferenceMode = "whole",
-    crop_size: IntOrPair | None = None,
-    stride: IntOrPair | None = None,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-) -> Tensor:
+def predict(model: nn.Module, images: Tensor, options: InferenceOptions = InferenceOptions()) -> Tensor:
     """Class probabilities ``[N, K, H, W]`` for normalised images ``[N, 3, H, W]``.
 
-    For each scale the images are resized (bilinear), run whole (``mode="whole"``) or in
-    ``crop_size`` windows every ``stride`` pixels (``mode="slide"``; overlapping logits are
+    For each of ``options.scales`` the images are resized (bilinear), run whole (``mode="whole"``)
+    or in ``crop_size`` windows every ``stride`` pixels (``mode="slide"``; overlapping logits are
     averaged, the last window is aligned to the border, inputs smaller than a window are
-    zero-padded and the padding cropped away), optionally also mirrored left-right; the softmax
+    zero-padded and the padding cropped away), with ``flip`` also mirrored left-right; the softmax
     probabilities of every pass are resized back to ``H, W`` and averaged.
 
-    The model must already be in eval mode; it is run without gradients. ``stride`` defaults to
-    ``crop_size`` (windows that only overlap at the border).
+    The model must already be in eval mode; it is run without gradients.
     """
     if images.dim() != 4:
         raise ValueError(f"images must be [N, 3, H, W], got shape {tuple(images.shape)}")
-    if mode not in typing.get_args(InferenceMode):
-        raise ValueError(f"unknown inference mode {mode!r}; valid: {', '.join(typing.get_args(InferenceMode))}")
-    crop: tuple[int, int] | None = None
-    step: tuple[int, int] | None = None
-    if mode == "slide":
-        if crop_size is None:
-            raise ValueError("mode='slide' needs crop_size")
-        crop = positive_pair(crop_size, "crop_size")
-        step = crop if stride is None else positive_pair(stride, "stride")
-        if step[0] > crop[0] or step[1] > crop[1]:
-            raise ValueError(f"stride {step} exceeds crop_size {crop}: the windows would leave gaps")
-    if not scales or any(not s > 0 for s in scales):
-        raise ValueError(f"scales must be a non-empty sequence of positive numbers, got {scales!r}")
-
+    window = options.window()
     h, w = images.shape[-2:]
     probs: Tensor | None = None
     passes = 0
-    for scale in scales:
+    for scale in options.scales:
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
         scaled = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-        for mirrored in (False, True) if flip else (False,):
+        for mirrored in (False, True) if options.flip else (False,):
             x = scaled.flip(-1) if mirrored else scaled
-            if crop is None:
-                logits = _forward(model, x)["out"]
-            else:
-                assert step is not None
-                logits = _slide_logits(model, x, crop, step)
+            logits = _forward(model, x)["out"] if window is None else _slide_logits(model, x, *window)
             p = logits.float().softmax(dim=1)
             if mirrored:
                 p = p.flip(-1)
@@ -141,19 +110,16 @@ def predict_with_scales(model: nn.Module, images: Tensor) -> tuple[Tensor, dict[
 
 @torch.no_grad()
 def predict_labels(
-    model: nn.Module, images: Tensor, with_scales: bool = True, **options: Any
+    model: nn.Module, images: Tensor, options: InferenceOptions = InferenceOptions(), with_scales: bool = True
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Class indices ``[N, H, W]`` (long) for normalised images ``[N, 3, H, W]``, and the scale maps.
 
-    The labels are the argmax of :func:`predict`'s probabilities under ``options`` (``mode``,
-    ``crop_size``, ``stride``, ``scales``, ``flip``). With ``with_scales`` the scale maps
-    ``{name: [N, 1, H, W]}`` come from one whole-image pass at scale 1 (:func:`predict_with_scales`,
-    which also gives the labels when the options ask for no more than that pass); without, the dict
-    is empty.
+    The labels are the argmax of :func:`predict`'s probabilities under ``options``. With
+    ``with_scales`` the scale maps ``{name: [N, 1, H, W]}`` come from one whole-image pass at scale 1
+    (:func:`predict_with_scales`, which also gives the labels when the options ask for no more than
+    that pass); without, the dict is empty.
     """
-    plain = options.get("mode", "whole") == "whole" and tuple(options.get("scales", (1.0,))) == (1.0,)
-    plain = plain and not options.get("flip", False)
     probs, scale_maps = predict_with_scales(model, images) if with_scales else (None, {})
-    if probs is None or not plain:
-        probs = predict(model, images, **options)
+    if probs is None or not options.single_pass:
+        probs = predict(model, images, options)
     return probs.argmax(1), scale_maps

@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import math
 import typing
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from sacseg.ops.sac_conv import sac_conv2d
+from sacseg.options import DEFAULT_MAX_SCALE, DEFAULT_MIN_SCALE, ScaleBound
 from sacseg.utils.pair import IntOrPair, pair
 
 __all__ = ["DEFAULT_MAX_SCALE", "DEFAULT_MIN_SCALE", "SCALE_BOUNDS", "ScaleAdaptiveConv2d", "ScaleBound", "ScaleRegressor"]
 
-#: How :class:`ScaleRegressor` bounds its output: the paper's ReLU + clip, or a calibrated sigmoid.
-ScaleBound = Literal["clip", "smooth"]
+#: The values of ``ScaleBound`` (how :class:`ScaleRegressor` bounds its output).
 SCALE_BOUNDS: tuple[str, ...] = typing.get_args(ScaleBound)
-#: The default range of the regressed scales (the config's ``min_scale`` / ``max_scale`` too).
-DEFAULT_MIN_SCALE = 0.25
-DEFAULT_MAX_SCALE = 4.0
 
 
 class ScaleAdaptiveConv2d(nn.Module):

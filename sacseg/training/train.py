@@ -25,6 +25,7 @@ from sacseg.data import IGNORE_INDEX, SegmentationDataset
 from sacseg.data.protocol import torch_dataset
 from sacseg.evaluation.evaluate import evaluate
 from sacseg.factory import build_datasets, build_model_from_config
+from sacseg.options import InferenceOptions
 from sacseg.training.distributed import (
     DistContext,
     all_reduce_mean,
@@ -457,7 +458,7 @@ def _validate(
     """Score the validation set, report it, and keep ``best.pt`` at a new best mIoU."""
     run.last_metrics = evaluate(
         unwrap(run.model), loader, cfg.num_classes, ignore_index=IGNORE_INDEX, device=ctx.device,
-        mode=cfg.eval_mode, crop_size=cfg.eval_crop_size, stride=cfg.eval_stride, progress=ctx.is_main, desc="val",
+        options=InferenceOptions.from_config(cfg), progress=ctx.is_main, desc="val",
     ).compute()  # fmt: skip
     monitor.validation(run.last_metrics, unwrap(run.model), run.val_set, run.iteration)
     if run.last_metrics["miou"] > run.best:

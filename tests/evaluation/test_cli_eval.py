@@ -23,6 +23,7 @@ from sacseg.evaluation.metrics import format_results
 from sacseg.evaluation.predict_files import find_images, load_image
 from sacseg.factory import build_eval_dataset, build_model_from_config, load_trained_model
 from sacseg.models.inference import predict
+from sacseg.options import InferenceOptions
 from sacseg.training.train import train
 from sacseg.viz import colorize
 
@@ -56,7 +57,7 @@ def test_eval_prints_table_and_writes_json(
     if options:
         inference = {"mode": "slide", "crop_size": 48, "stride": 32, "scales": (0.75, 1.0), "flip": True}
     loader = torch.utils.data.DataLoader(build_eval_dataset(cfg), batch_size=1)
-    expected = evaluate(model, loader, cfg.num_classes, **inference).compute()
+    expected = evaluate(model, loader, cfg.num_classes, options=InferenceOptions(**inference)).compute()
     assert format_results(expected, ScaleScenes.classes) in printed.out
     assert "sac_single_resnet18 on scale_scenes val (2 images; mode " in printed.out
     assert f"results: {out}" in printed.out
@@ -70,6 +71,24 @@ def test_eval_prints_table_and_writes_json(
     assert meta["checkpoint"] == str(sac_checkpoint) and meta["split"] == "val" and meta["images"] == 2
     assert (meta["mode"], meta["crop_size"], meta["stride"]) == (inference["mode"], inference["crop_size"], inference["stride"])
     assert meta["scales"] == list(inference["scales"]) and meta["flip"] == inference["flip"]
+
+
+def test_eval_options_default_to_the_config_and_errors_name_the_flag_or_the_key(
+    sac_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "results.json"
+    args = ["eval", "--checkpoint", str(sac_checkpoint), "--set", "scale_scenes_val_images=1", "--out", str(out)]
+    config_keys = ["--set", "eval_scales=[0.75, 1]", "--set", "eval_flip=true"]
+    assert main([*args, *config_keys]) == 0
+    assert "(1 images; mode whole, scales 0.75 1, flip):" in capsys.readouterr().out
+    assert main([*args, *config_keys, "--scales", "1", "--no-flip"]) == 0  # the flags replace the keys
+    assert "(1 images; mode whole, scales 1):" in capsys.readouterr().out
+    meta = json.loads(out.read_text())["meta"]
+    assert (meta["scales"], meta["flip"]) == ([1.0], False)
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--mode", "slide"])
+    assert exit_info.value.code == 2
+    assert "sacseg eval: error: config key 'eval_crop_size' is needed when --mode is 'slide'\n" in capsys.readouterr().err
 
 
 def _camvid_copy(shared: Path, root: Path, split: str, count: int) -> None:

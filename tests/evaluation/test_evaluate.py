@@ -8,6 +8,7 @@ from torch import nn
 from sacseg.evaluation.evaluate import evaluate
 from sacseg.evaluation.metrics import ConfusionMatrix
 from sacseg.models.inference import predict
+from sacseg.options import InferenceOptions
 
 
 def test_evaluate_counts_every_batch_and_restores_train_mode() -> None:
@@ -19,13 +20,14 @@ def test_evaluate_counts_every_batch_and_restores_train_mode() -> None:
     batches[1][1][:, :3] = 255
     stats_before = net[1].running_mean.clone()
 
-    matrix = evaluate(model, batches, num_classes=4, mode="slide", crop_size=6, stride=4, flip=True)
+    options = InferenceOptions(mode="slide", crop_size=6, stride=4, flip=True)
+    matrix = evaluate(model, batches, num_classes=4, options=options)
 
     assert model.training and torch.equal(net[1].running_mean, stats_before)  # ran in eval mode
     expected = ConfusionMatrix(4)
     model.eval()
     for images, targets in batches:
-        expected.update(predict(model, images, mode="slide", crop_size=6, stride=4, flip=True).argmax(1), targets)
+        expected.update(predict(model, images, options).argmax(1), targets)
     assert torch.equal(matrix.matrix, expected.matrix)
     assert int(matrix.matrix.sum()) == 3 * 2 * 9 * 11 - 2 * 3 * 11
 

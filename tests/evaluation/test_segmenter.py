@@ -21,6 +21,7 @@ from sacseg.evaluation.predict_files import load_image
 from sacseg.export.onnx_export import export_onnx
 from sacseg.factory import build_model_from_config
 from sacseg.models.inference import predict, predict_with_scales
+from sacseg.options import InferenceOptions
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +68,14 @@ def test_segmenter_predicts_any_image_form_as_the_engine_does(checkpoint: Path, 
 
 def test_segmenter_options_and_bad_inputs(checkpoint: Path, images: Path) -> None:
     segmenter = sacseg.Segmenter.from_checkpoint(
-        checkpoint, device="cpu", overrides=["eval_mode=slide", "eval_crop_size=[24, 32]"], flip=True
+        checkpoint, device="cpu", overrides=["eval_mode=slide", "eval_crop_size=[24, 32]", "eval_flip=true"]
     )
-    assert segmenter.options == {"mode": "slide", "crop_size": [24, 32], "stride": None, "scales": (1.0,), "flip": True}
+    assert segmenter.options == InferenceOptions(mode="slide", crop_size=(24, 32), stride=None, scales=(1.0,), flip=True)
     tensor = load_image(images / "a.png")[1]
-    expected = predict(segmenter.model, tensor[None], mode="slide", crop_size=(24, 32), flip=True).argmax(1)[0]
+    expected = predict(segmenter.model, tensor[None], segmenter.options).argmax(1)[0]
     assert torch.equal(segmenter.predict(tensor)[0], expected)
+    given = InferenceOptions(scales=(0.75, 1.0))  # options given replace the config's
+    assert sacseg.Segmenter(segmenter.model, segmenter.config, given).options == given
     with pytest.raises(ValueError, match=r"uint8 RGB \[H, W, 3\]"):
         segmenter.predict(np.zeros((4, 4), dtype=np.uint8))
     with pytest.raises(ValueError, match=r"normalised float \[3, H, W\]"):
@@ -99,7 +102,7 @@ def test_predict_index_pngs_with_non_square_windows(
     segmenter = sacseg.Segmenter.from_checkpoint(checkpoint, device="cpu")
     for stem, suffix in (("a", ".png"), ("b", ".jpg")):
         x = load_image(images / f"{stem}{suffix}")[1][None]
-        expected = predict(segmenter.model, x, mode="slide", crop_size=(24, 32), stride=(12, 16)).argmax(1)[0]
+        expected = predict(segmenter.model, x, InferenceOptions(mode="slide", crop_size=(24, 32), stride=(12, 16))).argmax(1)[0]
         with Image.open(out / f"{stem}_index.png") as png:
             assert png.mode == "L"
             np.testing.assert_array_equal(np.asarray(png), expected.numpy())

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from sacseg.models.inference import predict, predict_with_scales
+from sacseg.options import InferenceOptions
 
 K = 5
 
@@ -71,24 +72,26 @@ def test_whole_is_softmax_of_logits() -> None:
 
 def test_one_window_covering_the_image_equals_whole() -> None:
     model, x = MirrorSymmetricNet().eval(), _images()
-    torch.testing.assert_close(predict(model, x, mode="slide", crop_size=(37, 53)), predict(model, x))
+    torch.testing.assert_close(predict(model, x, InferenceOptions(mode="slide", crop_size=(37, 53))), predict(model, x))
 
 
 @pytest.mark.parametrize(("crop", "stride"), [(16, 10), ((20, 17), (7, 11)), ((48, 24), 24), (64, None)])
 def test_many_windows_on_pixelwise_model_equal_whole(crop, stride) -> None:
     # (48, 24) and 64 are taller than the image: padded, then cropped back
     model, x = PixelwiseNet().eval(), _images()
-    torch.testing.assert_close(predict(model, x, mode="slide", crop_size=crop, stride=stride), predict(model, x))
+    torch.testing.assert_close(
+        predict(model, x, InferenceOptions(mode="slide", crop_size=crop, stride=stride)), predict(model, x)
+    )
 
 
 def test_overlapping_logits_are_averaged_and_last_window_is_flush() -> None:
     # width 6, windows of 4 every 2 -> starts 0 and 2; logit 0 of pixel x averages (x - start)
     x = torch.zeros(1, 3, 2, 6)
-    probs = predict(WindowColumnNet(), x, mode="slide", crop_size=(2, 4), stride=(2, 2))
+    probs = predict(WindowColumnNet(), x, InferenceOptions(mode="slide", crop_size=(2, 4), stride=(2, 2)))
     fused = torch.tensor([0.0, 1.0, 1.0, 2.0, 2.0, 3.0])
     torch.testing.assert_close(probs[0, 0, 0], torch.sigmoid(fused))
     # width 7 with stride 2: starts 0, 2 and the flush 3
-    probs = predict(WindowColumnNet(), torch.zeros(1, 3, 2, 7), mode="slide", crop_size=(2, 4), stride=2)
+    probs = predict(WindowColumnNet(), torch.zeros(1, 3, 2, 7), InferenceOptions(mode="slide", crop_size=(2, 4), stride=2))
     fused = torch.tensor([0.0, 1.0, 1.0, 4 / 3, 3 / 2, 5 / 2, 3.0])
     torch.testing.assert_close(probs[0, 0, 0], torch.sigmoid(fused))
 
@@ -97,24 +100,24 @@ def test_overlapping_logits_are_averaged_and_last_window_is_flush() -> None:
 def test_flip_fusion_of_symmetric_model_equals_plain(mode: str) -> None:
     model, x = MirrorSymmetricNet().eval(), _images()
     opts = {"crop_size": (37, 53)} if mode == "slide" else {}
-    plain = predict(model, x, mode=mode, **opts)
-    torch.testing.assert_close(predict(model, x, mode=mode, flip=True, **opts), plain)
+    plain = predict(model, x, InferenceOptions(mode=mode, **opts))
+    torch.testing.assert_close(predict(model, x, InferenceOptions(mode=mode, flip=True, **opts)), plain)
     # and flip fusion is not a no-op for a model that is not mirror-symmetric
     lopsided = WindowColumnNet()
-    assert not torch.allclose(predict(lopsided, x, flip=True), predict(lopsided, x))
+    assert not torch.allclose(predict(lopsided, x, InferenceOptions(flip=True)), predict(lopsided, x))
 
 
 def test_multi_scale_keeps_odd_input_size() -> None:
     model, x = MirrorSymmetricNet().eval(), _images(37, 53)
     for mode, opts in (("whole", {}), ("slide", {"crop_size": 24, "stride": 16})):
-        probs = predict(model, x, mode=mode, scales=(0.5, 0.75, 1.25), flip=True, **opts)
+        probs = predict(model, x, InferenceOptions(mode=mode, scales=(0.5, 0.75, 1.25), flip=True, **opts))
         assert probs.shape == (2, K, 37, 53)
         torch.testing.assert_close(probs.sum(1), torch.ones(2, 37, 53))
 
 
 def test_multi_scale_averages_per_scale_probabilities() -> None:
     model, x = MirrorSymmetricNet().eval(), _images(32, 48)
-    fused = predict(model, x, scales=(0.5, 1.0))
+    fused = predict(model, x, InferenceOptions(scales=(0.5, 1.0)))
     half = model(F.interpolate(x, size=(16, 24), mode="bilinear", align_corners=False))["out"].softmax(1)
     half = F.interpolate(half, size=(32, 48), mode="bilinear", align_corners=False)
     torch.testing.assert_close(fused, (half + model(x)["out"].softmax(1)) / 2)
@@ -123,7 +126,7 @@ def test_multi_scale_averages_per_scale_probabilities() -> None:
 def test_runs_under_inference_mode() -> None:
     model, x = PixelwiseNet().eval(), _images()
     with torch.inference_mode():
-        probs = predict(model, x, mode="slide", crop_size=16, stride=8, flip=True)
+        probs = predict(model, x, InferenceOptions(mode="slide", crop_size=16, stride=8, flip=True))
     assert not probs.requires_grad and probs.shape == (2, K, 37, 53)
 
 
@@ -139,15 +142,15 @@ def test_scale_maps_at_input_size() -> None:
 def test_bad_arguments_raise() -> None:
     model, x = PixelwiseNet(), _images()
     with pytest.raises(ValueError, match="whole, slide"):
-        predict(model, x, mode="tiles")
+        predict(model, x, InferenceOptions(mode="tiles"))
     with pytest.raises(ValueError, match="crop_size"):
-        predict(model, x, mode="slide")
+        predict(model, x, InferenceOptions(mode="slide"))
     with pytest.raises(ValueError, match="stride"):
-        predict(model, x, mode="slide", crop_size=8, stride=0)
+        predict(model, x, InferenceOptions(mode="slide", crop_size=8, stride=0))
     with pytest.raises(ValueError, match="gaps"):
-        predict(model, x, mode="slide", crop_size=(8, 16), stride=(4, 17))
+        predict(model, x, InferenceOptions(mode="slide", crop_size=(8, 16), stride=(4, 17)))
     with pytest.raises(ValueError, match="scales"):
-        predict(model, x, scales=(1.0, 0.0))
+        predict(model, x, InferenceOptions(scales=(1.0, 0.0)))
     with pytest.raises(ValueError, match=r"\(3, 37, 53\)"):
         predict(model, x[0])
     with pytest.raises(TypeError, match="dict with an 'out'"):
@@ -164,7 +167,7 @@ def test_with_a_real_sac_model() -> None:
     model = build_model("sac_multiple_resnet18", num_classes=K).eval()
     x = _images(41, 67, n=1)
     whole = predict(model, x)
-    torch.testing.assert_close(predict(model, x, mode="slide", crop_size=(41, 67)), whole)
+    torch.testing.assert_close(predict(model, x, InferenceOptions(mode="slide", crop_size=(41, 67))), whole)
     probs, maps = predict_with_scales(model, x)
     torch.testing.assert_close(probs, whole)
     assert set(maps) == {"classifier", "res5"}
