@@ -74,6 +74,7 @@ def _sac_conv(block: nn.Module, name: str) -> nn.Module:
 
 
 def _timm_block(block: nn.Module, steps: tuple[str, ...], activation: str) -> LayoutBlock:
+    """A timm ResNet block as a :class:`LayoutBlock` of its own submodules, its non-1x1 convolutions made SAC."""
     if not isinstance(block.aa, nn.Identity):
         # Anti-aliased blocks stride in `aa`, after a stride-1 convolution: their 3x3 layers work on
         # two grids, where one scale map per stage has one.
