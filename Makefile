@@ -15,15 +15,15 @@ $(STAMP): pyproject.toml
 
 # Checks that change nothing: ruff's lint rules and formatting, mypy's types, clang-format's C++ style.
 lint: $(STAMP)
-	$(BIN)/ruff check sacseg tests benchmarks studies
-	$(BIN)/ruff format --check sacseg tests benchmarks studies
+	$(BIN)/ruff check sacseg tests benchmarks studies hubconf.py
+	$(BIN)/ruff format --check sacseg tests benchmarks studies hubconf.py
 	$(BIN)/mypy sacseg
 	$(BIN)/clang-format --dry-run --Werror sacseg/ops/*.cpp
 
 # Rewrites the code as `make lint` wants it: ruff's safe fixes and formatting, clang-format.
 format: $(STAMP)
-	$(BIN)/ruff check --fix sacseg tests benchmarks studies
-	$(BIN)/ruff format sacseg tests benchmarks studies
+	$(BIN)/ruff check --fix sacseg tests benchmarks studies hubconf.py
+	$(BIN)/ruff format sacseg tests benchmarks studies hubconf.py
 	$(BIN)/clang-format -i sacseg/ops/*.cpp
 
 # The default run: everything but the checks marked slow (inductor compiles, torchrun, whole runs in subprocesses).

@@ -189,7 +189,7 @@ def test_a_whole_eval_run_loads_neither_the_training_loop_nor_tensorboard(
     assert "sacseg.evaluation.evaluate" in modules and "sacseg.factory" in modules
     assert _training_stack(modules) == []
     # Nor any other extra's package: `pip install sacseg` evaluates.
-    extras = {"tensorboard", "matplotlib", "cityscapesscripts", "onnx", "onnxruntime"}
+    extras = {"tensorboard", "matplotlib", "cityscapesscripts", "onnx", "onnxruntime", "timm", "segmentation_models_pytorch"}
     assert sorted(m for m in modules if m.split(".")[0] in extras) == []
 
 

@@ -108,3 +108,29 @@ def test_bad_stages_and_blocks_are_rejected():
         sac_block(nn.Sequential(nn.Conv2d(3, 3, 3)))
     with pytest.raises(ValueError, match="at least one block"):
         SACStage([], ScaleRegressor(3))
+
+
+def test_a_converted_stage_is_indexed_like_the_sequential_it_replaced():
+    model = torchvision.models.resnet50()
+    blocks = list(model.layer3)
+    sac_convert(model, stages=("layer3",))
+    stage = model.layer3
+    assert len(stage) == stage.num_blocks == 6
+    assert stage[0] is stage.get_submodule("0") and stage[-1] is stage.get_submodule("5")
+    assert stage[1:3] == [stage.get_submodule("1"), stage.get_submodule("2")]
+    assert list(stage) == [stage.get_submodule(str(i)) for i in range(6)]  # the blocks, without the regressor
+    # The converted blocks hold the original's batch norms: the same modules, in the same places.
+    assert [block.bn2 for block in stage] == [block.bn2 for block in blocks]
+    with pytest.raises(IndexError):
+        stage[6]
+    hooked: list[torch.Tensor] = []
+    model.layer3[-1].register_forward_hook(lambda m, i, o: hooked.append(o))  # as Grad-CAM-style code does
+    with torch.no_grad():
+        model.eval()(torch.randn(1, 3, 64, 64))
+    assert len(hooked) == 1 and hooked[0].shape == (1, 1024, 4, 4)
+
+
+def test_converting_a_stage_twice_says_it_is_already_converted():
+    model = sac_convert(torchvision.models.resnet18())
+    with pytest.raises(ValueError, match="stage 'layer4' is already converted"):
+        sac_convert(model)
