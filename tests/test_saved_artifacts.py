@@ -1,6 +1,6 @@
-"""What users of sacseg 0.1.0 saved keeps working: its checkpoint loads and evaluates to the same
-numbers, its run folder resumes to the weights its own uninterrupted run reached, and its exported
-program runs (fixtures written by tests/fixtures/v0_1_0/make_fixtures.py at that version)."""
+"""What users of sacseg 0.1.0 saved keeps working: its checkpoint reads as the current format, loads and
+evaluates to the same numbers, its run folder resumes to the weights its own uninterrupted run reached,
+and its exported program runs (fixtures written by tests/fixtures/v0_1_0/make_fixtures.py at that version)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 
+from sacseg.checkpoint import load_checkpoint
 from sacseg.config import load_config
 from sacseg.evaluation.evaluate import evaluate
 from sacseg.factory import build_eval_dataset, load_trained_model
@@ -31,6 +32,18 @@ def saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, single_thread: None) 
         packed.unlink()
     monkeypatch.chdir(tmp_path)
     return json.loads((tmp_path / "expected.json").read_text())
+
+
+def test_checkpoint_reads_as_format_version_1_with_its_keys_unchanged(saved: dict[str, Any]) -> None:
+    raw = torch.load("run/last.pt", weights_only=True)
+    assert "format_version" not in raw  # 0.1.0 wrote none: version 0
+    state = load_checkpoint("run/last.pt")
+    assert state["format_version"] == 1
+    assert set(state) - {"format_version"} == set(raw)
+    assert state["iteration"] == raw["iteration"] and state["config"] == raw["config"]
+    assert state["scheduler"] == raw["scheduler"] and state["best_metric"] == raw["best_metric"]
+    for key, value in raw["model"].items():
+        assert torch.equal(state["model"][key], value), key
 
 
 def test_checkpoint_evaluates_to_the_same_numbers(saved: dict[str, Any]) -> None:
