@@ -1,5 +1,4 @@
-"""Checkpoints: saved atomically with the random-number-generator states and a format version, loaded
-(older formats upgraded) with errors that name the file."""
+"""Checkpoints: saved atomically with RNG states and a format version, read back upgraded, with errors naming the file."""
 
 from __future__ import annotations
 
