@@ -57,7 +57,7 @@ def test_checkpoint_evaluates_to_the_same_numbers(saved: dict[str, Any]) -> None
 
 def test_run_folder_resumes_to_its_uninterrupted_weights(saved: dict[str, Any]) -> None:
     summary = train(load_config("run/config.yaml"), resume="auto")
-    assert summary["losses"] == saved["straight_losses"][2:]
+    assert summary.losses == saved["straight_losses"][2:]
     final = torch.load("run/last.pt", weights_only=True)["model"]
     for key, value in torch.load("straight_regressors.pt", weights_only=True).items():
         assert torch.equal(final[key], value), key

@@ -68,10 +68,10 @@ def test_two_process_first_step_gradients_equal_one_process(tiny_config: Callabl
 # alive and holding its sockets, but silent.
 _STALLING_RANK = """
 import os, signal, sys
-import sacseg.training.train as train_module
 from sacseg.cli import main
+from sacseg.training import loop
 
-real_step, calls = train_module.train_step, []
+real_step, calls = loop.train_step, []
 
 
 def step(*args, **kwargs):
@@ -81,7 +81,7 @@ def step(*args, **kwargs):
     return real_step(*args, **kwargs)
 
 
-train_module.train_step = step
+loop.train_step = step
 sys.exit(main(sys.argv[1:]))
 """
 
