@@ -45,7 +45,25 @@ def _lr_factor(cfg: TrainConfig, iters_per_unit: int, total: int) -> Callable[[i
     return factor
 
 
-def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, iters_per_unit: int, total: int) -> LambdaLR:
+def build_scheduler(
+    cfg: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    iters_per_unit: int,
+    total: int,
+    saved: dict[str, Any] | None = None,
+) -> LambdaLR:
     """Per-iteration learning rate: ``step`` multiplies by ``lr_step_factor`` from ``lr_step`` on
-    (the paper: 60 epochs at 5e-4, then 10 at 5e-5); ``poly`` is ``(1 - it / total) ** poly_power``."""
-    return LambdaLR(optimizer, _lr_factor(cfg, iters_per_unit, total))
+    (the paper: 60 epochs at 5e-4, then 10 at 5e-5); ``poly`` is ``(1 - it / total) ** poly_power``.
+
+    ``saved``: the ``state_dict`` of a resumed run's scheduler. The scheduler is then constructed
+    at the iteration it had reached, from the base rates in the optimiser groups' ``initial_lr``
+    (a loaded optimiser's, which the caller may have set to a changed config's), and so sets each
+    group's rate for that iteration; the rest of its state (the step count) is ``saved``'s.
+    """
+    factor = _lr_factor(cfg, iters_per_unit, total)
+    if saved is None:
+        return LambdaLR(optimizer, factor)
+    # The constructor takes one step from last_epoch, to the iteration the run continues at.
+    scheduler = LambdaLR(optimizer, factor, last_epoch=saved["last_epoch"] - 1)
+    scheduler.load_state_dict({**saved, "base_lrs": scheduler.base_lrs, "_last_lr": scheduler.get_last_lr()})
+    return scheduler

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
 
 from sacseg.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
 from sacseg.config import TrainConfig
 from sacseg.training.distributed import unwrap
 from sacseg.training.state import RunState
 
-__all__ = ["Checkpointer", "continues_run", "restore_checkpoint", "resume_path"]
+__all__ = ["Checkpointer", "Resumed", "continues_run", "restore_checkpoint", "resume_path"]
 
 _RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "iteration", "best_metric")
-# Optimiser settings the config decides even on resume (the scheduler's base learning rate is "initial_lr").
-_OPTIMIZER_SETTINGS = ("initial_lr", "momentum", "weight_decay")
 
 
 def resume_path(resume: str | None, out_dir: Path) -> Path | None:
@@ -32,12 +34,27 @@ def continues_run(resume: str | None, checkpoint: Path | None, out_dir: Path) ->
     return resume == "auto" or (checkpoint is not None and checkpoint.resolve().parent == out_dir.resolve())
 
 
-def restore_checkpoint(cfg: TrainConfig, path: Path, run: RunState) -> None:
-    """Load the checkpoint at ``path`` into ``run``; errors name the file.
+@dataclasses.dataclass(frozen=True)
+class Resumed:
+    """Where a checkpoint leaves a run: its ``iteration`` and ``best`` validation mIoU, its
+    ``scheduler`` state (for ``build_scheduler``) and the config keys ``changed`` since it was written."""
+
+    iteration: int
+    best: float
+    scheduler: dict[str, Any]
+    changed: list[str]
+
+
+def restore_checkpoint(
+    cfg: TrainConfig, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
+) -> Resumed:
+    """Load the checkpoint at ``path`` into the model, optimiser and scaler built from ``cfg`` and
+    restore the random-number generators; errors name the file.
 
     ``load_state_dict`` brings back the checkpoint's learning rates, momentum and weight decay;
     the config's are put back after it, so a value changed on resume takes effect (and the value
-    recorded in ``config.yaml`` and later checkpoints is the one used).
+    recorded in ``config.yaml`` and later checkpoints is the one used) once ``build_scheduler``
+    continues the returned scheduler state from them.
     """
     state = load_checkpoint(path)  # CPU: RNG states must stay CPU tensors
     missing = [key for key in _RESUME_KEYS if key not in state]
@@ -50,21 +67,23 @@ def restore_checkpoint(cfg: TrainConfig, path: Path, run: RunState) -> None:
                 f"checkpoint {path} was trained with {key} {saved[key]!r} but the config says "
                 f"{getattr(cfg, key)!r}; resuming needs the same {key}"
             )
-    wanted = [{key: group[key] for key in _OPTIMIZER_SETTINGS} for group in run.optimizer.param_groups]
+    # The config's settings, read before loading replaces them; a loaded optimiser keeps its base
+    # rate in "initial_lr", where build_scheduler reads it.
+    wanted = [
+        {"initial_lr": group["lr"], "momentum": group["momentum"], "weight_decay": group["weight_decay"]}
+        for group in optimizer.param_groups
+    ]
     try:
-        unwrap(run.model).load_state_dict(state["model"])
-        run.optimizer.load_state_dict(state["optimizer"])
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError) as err:
         raise ValueError(f"checkpoint {path} does not fit model {cfg.model!r} of the config: {str(err).splitlines()[0]}") from err
-    run.scheduler.load_state_dict(state["scheduler"])
-    run.scaler.load_state_dict(state["scaler"])
-    restore_rng_state(state["rng"])
-    for group, values, factor in zip(run.optimizer.param_groups, wanted, run.scheduler.lr_lambdas):
+    for group, values in zip(optimizer.param_groups, wanted, strict=True):
         group.update(values)
-        group["lr"] = values["initial_lr"] * factor(run.scheduler.last_epoch)  # as LambdaLR computes it
-    run.scheduler.base_lrs = [values["initial_lr"] for values in wanted]
-    run.iteration, run.best = state["iteration"], state["best_metric"]
-    run.changed = sorted(k for k, v in saved.items() if k != "out_dir" and getattr(cfg, k, None) != v)
+    scaler.load_state_dict(state["scaler"])
+    restore_rng_state(state["rng"])
+    changed = sorted(k for k, v in saved.items() if k != "out_dir" and getattr(cfg, k, None) != v)
+    return Resumed(state["iteration"], state["best_metric"], state["scheduler"], changed)
 
 
 class Checkpointer:

@@ -188,8 +188,9 @@ def _prepare(cfg: TrainConfig, checkpoint: Path | None, ctx: DistContext) -> Run
     optimizer = build_optimizer(cfg, model)
     use_amp = cfg.amp and ctx.device.type == "cuda"
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=use_amp)
-    scheduler = build_scheduler(cfg, optimizer, iters_per_unit, total)
+    resumed = None if checkpoint is None else restore_checkpoint(cfg, checkpoint, model, optimizer, scaler)
+    scheduler = build_scheduler(cfg, optimizer, iters_per_unit, total, None if resumed is None else resumed.scheduler)
     run = RunState(train_set, val_set, model, optimizer, scheduler, scaler, use_amp, iters_per_epoch, iters_per_unit, total)
-    if checkpoint is not None:
-        restore_checkpoint(cfg, checkpoint, run)
+    if resumed is not None:
+        run.iteration, run.best, run.changed = resumed.iteration, resumed.best, resumed.changed
     return run

@@ -179,6 +179,37 @@ def test_scale_regressors_get_their_own_learning_rate(tiny_config: Callable[...,
     assert len(build_optimizer(cfg, build_model_from_config(tiny_config(tmp_path))).param_groups) == 1
 
 
+def test_a_scheduler_built_from_a_saved_state_continues_it_from_the_optimizers_base_rates(
+    tiny_config: Callable[..., TrainConfig], tmp_path: Path
+) -> None:
+    cfg = tiny_config(tmp_path)  # poly over 4 iterations
+
+    def sgd() -> torch.optim.SGD:
+        return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+
+    straight = sgd()
+    scheduler = build_scheduler(cfg, straight, 1, 4)
+    for _ in range(2):
+        straight.step()
+        scheduler.step()
+    resumed = sgd()
+    resumed.load_state_dict(straight.state_dict())
+    continued = build_scheduler(cfg, resumed, 1, 4, scheduler.state_dict())
+    assert continued.state_dict() == scheduler.state_dict() and resumed.param_groups[0]["lr"] == straight.param_groups[0]["lr"]
+    for optimizer, schedule in ((straight, scheduler), (resumed, continued)):
+        optimizer.step()
+        schedule.step()
+    assert continued.state_dict() == scheduler.state_dict() and resumed.param_groups[0]["lr"] == straight.param_groups[0]["lr"]
+    # A base rate changed on resume (the config's lr) sets the rate from the saved iteration on.
+    changed = sgd()
+    changed.load_state_dict(straight.state_dict())
+    changed.param_groups[0]["initial_lr"] = 0.5
+    rebased = build_scheduler(cfg, changed, 1, 4, scheduler.state_dict())
+    assert changed.param_groups[0]["lr"] == pytest.approx(0.5 * (1 - 3 / 4) ** 0.9)
+    assert rebased.base_lrs == [0.5] and rebased.get_last_lr() == [changed.param_groups[0]["lr"]]
+    assert rebased.last_epoch == scheduler.last_epoch == 3
+
+
 def test_init_checkpoint_starts_every_model_from_its_weights_and_val_at_start_scores_them(
     tiny_config: Callable[..., TrainConfig], tmp_path: Path, baseline_run: tuple[Path, TrainResult]
 ) -> None:
