@@ -4,7 +4,7 @@ For each of ``--models`` (``fcn``, ``sac_single``, ``sac_multiple`` at ``--depth
 ``--modes`` (``eager``; ``compiled``: ``torch.compile(model)`` with its defaults) two calls are timed
 on a random batch of ``--batch`` images of ``--size H W`` with random labels of ``--num-classes``:
 
-- train: ``model.train()``, forward, per-pixel cross-entropy (``sacseg.training.train.segmentation_loss``),
+- train: ``model.train()``, forward, per-pixel cross-entropy (``sacseg.training.loop.segmentation_loss``),
   backward, an SGD step (momentum 0.9, weight decay 1e-4, lr 1e-3) and ``zero_grad(set_to_none=True)``;
   only the model is compiled, not the optimiser step;
 - infer: ``model.eval()`` and a forward under ``torch.no_grad()``.
@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from benchmarks import _timing
 from benchmarks._report import format_table, run_record, write_json
 from sacseg.models import build_model
-from sacseg.training.train import segmentation_loss
+from sacseg.training.loop import segmentation_loss
 
 MODEL_KINDS = ("fcn", "sac_single", "sac_multiple")
 MODES = ("eager", "compiled")

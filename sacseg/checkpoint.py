@@ -1,9 +1,10 @@
-"""Checkpoints: saved atomically with the random-number-generator states, loaded with errors that name the file."""
+"""Checkpoints: saved atomically with RNG states and a format version, read back upgraded, with errors naming the file."""
 
 from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,19 @@ from torch import nn
 from sacseg.utils.io import atomic_open
 
 __all__ = [
+    "CHECKPOINT_FORMAT_VERSION",
     "atomic_torch_save",
     "capture_rng_state",
     "load_checkpoint",
+    "migrate_checkpoint",
     "read_checkpoint",
     "restore_rng_state",
     "save_checkpoint",
 ]
+
+# The layout ``save_checkpoint`` writes. A change to it raises this by one and adds the step from
+# the previous version to ``_UPGRADES``, so every file written before still reads.
+CHECKPOINT_FORMAT_VERSION = 1
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
@@ -105,6 +112,7 @@ def save_checkpoint(
     if bad is not None:
         raise ValueError(f"not writing {path}: model tensor {bad!r} holds NaN or inf at iteration {iteration}")
     state = {
+        "format_version": CHECKPOINT_FORMAT_VERSION,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -122,8 +130,8 @@ def save_checkpoint(
 def read_checkpoint(
     path: str | os.PathLike[str], map_location: str | torch.device = "cpu", required: tuple[str, ...] = ("model",)
 ) -> dict[str, Any]:
-    """Any file ``torch.load(weights_only=True)`` reads as a dict holding the keys ``required``;
-    FileNotFoundError / ValueError (corrupt, keys missing) name the file."""
+    """Any file ``torch.load(weights_only=True)`` reads as a dict holding the keys ``required``, through
+    ``migrate_checkpoint``; FileNotFoundError / ValueError (corrupt, keys missing, a newer format) name the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -131,12 +139,45 @@ def read_checkpoint(
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a bad file
         raise ValueError(f"checkpoint {path} is corrupt or not a checkpoint: {err}") from err
-    missing = [key for key in required if not isinstance(state, dict) or key not in state]
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {path} lacks {', '.join(required)}")
+    state = migrate_checkpoint(state, path)
+    missing = [key for key in required if key not in state]
     if missing:
         raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}")
     return state
 
 
+def _add_format_version(state: dict[str, Any]) -> dict[str, Any]:
+    """Version 0 (sacseg 0.1.0, which wrote no ``format_version``) to 1: the same keys, the version added."""
+    return {**state, "format_version": 1}
+
+
+# _UPGRADES[v] turns a checkpoint of format version v into one of version v + 1.
+_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _add_format_version}
+
+
+def migrate_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``state``, read from ``path``, upgraded one format version at a time to ``CHECKPOINT_FORMAT_VERSION``.
+
+    A checkpoint without ``format_version`` is version 0. One of a newer version (written by a
+    newer sacseg) is a ValueError naming the file, its version and the newest this code reads.
+    """
+    version = state.get("format_version", 0)
+    if not isinstance(version, int) or version < 0:
+        raise ValueError(f"checkpoint {path} has an invalid format_version {version!r}")
+    if version > CHECKPOINT_FORMAT_VERSION:
+        raise ValueError(
+            f"checkpoint {path} has format version {version}, but this sacseg reads versions up to "
+            f"{CHECKPOINT_FORMAT_VERSION}: it was written by a newer sacseg; upgrade sacseg to read it"
+        )
+    while version < CHECKPOINT_FORMAT_VERSION:
+        state = _UPGRADES[version](state)
+        version = state["format_version"]
+    return state
+
+
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by ``save_checkpoint``; FileNotFoundError / ValueError name the file."""
+    """Read a checkpoint written by ``save_checkpoint`` (of any format version up to
+    ``CHECKPOINT_FORMAT_VERSION``, upgraded to it); FileNotFoundError / ValueError name the file."""
     return read_checkpoint(Path(path), map_location, ("model", "iteration"))

@@ -32,14 +32,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as err:
         print(f"sacseg train: {err}", file=sys.stderr)
         return 1
-    if not summary["is_main"]:  # under torchrun every process returns; one summary is enough
+    if not summary.is_main:  # under torchrun every process returns; one summary is enough
         return 0
-    if not summary["losses"]:
-        print(f"nothing left to train: {summary['resumed_from']} is at iteration {summary['iteration']} of "
-              f"{summary['total']}; nothing was written to {summary['out_dir']}")  # fmt: skip
+    if not summary.losses:
+        print(f"nothing left to train: {summary.resumed_from} is at iteration {summary.iteration} of "
+              f"{summary.total}; nothing was written to {summary.out_dir}")  # fmt: skip
         return 0
-    print(f"trained {summary['iteration']} iterations, best validation mIoU {100 * summary['best_miou']:.2f}; "
-          f"checkpoints in {summary['out_dir']}")  # fmt: skip
+    print(f"trained {summary.iteration} iterations, best validation mIoU {100 * summary.best_miou:.2f}; "
+          f"checkpoints in {summary.out_dir}")  # fmt: skip
     return 0
 
 

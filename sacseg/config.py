@@ -19,7 +19,7 @@ from sacseg.utils.io import atomic_open
 
 __all__ = ["Schedule", "TrainConfig", "apply_overrides", "config_from_dict", "load_config", "save_config"]
 
-#: The learning-rate schedules of the training loop (see ``sacseg.training.train.build_scheduler``).
+#: The learning-rate schedules of the training loop (see ``sacseg.training.optim.build_scheduler``).
 Schedule = Literal["step", "poly"]
 
 

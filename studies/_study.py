@@ -192,15 +192,14 @@ def train_once(settings: Mapping[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     summary = train(cfg, resume=resume, overwrite=resume is None)
     best = out / "best.pt"
-    losses = summary["losses"]
     result = {
-        "iterations": summary["iteration"],
-        "best_val_miou": summary["best_miou"],
+        "iterations": summary.iteration,
+        "best_val_miou": summary.best_miou,
         "best_iteration": load_checkpoint(best)["iteration"],
         "checkpoint": str(best),
         "validations": validation_curve(out),
         "train_seconds": time.perf_counter() - start,
-        "final_loss": losses[-1] if losses else None,
+        "final_loss": summary.losses[-1] if summary.losses else None,
     }
     write_json({"settings": wanted, "summary": result}, done)
     return result

@@ -14,16 +14,12 @@ from sacseg.config import config_from_dict
 from sacseg.data import IGNORE_INDEX
 from sacseg.evaluation.evaluate import evaluate
 from sacseg.factory import build_datasets, build_model_from_config
+from sacseg.training.data import make_train_loader, make_val_loader
 from sacseg.training.demo import DEMO_SETTINGS
 from sacseg.training.distributed import DistContext
-from sacseg.training.train import (
-    _val_loader,
-    build_optimizer,
-    build_scheduler,
-    make_train_loader,
-    seed_everything,
-    train_step,
-)
+from sacseg.training.loop import train_step
+from sacseg.training.optim import build_optimizer, build_scheduler
+from sacseg.training.train import seed_everything
 from studies._study import Job, run_jobs
 
 # name -> config overrides of the demo's settings; "clip" is the paper's regressor with one lr for all.
@@ -78,11 +74,11 @@ def probe(model_name: str, overrides: dict[str, Any], iterations: int, val_image
             if iteration >= iterations:
                 break
         epoch += 1
-    metrics = evaluate(model, _val_loader(cfg, val_set, ctx), cfg.num_classes, ignore_index=IGNORE_INDEX).compute()
+    metrics = evaluate(model, make_val_loader(cfg, val_set, ctx), cfg.num_classes, ignore_index=IGNORE_INDEX).compute()
     # Scale statistics on the validation images, in eval mode (what the demo's pictures show).
     model.eval()
     with torch.no_grad():
-        for images, _ in _val_loader(cfg, val_set, ctx):
+        for images, _ in make_val_loader(cfg, val_set, ctx):
             model(images)
             break
     final = {n: _stats(m, cfg.min_scale, cfg.max_scale) for n, m in maps.items()}

@@ -1,10 +1,12 @@
-"""Tests for checkpoints: atomic writes survive a SIGKILL mid-write, bad files are named, RNG states round-trip."""
+"""Tests for checkpoints: atomic writes survive a SIGKILL mid-write, bad files are named, RNG states round-trip,
+the format version is written and a newer one refused."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +20,7 @@ import torch
 from torch import nn
 
 from sacseg.checkpoint import (
+    CHECKPOINT_FORMAT_VERSION,
     atomic_torch_save,
     capture_rng_state,
     load_checkpoint,
@@ -49,6 +52,16 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     assert state["config"] == {"lr": 0.1} and state["git_revision"] == "unknown"
     assert torch.equal(state["model"]["weight"], torch.full((2, 3), 2.0))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_a_checkpoint_records_its_format_version_and_one_from_a_newer_sacseg_is_refused(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "last.pt", **_parts(), iteration=1, epoch=0, config={}, best_metric=0.0)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["format_version"] == CHECKPOINT_FORMAT_VERSION == 1  # in the file itself, not added on reading
+    torch.save({**state, "format_version": 99}, tmp_path / "future.pt")
+    expected = f"checkpoint {tmp_path / 'future.pt'} has format version 99, but this sacseg reads versions up to 1"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        load_checkpoint(tmp_path / "future.pt")
 
 
 def test_rng_states_round_trip() -> None:

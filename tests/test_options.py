@@ -86,5 +86,5 @@ def test_training_validates_under_every_eval_option(tiny_config: Callable[..., T
     model, _ = load_trained_model(tmp_path / "last.pt")
     loader = torch.utils.data.DataLoader(build_eval_dataset(cfg), batch_size=1)
     expected = evaluate(model, loader, cfg.num_classes, options=InferenceOptions.from_config(cfg)).compute()
-    assert summary["last_metrics"]["miou"] == pytest.approx(expected["miou"])
-    assert summary["last_metrics"]["pixel_acc"] == pytest.approx(expected["pixel_acc"])
+    assert summary.last_metrics["miou"] == pytest.approx(expected["miou"])
+    assert summary.last_metrics["pixel_acc"] == pytest.approx(expected["pixel_acc"])

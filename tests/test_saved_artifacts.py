@@ -1,6 +1,6 @@
-"""What users of sacseg 0.1.0 saved keeps working: its checkpoint loads and evaluates to the same
-numbers, its run folder resumes to the weights its own uninterrupted run reached, and its exported
-program runs (fixtures written by tests/fixtures/v0_1_0/make_fixtures.py at that version)."""
+"""What users of sacseg 0.1.0 saved keeps working: its checkpoint reads as the current format, loads and
+evaluates to the same numbers, its run folder resumes to the weights its own uninterrupted run reached,
+and its exported program runs (fixtures written by tests/fixtures/v0_1_0/make_fixtures.py at that version)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 
+from sacseg.checkpoint import load_checkpoint
 from sacseg.config import load_config
 from sacseg.evaluation.evaluate import evaluate
 from sacseg.factory import build_eval_dataset, load_trained_model
@@ -34,6 +35,18 @@ def saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, single_thread: None) 
     return json.loads((tmp_path / "expected.json").read_text())
 
 
+def test_checkpoint_reads_as_format_version_1_with_its_keys_unchanged(saved: dict[str, Any]) -> None:
+    raw = torch.load("run/last.pt", weights_only=True)
+    assert "format_version" not in raw  # 0.1.0 wrote none: version 0
+    state = load_checkpoint("run/last.pt")
+    assert state["format_version"] == 1
+    assert set(state) - {"format_version"} == set(raw)
+    assert state["iteration"] == raw["iteration"] and state["config"] == raw["config"]
+    assert state["scheduler"] == raw["scheduler"] and state["best_metric"] == raw["best_metric"]
+    for key, value in raw["model"].items():
+        assert torch.equal(state["model"][key], value), key
+
+
 def test_checkpoint_evaluates_to_the_same_numbers(saved: dict[str, Any]) -> None:
     model, cfg = load_trained_model("run/last.pt")
     loader = torch.utils.data.DataLoader(build_eval_dataset(cfg), batch_size=1)
@@ -46,7 +59,7 @@ def test_checkpoint_evaluates_to_the_same_numbers(saved: dict[str, Any]) -> None
 
 def test_run_folder_resumes_to_its_uninterrupted_weights(saved: dict[str, Any]) -> None:
     summary = train(load_config("run/config.yaml"), resume="auto")
-    assert summary["losses"] == saved["straight_losses"][2:]
+    assert summary.losses == saved["straight_losses"][2:]
     final = torch.load("run/last.pt", weights_only=True)["model"]
     for key, value in torch.load("straight_regressors.pt", weights_only=True).items():
         assert torch.equal(final[key], value), key

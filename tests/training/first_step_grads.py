@@ -10,8 +10,11 @@ import torch
 
 from sacseg.config import load_config
 from sacseg.factory import build_datasets, build_model_from_config
+from sacseg.training.data import make_train_loader
 from sacseg.training.distributed import cleanup_distributed, init_distributed, unwrap, wrap_model
-from sacseg.training.train import build_optimizer, make_train_loader, seed_everything, train_step
+from sacseg.training.loop import train_step
+from sacseg.training.optim import build_optimizer
+from sacseg.training.train import seed_everything
 
 
 def main(config: str, out: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -23,21 +22,15 @@ pytestmark = [
 ]
 
 
-def _env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _env(**variables: str) -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **variables)
 
 
 def _torchrun(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args,
-    ]  # fmt: skip
+    # --standalone: torchrun's agent binds its rendezvous store to a port the kernel picks (port 0)
+    # and hands that store to the workers. A port found free beforehand could be taken by another
+    # process before the launch binds it.
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
     result = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -75,10 +68,10 @@ def test_two_process_first_step_gradients_equal_one_process(tiny_config: Callabl
 # alive and holding its sockets, but silent.
 _STALLING_RANK = """
 import os, signal, sys
-import sacseg.training.train as train_module
 from sacseg.cli import main
+from sacseg.training import loop
 
-real_step, calls = train_module.train_step, []
+real_step, calls = loop.train_step, []
 
 
 def step(*args, **kwargs):
@@ -88,7 +81,7 @@ def step(*args, **kwargs):
     return real_step(*args, **kwargs)
 
 
-train_module.train_step = step
+loop.train_step = step
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -101,11 +94,13 @@ def test_a_stalled_peer_fails_the_run_after_dist_timeout_naming_rank_and_step(
     cfg = tiny_config(tmp_path / "run", dist_timeout=8.0)
     save_config(cfg, tmp_path / "cfg.yaml")
     (tmp_path / "stall.py").write_text(_STALLING_RANK)
-    port = str(_free_port())
+    # The test hosts the ranks' rendezvous store as torchrun's agent does: bound to a port the kernel
+    # picks, announced by TORCHELASTIC_USE_AGENT_STORE, so each rank connects to it and none binds.
+    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     ranks = []
     try:
         for rank in range(2):
-            env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
+            env = _env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(store.port), TORCHELASTIC_USE_AGENT_STORE="True",
                        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")  # fmt: skip
             command = [sys.executable, str(tmp_path / "stall.py"), "train", "--config", str(tmp_path / "cfg.yaml")]
             ranks.append(subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True))

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import torch
 
-import sacseg.training.train as train_module
 from sacseg.checkpoint import atomic_torch_save, load_checkpoint
 from sacseg.cli import main
 from sacseg.config import TrainConfig, config_from_dict, save_config
+from sacseg.training import loop
 from sacseg.training.run_dir import locked_run_folder
 from sacseg.training.train import train
 
@@ -116,7 +116,7 @@ def test_a_folder_locked_by_a_live_run_is_refused_and_a_dead_holder_is_not(
 def test_lock_is_held_for_the_whole_run_and_released_after_it(
     tiny_config: Callable[..., TrainConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_step, seen = train_module.train_step, []
+    real_step, seen = loop.train_step, []
 
     def step(*args: Any, **kwargs: Any) -> Any:
         with (
@@ -127,7 +127,7 @@ def test_lock_is_held_for_the_whole_run_and_released_after_it(
         seen.append(True)
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "train_step", step)
+    monkeypatch.setattr(loop, "train_step", step)
     train(tiny_config(tmp_path, iterations=2, val_every=2))
     assert len(seen) == 2
     with locked_run_folder(tmp_path):  # released when the run ended
@@ -172,13 +172,13 @@ def test_a_failed_start_leaves_the_run_folder_untouched(
 def test_resume_applies_a_changed_lr_momentum_and_weight_decay(
     run_copy: Path, finished_run: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_step, used = train_module.train_step, []
+    real_step, used = loop.train_step, []
 
     def step(model: Any, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
         used.append([(g["lr"], g["momentum"], g["weight_decay"]) for g in optimizer.param_groups])
         return real_step(model, optimizer, *args, **kwargs)
 
-    monkeypatch.setattr(train_module, "train_step", step)
+    monkeypatch.setattr(loop, "train_step", step)
     changes = ["lr=0.5", "momentum=0.0", "weight_decay=0.0", "iterations=3", "val_every=3"]
     args = ["train", "--config", str(finished_run[0]), "--out", str(run_copy), "--resume", "auto"]
     assert main(args + [item for change in changes for item in ("--set", change)]) == 0

@@ -10,19 +10,20 @@ from typing import Any
 import pytest
 import torch
 
-import sacseg.training.train as train_module
 from sacseg.checkpoint import load_checkpoint
 from sacseg.config import TrainConfig
 from sacseg.factory import build_datasets, build_model_from_config
-from sacseg.training.train import NonFiniteLossError, train
+from sacseg.training import loop
+from sacseg.training.data import make_train_loader
+from sacseg.training.distributed import init_distributed
+from sacseg.training.optim import build_optimizer, build_scheduler
+from sacseg.training.train import NonFiniteLossError, TrainResult, train
 
 # Module scope, so it is in force before the module-scoped baseline run too.
 
 
 @pytest.fixture(scope="module")
-def baseline_run(
-    tiny_config: Callable[..., TrainConfig], tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, dict[str, Any]]:
+def baseline_run(tiny_config: Callable[..., TrainConfig], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainResult]:
     out = tmp_path_factory.mktemp("baseline")
     deterministic = torch.are_deterministic_algorithms_enabled()
     summary = train(tiny_config(out, deterministic=not deterministic))
@@ -30,10 +31,10 @@ def baseline_run(
     return out, summary
 
 
-def test_baseline_learns_and_writes_its_outputs(baseline_run: tuple[Path, dict[str, Any]]) -> None:
+def test_baseline_learns_and_writes_its_outputs(baseline_run: tuple[Path, TrainResult]) -> None:
     out, summary = baseline_run
-    assert summary["iteration"] == 4 and summary["losses"][-1] < summary["losses"][0]
-    assert 0.0 <= summary["best_miou"] <= 1.0
+    assert summary.iteration == 4 and summary.losses[-1] < summary.losses[0]
+    assert 0.0 <= summary.best_miou <= 1.0
     for name in ("config.yaml", "git_revision.txt", "train.log", "last.pt", "best.pt"):
         assert (out / name).is_file(), name
     assert list((out / "tb").glob("events.out.tfevents.*"))
@@ -41,17 +42,17 @@ def test_baseline_learns_and_writes_its_outputs(baseline_run: tuple[Path, dict[s
     assert "iteration 4/4 loss" in log and "validation mIoU" in log
     state = load_checkpoint(out / "last.pt")
     assert state["iteration"] == 4 and state["config"]["model"] == "fcn_resnet18"
-    assert state["best_metric"] == pytest.approx(summary["best_miou"])
+    assert state["best_metric"] == pytest.approx(summary.best_miou)
 
 
 @pytest.mark.parametrize("model", ["sac_single_resnet18", "sac_multiple_resnet18"])
 def test_sac_models_learn(tiny_config: Callable[..., TrainConfig], tmp_path: Path, model: str) -> None:
     summary = train(tiny_config(tmp_path, model=model, iterations=3, val_every=3))
-    assert summary["losses"][-1] < summary["losses"][0]
+    assert summary.losses[-1] < summary.losses[0]
 
 
 def test_only_variant_trains_just_the_scale_regressor(
-    tiny_config: Callable[..., TrainConfig], tmp_path: Path, baseline_run: tuple[Path, dict[str, Any]]
+    tiny_config: Callable[..., TrainConfig], tmp_path: Path, baseline_run: tuple[Path, TrainResult]
 ) -> None:
     baseline = load_checkpoint(baseline_run[0] / "last.pt")["model"]
     # Six steps: the regressors start at exactly scale 1, where every tap sits on an integer position
@@ -62,7 +63,7 @@ def test_only_variant_trains_just_the_scale_regressor(
         iterations=6, val_every=6,
     )  # fmt: skip
     summary = train(cfg)
-    assert summary["losses"][-1] < summary["losses"][0]
+    assert summary.losses[-1] < summary.losses[0]
     trained = load_checkpoint(tmp_path / "last.pt")["model"]
     for key, value in baseline.items():
         assert torch.equal(trained[key], value), key  # the baseline stays frozen, batch norm included
@@ -72,7 +73,7 @@ def test_only_variant_trains_just_the_scale_regressor(
 
 
 def _interrupt_at(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
-    real_step = train_module.train_step
+    real_step = loop.train_step
     calls = {"n": 0}
 
     def step(*args: Any, **kwargs: Any) -> Any:
@@ -81,7 +82,7 @@ def _interrupt_at(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
             raise KeyboardInterrupt("simulated interruption")
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "train_step", step)
+    monkeypatch.setattr(loop, "train_step", step)
 
 
 def test_interrupted_and_resumed_run_equals_uninterrupted_bit_for_bit(
@@ -102,7 +103,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_bit_for_bit(
     monkeypatch.undo()
     resumed = train(tiny_config(tmp_path / "cut", **settings), resume="auto")
 
-    assert resumed["losses"] == reference["losses"][4:]
+    assert resumed.losses == reference.losses[4:]
     a, b = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
@@ -114,7 +115,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_bit_for_bit(
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
     tiny_config: Callable[..., TrainConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_loss = train_module.segmentation_loss
+    real_loss = loop.segmentation_loss
     calls = {"n": 0}
 
     def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -122,7 +123,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
         value = real_loss(logits, target)
         return value * float("nan") if calls["n"] == 3 else value
 
-    monkeypatch.setattr(train_module, "segmentation_loss", loss)
+    monkeypatch.setattr(loop, "segmentation_loss", loss)
     with pytest.raises(NonFiniteLossError, match=r"iteration 3.*last good checkpoint is .*last.pt"):
         train(tiny_config(tmp_path))
     state = load_checkpoint(tmp_path / "last.pt")
@@ -140,10 +141,10 @@ def test_batches_do_not_depend_on_worker_count_or_skipping(tiny_config: Callable
     # With random crops and flips: each sample's augmentation is fixed by (seed, epoch, index).
     cfg = tiny_config(tmp_path, scale_scenes_train_images=6, crop_size=32, scale_min=0.8, scale_max=1.2, flip=True)
     train_set, _ = build_datasets(cfg)
-    ctx = train_module.init_distributed("cpu")
+    ctx = init_distributed("cpu")
 
     def batches(workers: int, skip: int) -> list[torch.Tensor]:
-        loader = train_module.make_train_loader(dataclasses.replace(cfg, workers=workers), train_set, ctx, 1, skip)
+        loader = make_train_loader(dataclasses.replace(cfg, workers=workers), train_set, ctx, 1, skip)
         return [images for images, _ in loader]
 
     plain = batches(0, 0)
@@ -155,14 +156,14 @@ def test_batches_do_not_depend_on_worker_count_or_skipping(tiny_config: Callable
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_mixed_precision_run(tiny_config: Callable[..., TrainConfig], tmp_path: Path) -> None:
     summary = train(tiny_config(tmp_path, model="sac_single_resnet18", device="cuda", amp=True, iterations=3, val_every=3))
-    assert summary["losses"][-1] < summary["losses"][0]
+    assert summary.losses[-1] < summary.losses[0]
     assert load_checkpoint(tmp_path / "last.pt")["scaler"]["scale"] > 0
 
 
 def test_scale_regressors_get_their_own_learning_rate(tiny_config: Callable[..., TrainConfig], tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path, model="sac_multiple_resnet18", scale_lr_mult=0.1)
     model = build_model_from_config(cfg)
-    optimizer = train_module.build_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg, model)
     main, scale = optimizer.param_groups
     assert main["lr"] == pytest.approx(0.01) and scale["lr"] == pytest.approx(0.001)
     regressor_params = {id(p) for p in model.scale_regressors.parameters()}
@@ -170,16 +171,47 @@ def test_scale_regressors_get_their_own_learning_rate(tiny_config: Callable[...,
     assert not regressor_params & {id(p) for p in main["params"]}
     assert len(main["params"]) + 4 == len(list(model.parameters()))
     # The poly schedule scales both groups alike.
-    scheduler = train_module.build_scheduler(cfg, optimizer, 1, 4)
+    scheduler = build_scheduler(cfg, optimizer, 1, 4)
     optimizer.step()
     scheduler.step()
     assert scale["lr"] / main["lr"] == pytest.approx(0.1)
     # The baseline has no regressors: one group.
-    assert len(train_module.build_optimizer(cfg, build_model_from_config(tiny_config(tmp_path))).param_groups) == 1
+    assert len(build_optimizer(cfg, build_model_from_config(tiny_config(tmp_path))).param_groups) == 1
+
+
+def test_a_scheduler_built_from_a_saved_state_continues_it_from_the_optimizers_base_rates(
+    tiny_config: Callable[..., TrainConfig], tmp_path: Path
+) -> None:
+    cfg = tiny_config(tmp_path)  # poly over 4 iterations
+
+    def sgd() -> torch.optim.SGD:
+        return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+
+    straight = sgd()
+    scheduler = build_scheduler(cfg, straight, 1, 4)
+    for _ in range(2):
+        straight.step()
+        scheduler.step()
+    resumed = sgd()
+    resumed.load_state_dict(straight.state_dict())
+    continued = build_scheduler(cfg, resumed, 1, 4, scheduler.state_dict())
+    assert continued.state_dict() == scheduler.state_dict() and resumed.param_groups[0]["lr"] == straight.param_groups[0]["lr"]
+    for optimizer, schedule in ((straight, scheduler), (resumed, continued)):
+        optimizer.step()
+        schedule.step()
+    assert continued.state_dict() == scheduler.state_dict() and resumed.param_groups[0]["lr"] == straight.param_groups[0]["lr"]
+    # A base rate changed on resume (the config's lr) sets the rate from the saved iteration on.
+    changed = sgd()
+    changed.load_state_dict(straight.state_dict())
+    changed.param_groups[0]["initial_lr"] = 0.5
+    rebased = build_scheduler(cfg, changed, 1, 4, scheduler.state_dict())
+    assert changed.param_groups[0]["lr"] == pytest.approx(0.5 * (1 - 3 / 4) ** 0.9)
+    assert rebased.base_lrs == [0.5] and rebased.get_last_lr() == [changed.param_groups[0]["lr"]]
+    assert rebased.last_epoch == scheduler.last_epoch == 3
 
 
 def test_init_checkpoint_starts_every_model_from_its_weights_and_val_at_start_scores_them(
-    tiny_config: Callable[..., TrainConfig], tmp_path: Path, baseline_run: tuple[Path, dict[str, Any]]
+    tiny_config: Callable[..., TrainConfig], tmp_path: Path, baseline_run: tuple[Path, TrainResult]
 ) -> None:
     start = baseline_run[0] / "last.pt"
     baseline = load_checkpoint(start)["model"]

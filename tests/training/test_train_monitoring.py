@@ -15,34 +15,32 @@ from sacseg.config import TrainConfig
 from sacseg.data import ScaleScenes
 from sacseg.evaluation.metrics import format_results
 from sacseg.factory import build_model_from_config
-from sacseg.training import monitor
-from sacseg.training import train as train_module
+from sacseg.training import loop, monitor
+from sacseg.training.train import TrainResult, train
 
 # Each validation pretends to take this long (a clock offset, not a sleep).
 _VALIDATION_SECONDS = 1000.0
 
 
 @pytest.fixture(scope="module")
-def run(
-    tiny_config: Callable[..., TrainConfig], tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, dict[str, Any], str, str]:
+def run(tiny_config: Callable[..., TrainConfig], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainResult, str, str]:
     """SAC-single, 3 iterations validated after each, a validation made to last 1000 s: (out_dir, summary, stdout, stderr)."""
     out = tmp_path_factory.mktemp("run")
     offset = [0.0]
-    real_clock, real_evaluate = time.perf_counter, train_module.evaluate
+    real_clock, real_evaluate = time.perf_counter, loop.evaluate
 
     def slow_evaluate(*args: Any, **kwargs: Any) -> Any:
         offset[0] += _VALIDATION_SECONDS
         return real_evaluate(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch, _Capture() as captured:
-        patch.setattr(train_module.time, "perf_counter", lambda: real_clock() + offset[0])
-        patch.setattr(train_module, "evaluate", slow_evaluate)
+        patch.setattr(loop.time, "perf_counter", lambda: real_clock() + offset[0])
+        patch.setattr(loop, "evaluate", slow_evaluate)
         # 6 training scenes: one epoch of 3 steps, so a step after a validation is not the first of an epoch
         cfg = tiny_config(
             out, model="sac_single_resnet18", iterations=3, val_every=1, checkpoint_every=3, scale_scenes_train_images=6
         )
-        summary = train_module.train(cfg)
+        summary = train(cfg)
     return out, summary, captured.out, captured.err
 
 
@@ -70,9 +68,9 @@ def _events(out: Path) -> event_accumulator.EventAccumulator:
     return accumulator
 
 
-def test_validation_scores_reach_terminal_log_and_tensorboard(run: tuple[Path, dict[str, Any], str, str]) -> None:
+def test_validation_scores_reach_terminal_log_and_tensorboard(run: tuple[Path, TrainResult, str, str]) -> None:
     out, summary, stdout, stderr = run
-    metrics = summary["last_metrics"]
+    metrics = summary.last_metrics
     # terminal: a bar per validation, then the per-class table in percent. Each bar opens at 0%; tqdm
     # draws its 100% once at close, and once more before if the step outlasted its refresh interval
     # (0.1 s, a loaded machine): counting 100% lines failed by timing.
@@ -86,7 +84,7 @@ def test_validation_scores_reach_terminal_log_and_tensorboard(run: tuple[Path, d
     assert per_class is not None
     expected = ", ".join(f"{name} {100 * iou:.2f}" for name, iou in zip(ScaleScenes.classes, metrics["iou"]))
     assert per_class.group(1) == expected
-    assert f"best validation mIoU {100 * summary['best_miou']:.2f}" in log
+    assert f"best validation mIoU {100 * summary.best_miou:.2f}" in log
     # TensorBoard: per-class IoU at each validation, the classes that were scored
     events = _events(out)
     tags = events.Tags()["scalars"]
@@ -99,7 +97,7 @@ def test_validation_scores_reach_terminal_log_and_tensorboard(run: tuple[Path, d
     assert events.Scalars("val/miou")[-1].value == pytest.approx(metrics["miou"])
 
 
-def test_validation_pictures_in_tensorboard(run: tuple[Path, dict[str, Any], str, str]) -> None:
+def test_validation_pictures_in_tensorboard(run: tuple[Path, TrainResult, str, str]) -> None:
     out = run[0]
     images = _events(out).Tags()["images"]
     # one ScaleScenes val image of 64x64: image | prediction | ground truth, and the classifier's scale map
@@ -110,7 +108,7 @@ def test_validation_pictures_in_tensorboard(run: tuple[Path, dict[str, Any], str
     assert [p.step for p in _events(out).Images("val/scale_classifier/0")] == [1, 2, 3]
 
 
-def test_images_per_second_leaves_validation_out(run: tuple[Path, dict[str, Any], str, str]) -> None:
+def test_images_per_second_leaves_validation_out(run: tuple[Path, TrainResult, str, str]) -> None:
     out = run[0]
     rates = _events(out).Scalars("train/images_per_s")
     assert [r.step for r in rates] == [1, 2, 3]
@@ -121,7 +119,7 @@ def test_images_per_second_leaves_validation_out(run: tuple[Path, dict[str, Any]
 
 
 def test_logged_lr_is_the_lr_the_step_used(
-    tiny_config: Callable[..., TrainConfig], run: tuple[Path, dict[str, Any], str, str]
+    tiny_config: Callable[..., TrainConfig], run: tuple[Path, TrainResult, str, str]
 ) -> None:
     out = run[0]
     cfg = tiny_config(out, iterations=3)
