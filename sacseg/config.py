@@ -7,13 +7,22 @@ import dataclasses
 import os
 import types
 import typing
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from sacseg.options import DEFAULT_MAX_SCALE, DEFAULT_MIN_SCALE, InferenceMode, InferenceOptions, ScaleBound, UpsampleMode
+from sacseg.options import (
+    DEFAULT_MAX_SCALE,
+    DEFAULT_MIN_SCALE,
+    InferenceMode,
+    InferenceOptions,
+    Precision,
+    ScaleBound,
+    UpsampleMode,
+)
 from sacseg.utils.device import DeviceName
 from sacseg.utils.io import atomic_open
 
@@ -38,6 +47,16 @@ class TrainConfig:
     samples per step. ``threads`` sets torch's CPU threads per process (0 keeps torch's default).
     ``dist_timeout``: seconds a process waits for its peers in one collective operation before the
     run fails (torchrun runs).
+
+    ``precision``: ``fp32``; ``bf16`` (autocast to bfloat16, no loss scaling: what Ampere and later
+    GPUs train in); ``fp16`` (autocast to float16 with a GradScaler). Both half precisions also run
+    on CPU, where the SAC operator computes in float32 (its autocast rule). The deprecated key
+    ``amp`` is read as ``precision`` (``true``: fp16, ``false``: fp32) with a warning.
+    ``channels_last``: model and images in NHWC memory layout (faster convolutions on tensor cores).
+    ``compile``: the training forward and backward under ``torch.compile`` (validation and the
+    checkpoints use the plain model, so a checkpoint loads without compiling). ``cudnn_benchmark``:
+    let cuDNN time its algorithms per shape; ``null`` means on unless ``deterministic`` (autotuning
+    may pick a non-deterministic algorithm).
     """
 
     # What to train.
@@ -90,7 +109,11 @@ class TrainConfig:
     poly_power: float = 0.9
     grad_clip: float | None = None
     scale_lr_mult: float = 1.0
-    amp: bool = True
+    # How the steps run (see TrainConfig's docstring): number format, memory layout, torch.compile, cuDNN autotuning.
+    precision: Precision = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    cudnn_benchmark: bool | None = None
     seed: int = 0
     deterministic: bool = True
     device: DeviceName = "auto"
@@ -238,14 +261,37 @@ def _validate(cfg: TrainConfig, source: str) -> None:
         raise ValueError(f"{source}: {err}") from None
 
 
+def _precision_from_amp(value: Any, source: str) -> str:
+    """The ``precision`` that the deprecated key ``amp`` stands for, with a FutureWarning saying so."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{source}: config key 'amp' (deprecated: use 'precision') must be true or false, got {value!r}")
+    precision = "fp16" if value else "fp32"
+    warnings.warn(
+        f"{source}: config key 'amp' is deprecated; 'amp: {str(value).lower()}' is read as 'precision: {precision}' "
+        "(write that instead; fp16 now also runs on CPU)",
+        FutureWarning,
+        stacklevel=3,
+    )
+    return precision
+
+
 def config_from_dict(values: Mapping[str, Any], source: str = "config") -> TrainConfig:
     """A checked ``TrainConfig`` from a flat mapping; keys left out keep the dataclass default.
 
     Raises ValueError naming the key for an unknown key (listing the valid ones), a wrong type or
-    an invalid value. ``source`` (e.g. the file name) starts every message.
+    an invalid value. ``source`` (e.g. the file name) starts every message. The deprecated key
+    ``amp`` is read as ``precision`` (see ``TrainConfig``).
     """
     if not isinstance(values, Mapping):
         raise ValueError(f"{source}: a config must be a flat mapping of key: value, got {type(values).__name__}")
+    if "amp" in values:
+        precision = _precision_from_amp(values["amp"], source)
+        if values.get("precision", precision) != precision:
+            raise ValueError(
+                f"{source}: config keys 'amp' ({values['amp']}) and 'precision' ({values['precision']!r}) disagree; "
+                "drop 'amp' (deprecated)"
+            )
+        values = {**{k: v for k, v in values.items() if k != "amp"}, "precision": precision}
     types = _field_types()
     checked: dict[str, Any] = {}
     for key, value in values.items():
@@ -280,6 +326,9 @@ def apply_overrides(cfg: TrainConfig, overrides: Iterable[str]) -> TrainConfig:
         key = key.strip()
         if not sep or not key:
             raise ValueError(f"--set expects key=value, got {item!r}")
+        if key == "amp":  # deprecated: stands for a precision
+            values["precision"] = _precision_from_amp(yaml.safe_load(text), "--set")
+            continue
         if key not in values:
             raise ValueError(f"--set: unknown config key {key!r}; valid keys: {_valid_keys()}")
         try:

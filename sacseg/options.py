@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_MIN_SCALE",
     "InferenceMode",
     "InferenceOptions",
+    "Precision",
     "PredictionFormat",
     "ScaleBound",
     "UpsampleMode",
@@ -34,6 +35,9 @@ DEFAULT_MIN_SCALE = 0.25
 DEFAULT_MAX_SCALE = 4.0
 #: Whole images, or sliding windows of ``crop_size`` every ``stride`` pixels.
 InferenceMode = Literal["whole", "slide"]
+#: The training's number format: float32, or autocast to bfloat16 (no loss scaling: its range is
+#: float32's) or float16 (with a GradScaler, whose loss scaling keeps small gradients representable).
+Precision = Literal["fp32", "bf16", "fp16"]
 #: What ``predict_files`` writes per image: colour pictures, class-index PNGs or Cityscapes labelIds.
 PredictionFormat = Literal["color", "index", "cityscapes"]
 

@@ -215,7 +215,7 @@ def stage1_settings(p: Mapping[str, Any], data: Path, out_dir: Path, backbone_we
         "grad_clip": 1.0,
         "seed": 0,
         "workers": 0,
-        "amp": False,
+        "precision": "fp32",
         "device": "cpu",
         # Stage 1 runs alone: the second core would otherwise idle.
         "threads": p["stage1_threads"],

@@ -19,6 +19,7 @@ from sacseg.training.demo import DEMO_SETTINGS
 from sacseg.training.distributed import DistContext
 from sacseg.training.loop import train_step
 from sacseg.training.optim import build_optimizer, build_scheduler
+from sacseg.training.state import StepSettings
 from sacseg.training.train import seed_everything
 from studies._study import Job, run_jobs
 
@@ -65,7 +66,9 @@ def probe(model_name: str, overrides: dict[str, Any], iterations: int, val_image
     while iteration < iterations:
         model.train()
         for images, targets in make_train_loader(cfg, train_set, ctx, epoch, 0):
-            loss, _ = train_step(model, optimizer, scaler, images, targets, ctx, iteration, False, cfg.grad_clip)
+            loss, _ = train_step(
+                optimizer, scaler, images, targets, ctx, iteration, StepSettings(model, None, False), cfg.grad_clip
+            )
             scheduler.step()
             iteration += 1
             if iteration % every == 0 or iteration in (1, 2, 5):

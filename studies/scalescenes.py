@@ -242,7 +242,7 @@ def stage_settings(model: str, seed: int, p: Mapping[str, Any], out_dir: Path, s
         "scale_lr_mult": 0.1,
         "seed": seed,
         "workers": 0,
-        "amp": False,
+        "precision": "fp32",
         "device": "cpu",
         "threads": 1,
         "val_every": max(1, iterations // p["validations"]),

@@ -33,7 +33,7 @@ _TINY: dict[str, Any] = {
     "lr": 0.01,
     "schedule": "poly",
     "workers": 0,
-    "amp": False,
+    "precision": "fp32",
     "device": "cpu",
     "val_every": 4,
     "checkpoint_every": 1,

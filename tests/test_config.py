@@ -49,6 +49,8 @@ def test_unknown_key_names_it_and_lists_valid_keys(tmp_path: Path) -> None:
         ({"batch_size": "eight", "iterations": 1}, "batch_size"),
         ({"batch_size": 2.5, "iterations": 1}, "batch_size"),
         ({"amp": 1, "iterations": 1}, "amp"),
+        ({"precision": "fp8", "iterations": 1}, "precision"),
+        ({"cudnn_benchmark": "yes", "iterations": 1}, "cudnn_benchmark"),
         ({"crop_size": True, "iterations": 1}, "crop_size"),
         ({"lr": "fast", "iterations": 1}, "lr"),
         ({"model": None, "iterations": 1}, "model"),
@@ -69,8 +71,16 @@ def test_bad_value_names_the_key(values: dict, key: str) -> None:
 
 def test_overrides_are_parsed_with_the_field_type(tmp_path: Path) -> None:
     cfg = config_from_dict({"iterations": 4})
-    cfg = apply_overrides(cfg, ["lr=5e-3", "grad_clip=1", "amp=false", "baseline_checkpoint=null", "model=sac_single_resnet18"])
-    assert (cfg.lr, cfg.grad_clip, cfg.amp, cfg.baseline_checkpoint, cfg.model) == (5e-3, 1.0, False, None, "sac_single_resnet18")
+    cfg = apply_overrides(
+        cfg, ["lr=5e-3", "grad_clip=1", "precision=bf16", "baseline_checkpoint=null", "model=sac_single_resnet18"]
+    )
+    assert (cfg.lr, cfg.grad_clip, cfg.precision, cfg.baseline_checkpoint, cfg.model) == (
+        5e-3,
+        1.0,
+        "bf16",
+        None,
+        "sac_single_resnet18",
+    )
     assert isinstance(cfg.grad_clip, float)
     with pytest.raises(ValueError, match="'batch_size'"):
         apply_overrides(cfg, ["batch_size=big"])
@@ -141,3 +151,24 @@ def test_init_checkpoint_held_scales_and_classifier_dilation() -> None:
         config_from_dict({**base, "classifier_dilation": 0})
     with pytest.raises(ValueError, match="min_scale <= max_scale"):
         config_from_dict({**base, "min_scale": 2.0, "max_scale": 1.0})
+
+
+def test_deprecated_amp_is_read_as_a_precision_with_a_warning(tmp_path: Path) -> None:
+    # Configs and run folders of 0.1.0 say amp: true / false.
+    with pytest.warns(FutureWarning, match="'amp: true' is read as 'precision: fp16'"):
+        assert config_from_dict({"iterations": 1, "amp": True}).precision == "fp16"
+    with pytest.warns(FutureWarning, match="'precision: fp32'"):
+        assert config_from_dict({"iterations": 1, "amp": False, "precision": "fp32"}).precision == "fp32"
+    with pytest.warns(FutureWarning), pytest.raises(ValueError, match="'amp' .* and 'precision' .* disagree"):
+        config_from_dict({"iterations": 1, "amp": True, "precision": "bf16"})
+    with pytest.warns(FutureWarning, match="--set: config key 'amp' is deprecated"):
+        assert apply_overrides(config_from_dict({"iterations": 1}), ["amp=true"]).precision == "fp16"
+    assert "amp" not in dataclasses.asdict(config_from_dict({"iterations": 1}))  # never written back
+
+
+def test_cudnn_benchmark_defaults_to_on_unless_deterministic() -> None:
+    from sacseg.training.train import cudnn_benchmark
+
+    assert cudnn_benchmark(config_from_dict({"iterations": 1, "deterministic": False})) is True
+    assert cudnn_benchmark(config_from_dict({"iterations": 1, "deterministic": True})) is False
+    assert cudnn_benchmark(config_from_dict({"iterations": 1, "deterministic": True, "cudnn_benchmark": True})) is True

@@ -49,7 +49,7 @@ DEMO_SETTINGS: dict[str, Any] = {
     "scale_lr_mult": 0.1,
     "schedule": "poly",
     "workers": 0,
-    "amp": False,
+    "precision": "fp32",
     "device": "cpu",
     "threads": 1,
     "log_every": 25,

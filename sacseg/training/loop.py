@@ -22,7 +22,7 @@ from sacseg.training.data import make_train_loader, make_val_loader
 from sacseg.training.distributed import DistContext, all_reduce_mean, unwrap
 from sacseg.training.monitor import TrainMonitor
 from sacseg.training.resume import Checkpointer
-from sacseg.training.state import RunState
+from sacseg.training.state import RunState, StepSettings
 
 __all__ = ["NonFiniteLossError", "fit", "segmentation_loss", "train_step"]
 
@@ -39,25 +39,26 @@ def segmentation_loss(logits: Tensor, target: Tensor) -> Tensor:
 
 
 def train_step(
-    model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     images: Tensor,
     targets: Tensor,
     ctx: DistContext,
     iteration: int,
-    amp: bool,
+    steps: StepSettings,
     grad_clip: float | None,
 ) -> tuple[float, dict[str, float]]:
     """One SGD step on a batch; returns the loss (mean over processes) and the mean of each scale map.
 
-    Raises NonFiniteLossError naming the iteration before any weight changes if the loss (on
-    any process) is NaN or infinite.
+    ``steps.forward`` (the model, or the model compiled) computes the loss, ``optimizer`` updates
+    the model's parameters. Raises NonFiniteLossError naming the iteration before any
+    weight changes if the loss (on any process) is NaN or infinite.
     """
-    images = images.to(ctx.device, non_blocking=True)
+    layout = torch.channels_last if steps.channels_last else torch.contiguous_format
+    images = images.to(ctx.device, non_blocking=True, memory_format=layout)
     targets = targets.to(ctx.device, non_blocking=True)
-    with torch.autocast(device_type=ctx.device.type, dtype=torch.float16, enabled=amp):
-        output = model(images)
+    with torch.autocast(device_type=ctx.device.type, dtype=steps.autocast, enabled=steps.autocast is not None):
+        output = steps.forward(images)
         loss = segmentation_loss(output["out"], targets)
     loss_value = float(all_reduce_mean(loss, ctx))
     if not math.isfinite(loss_value):
@@ -79,6 +80,11 @@ def fit(cfg: TrainConfig, run: RunState, ctx: DistContext, out_dir: Path, revisi
         "training %s on %s: %d iterations (%d per epoch), %d process(es) on %s, global batch %d",
         cfg.model, cfg.dataset, run.total, run.iters_per_epoch, ctx.world_size, ctx.device, cfg.batch_size,
     )  # fmt: skip
+    cudnn = f"cudnn.benchmark {'on' if torch.backends.cudnn.benchmark else 'off'}" + (
+        "" if ctx.device.type == "cuda" else " (CUDA only)"
+    )
+    _log.info("steps: precision %s, %s memory layout, %s, %s", cfg.precision,
+              "channels_last" if cfg.channels_last else "NCHW", "compiled" if cfg.compile else "eager", cudnn)  # fmt: skip
     val_loader = make_val_loader(cfg, run.val_set, ctx)
     checkpointer = Checkpointer(cfg, run, out_dir, revision, active=ctx.is_main)
     with (
@@ -115,9 +121,7 @@ def _step(
 ) -> tuple[float, float, dict[str, float]]:
     """One optimisation step and the schedule's move; returns the loss, the step's learning rate and the mean scales."""
     lr = run.optimizer.param_groups[0]["lr"]  # the step's own lr, before the scheduler moves it on
-    loss, scales = train_step(
-        run.model, run.optimizer, run.scaler, images, targets, ctx, run.iteration, run.use_amp, cfg.grad_clip
-    )
+    loss, scales = train_step(run.optimizer, run.scaler, images, targets, ctx, run.iteration, run.steps, cfg.grad_clip)
     run.scheduler.step()
     run.iteration += 1
     run.losses.append(loss)

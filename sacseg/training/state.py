@@ -4,14 +4,29 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from sacseg.data import SegmentationDataset
 
-__all__ = ["RunState"]
+__all__ = ["RunState", "StepSettings"]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+    """How a training step runs, resolved from the config for the run's device.
+
+    ``forward``: the module the step calls (the model, or the model under ``torch.compile``);
+    ``autocast``: the autocast dtype, or None for float32; ``channels_last``: the images' memory
+    layout (the model's was set when it was built).
+    """
+
+    forward: Callable[[Tensor], Any]
+    autocast: torch.dtype | None
+    channels_last: bool
 
 
 @dataclasses.dataclass
@@ -30,7 +45,7 @@ class RunState:
     optimizer: torch.optim.SGD
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
-    use_amp: bool
+    steps: StepSettings
     iters_per_epoch: int
     iters_per_unit: int
     total: int

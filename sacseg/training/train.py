@@ -21,11 +21,11 @@ from sacseg.training.loop import NonFiniteLossError, fit
 from sacseg.training.optim import build_optimizer, build_scheduler
 from sacseg.training.resume import continues_run, restore_checkpoint, resume_path
 from sacseg.training.run_dir import check_run_folder, clear_run, locked_run_folder, remove_stale_temp_files
-from sacseg.training.state import RunState
+from sacseg.training.state import RunState, StepSettings
 from sacseg.utils.io import atomic_open
 from sacseg.utils.revision import git_revision
 
-__all__ = ["NonFiniteLossError", "TrainResult", "seed_everything", "train"]
+__all__ = ["NonFiniteLossError", "TrainResult", "cudnn_benchmark", "seed_everything", "train"]
 
 _log = logging.getLogger("sacseg.train")
 
@@ -50,6 +50,14 @@ class TrainResult:
     out_dir: Path
     resumed_from: Path | None
     is_main: bool
+
+
+_AUTOCAST: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cudnn_benchmark(cfg: TrainConfig) -> bool:
+    """Whether cuDNN autotunes: the config's ``cudnn_benchmark``, by default on unless ``deterministic``."""
+    return not cfg.deterministic if cfg.cudnn_benchmark is None else cfg.cudnn_benchmark
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -177,6 +185,7 @@ def _prepare(cfg: TrainConfig, checkpoint: Path | None, ctx: DistContext) -> Run
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed, cfg.deterministic)
+    torch.backends.cudnn.benchmark = cudnn_benchmark(cfg)
     train_set, val_set = build_datasets(cfg)
     iters_per_epoch = len(train_set) // cfg.batch_size
     if iters_per_epoch < 1:
@@ -184,13 +193,18 @@ def _prepare(cfg: TrainConfig, checkpoint: Path | None, ctx: DistContext) -> Run
     iters_per_unit = iters_per_epoch if cfg.epochs else 1
     total = cfg.epochs * iters_per_epoch if cfg.epochs else cfg.iterations
 
-    model = wrap_model(build_model_from_config(cfg), ctx, sync_bn=cfg.sync_bn)
+    model = build_model_from_config(cfg)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = wrap_model(model, ctx, sync_bn=cfg.sync_bn)
     optimizer = build_optimizer(cfg, model)
-    use_amp = cfg.amp and ctx.device.type == "cuda"
-    scaler = torch.amp.GradScaler(ctx.device.type, enabled=use_amp)
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.precision == "fp16")
     resumed = None if checkpoint is None else restore_checkpoint(cfg, checkpoint, model, optimizer, scaler)
     scheduler = build_scheduler(cfg, optimizer, iters_per_unit, total, None if resumed is None else resumed.scheduler)
-    run = RunState(train_set, val_set, model, optimizer, scheduler, scaler, use_amp, iters_per_epoch, iters_per_unit, total)
+    # Compiled around the wrapped model (DDP's hooks stay outside the graphs), for the training
+    # steps only: validation's changing image sizes would recompile, and checkpoints keep plain names.
+    steps = StepSettings(torch.compile(model) if cfg.compile else model, _AUTOCAST[cfg.precision], cfg.channels_last)
+    run = RunState(train_set, val_set, model, optimizer, scheduler, scaler, steps, iters_per_epoch, iters_per_unit, total)
     if resumed is not None:
         run.iteration, run.best, run.changed = resumed.iteration, resumed.best, resumed.changed
     return run

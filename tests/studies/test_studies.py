@@ -331,7 +331,7 @@ def test_work_folder_and_run_names(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 _TINY = {
     "model": "fcn_resnet18", "num_classes": 7, "dataset": "scale_scenes", "scale_scenes_train_images": 2,
     "scale_scenes_val_images": 1, "scale_scenes_size": 64, "crop_size": 48, "batch_size": 2, "iterations": 2,
-    "lr": 0.01, "schedule": "poly", "workers": 0, "amp": False, "device": "cpu", "threads": 1, "val_every": 1,
+    "lr": 0.01, "schedule": "poly", "workers": 0, "precision": "fp32", "device": "cpu", "threads": 1, "val_every": 1,
     "checkpoint_every": 1, "log_every": 1,
 }  # fmt: skip
 

@@ -14,6 +14,7 @@ from sacseg.training.data import make_train_loader
 from sacseg.training.distributed import cleanup_distributed, init_distributed, unwrap, wrap_model
 from sacseg.training.loop import train_step
 from sacseg.training.optim import build_optimizer
+from sacseg.training.state import StepSettings
 from sacseg.training.train import seed_everything
 
 
@@ -28,7 +29,7 @@ def main(config: str, out: str) -> None:
         optimizer = build_optimizer(cfg, model)
         scaler = torch.amp.GradScaler("cpu", enabled=False)
         images, targets = next(iter(make_train_loader(cfg, train_set, ctx, epoch=0, skip_batches=0)))
-        train_step(model, optimizer, scaler, images, targets, ctx, 0, amp=False, grad_clip=None)
+        train_step(optimizer, scaler, images, targets, ctx, 0, StepSettings(model, None, False), grad_clip=None)
         if ctx.is_main:
             grads = {name: p.grad.clone() for name, p in unwrap(model).named_parameters() if p.grad is not None}
             torch.save(grads, out)

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from sacseg.checkpoint import load_checkpoint
-from sacseg.config import TrainConfig
-from sacseg.factory import build_datasets, build_model_from_config
+from sacseg.config import TrainConfig, load_config
+from sacseg.factory import build_datasets, build_model_from_config, load_trained_model
 from sacseg.training import loop
 from sacseg.training.data import make_train_loader
 from sacseg.training.distributed import init_distributed
@@ -85,14 +85,25 @@ def _interrupt_at(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
     monkeypatch.setattr(loop, "train_step", step)
 
 
+@pytest.mark.parametrize(
+    "steps",
+    [
+        {},
+        {"precision": "bf16"},
+        {"precision": "fp16", "channels_last": True},
+        pytest.param({"compile": True}, marks=pytest.mark.slow),  # inductor compiles forward and backward
+    ],
+    ids=["fp32", "bf16", "fp16-channels_last", "compile"],
+)
 def test_interrupted_and_resumed_run_equals_uninterrupted_bit_for_bit(
-    tiny_config: Callable[..., TrainConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_config: Callable[..., TrainConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, steps: dict[str, Any]
 ) -> None:
     # 6 images, batch 2: 3 iterations per epoch; the run spans 2 epochs with flips and random
     # crops, and is cut during iteration 5, so it resumes mid-epoch from the iteration-4 checkpoint.
+    # Each way of running the steps (precision, memory layout, compile) resumes exactly too.
     settings = {
         "scale_scenes_train_images": 6, "crop_size": 32, "scale_min": 0.8, "scale_max": 1.2, "flip": True,
-        "model": "sac_single_resnet18", "iterations": 6, "checkpoint_every": 2, "val_every": 3,
+        "model": "sac_single_resnet18", "iterations": 6, "checkpoint_every": 2, "val_every": 3, **steps,
     }  # fmt: skip
     reference = train(tiny_config(tmp_path / "straight", **settings))
 
@@ -110,6 +121,13 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_bit_for_bit(
     for key, value in a["optimizer"]["state"].items():
         assert torch.equal(value["momentum_buffer"], b["optimizer"]["state"][key]["momentum_buffer"])
     assert a["scheduler"] == b["scheduler"] and a["best_metric"] == b["best_metric"]
+    # Recorded where a reader looks: the run's config and its log.
+    recorded = load_config(tmp_path / "cut" / "config.yaml")
+    assert all(getattr(recorded, key) == value for key, value in steps.items())
+    log = (tmp_path / "cut" / "train.log").read_text()
+    layout = "channels_last" if recorded.channels_last else "NCHW"
+    assert f"steps: precision {recorded.precision}, {layout} memory layout, {'compiled' if recorded.compile else 'eager'}" in log
+    load_trained_model(tmp_path / "cut" / "last.pt")  # plain parameter names: loads without compiling
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
@@ -154,10 +172,15 @@ def test_batches_do_not_depend_on_worker_count_or_skipping(tiny_config: Callable
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_mixed_precision_run(tiny_config: Callable[..., TrainConfig], tmp_path: Path) -> None:
-    summary = train(tiny_config(tmp_path, model="sac_single_resnet18", device="cuda", amp=True, iterations=3, val_every=3))
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_cuda_mixed_precision_run(tiny_config: Callable[..., TrainConfig], tmp_path: Path, precision: str) -> None:
+    summary = train(
+        tiny_config(tmp_path, model="sac_single_resnet18", device="cuda", precision=precision, channels_last=True,
+                    iterations=3, val_every=3)
+    )  # fmt: skip
     assert summary.losses[-1] < summary.losses[0]
-    assert load_checkpoint(tmp_path / "last.pt")["scaler"]["scale"] > 0
+    scaler = load_checkpoint(tmp_path / "last.pt")["scaler"]
+    assert scaler["scale"] > 0 if precision == "fp16" else scaler == {}  # bf16 needs no loss scaling
 
 
 def test_scale_regressors_get_their_own_learning_rate(tiny_config: Callable[..., TrainConfig], tmp_path: Path) -> None:
