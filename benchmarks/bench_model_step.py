@@ -127,15 +127,16 @@ def _ratio(value: float | None, base: float | None) -> str:
 def _table(results: list[dict]) -> str:
     """The Markdown table of :func:`run`'s results: medians in ms, peaks in MiB, ratios."""
     by_key = {(r["model"], r["mode"]): r for r in results}
-    headers = ["model", "mode", "train ms", "x fcn", "infer ms", "x fcn", "train peak MiB", "x fcn",
-               "infer peak MiB", "x fcn", "compiled/eager train", "compiled/eager infer"]  # fmt: skip
+    headers = ["model", "mode", "train ms", "x fcn", "train img/s", "infer ms", "x fcn", "infer img/s", "train peak MiB",
+               "x fcn", "infer peak MiB", "x fcn", "compiled/eager train", "compiled/eager infer"]  # fmt: skip
     rows = []
     for r in results:
         base = by_key.get(("fcn", r["mode"]), {})
         eager = by_key.get((r["model"], "eager"), {}) if r["mode"] == "compiled" else {}
         row = [r["model"], r["mode"]]
         for task in TASKS:
-            row += [f"{r[f'{task}_median_s'] * 1e3:.3f}", _ratio(r[f"{task}_median_s"], base.get(f"{task}_median_s"))]
+            median = r[f"{task}_median_s"]
+            row += [f"{median * 1e3:.3f}", _ratio(median, base.get(f"{task}_median_s")), f"{r['batch'] / median:.1f}"]
         for task in TASKS:
             peak = r[f"{task}_peak_bytes"]
             row += ["-" if peak is None else f"{peak / 2**20:.1f}", _ratio(peak, base.get(f"{task}_peak_bytes"))]
@@ -170,7 +171,7 @@ def run(args: argparse.Namespace, device: torch.device) -> list[dict]:
         losses = torch.stack(e.losses).float().cpu()
         if not bool(torch.isfinite(losses).all()):
             print(f"warning: {key}: the training loss became non-finite; its times may not be typical", file=sys.stderr)
-        result = {"model": e.model, "name": f"{e.model}_resnet{args.depth}", "mode": e.mode}
+        result = {"model": e.model, "name": f"{e.model}_resnet{args.depth}", "mode": e.mode, "batch": args.batch}
         for i, task in enumerate(TASKS):
             result[f"{task}_first_call_s"] = first[key][i][0]
             result[f"{task}_samples_s"] = times[key][i]

@@ -54,7 +54,7 @@ def test_cpu_memory_and_bf16_autocast(capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_table_ratios_to_fcn_and_to_eager() -> None:
     def result(model: str, mode: str, train: float, infer: float, peak: int | None) -> dict:
-        return {"model": model, "mode": mode, "train_median_s": train, "infer_median_s": infer,
+        return {"model": model, "mode": mode, "batch": 2, "train_median_s": train, "infer_median_s": infer,
                 "train_peak_bytes": peak, "infer_peak_bytes": peak}  # fmt: skip
 
     table = _table(bench._table([
@@ -66,6 +66,7 @@ def test_table_ratios_to_fcn_and_to_eager() -> None:
     assert (compiled["x fcn"], compiled["x fcn#2"]) == ("1.50", "2.00")  # to the compiled fcn
     assert (compiled["compiled/eager train"], compiled["compiled/eager infer"]) == ("0.50", "1.00")
     assert table[("fcn", "compiled")]["compiled/eager train"] == "0.50"
+    assert (table[("sac_single", "eager")]["train img/s"], table[("sac_single", "eager")]["infer img/s"]) == ("6.7", "20.0")
 
 
 def test_existing_json_is_never_overwritten(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
