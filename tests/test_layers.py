@@ -26,33 +26,31 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _module_level_imports(path: Path, name: str) -> set[str]:
-    """The sacseg modules that ``path`` imports when it is imported: module-level statements only (an
-    import inside a function, or under ``if TYPE_CHECKING:``, runs later or never)."""
+def _imports(path: Path, name: str) -> set[str]:
+    """The sacseg modules that ``path`` imports: at module level and inside functions (which import
+    later, but still depend on the module they name). Imports under ``if TYPE_CHECKING:`` never run."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
 
-    def visit(statements: list[ast.stmt]) -> None:
-        for node in statements:
-            if isinstance(node, ast.Import):
-                found.update(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                    base = f"{anchor}.{base}" if base else anchor
-                found.add(base)
-                found.update(f"{base}.{alias.name}" for alias in node.names)
-            elif isinstance(node, ast.If) and not _is_type_checking(node.test):
-                visit(node.body)
-                visit(node.orelse)
-            elif isinstance(node, ast.Try):
-                visit(node.body)
-                for handler in node.handlers:
-                    visit(handler.body)
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{anchor}.{base}" if base else anchor
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
 
-    visit(tree.body)
+    visit(tree)
     return {m for m in found if m == "sacseg" or m.startswith("sacseg.")}
 
 
@@ -66,8 +64,10 @@ def _graph() -> dict[str, set[str]]:
     modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
-        # "from sacseg.data import ADE20K" names a class, not a module: keep what is a module.
-        graph[name] = {m for m in _module_level_imports(path, name) if m in modules and m != name}
+        # "from sacseg.data import ADE20K" names a class, not a module: keep what is a module. Every
+        # module imports the root package before itself, so "from sacseg import __version__" adds
+        # no dependency (while the root's lazy re-exports do).
+        graph[name] = {m for m in _imports(path, name) if m in modules and m not in (name, "sacseg")}
     return graph
 
 
@@ -102,6 +102,23 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_the_cycle_finder_finds_a_cycle() -> None:
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_imports_inside_functions_count(tmp_path: Path) -> None:
+    # A module importing its sibling inside a function (as sacseg.ops._bilinear once imported
+    # _triton_kernels) depends on it as much as one importing at the top; TYPE_CHECKING imports never run.
+    source = tmp_path / "mod.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "from sacseg.a import x\n"
+        "if TYPE_CHECKING:\n    from sacseg.b import y\n"
+        "def f():\n    from sacseg import c\n    if True:\n        import sacseg.d\n"
+        "class K:\n    def g(self):\n        from .e import z\n",
+        encoding="utf-8",
+    )
+    found = _imports(source, "sacseg.pkg.mod")
+    assert {"sacseg.a", "sacseg.c", "sacseg.d", "sacseg.pkg.e"} <= found
+    assert not any(m.startswith("sacseg.b") for m in found)
 
 
 def test_no_import_cycle_between_modules() -> None:

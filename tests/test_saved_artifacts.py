@@ -17,6 +17,8 @@ from sacseg.checkpoint import load_checkpoint
 from sacseg.config import load_config
 from sacseg.evaluation.evaluate import evaluate
 from sacseg.factory import build_eval_dataset, load_trained_model
+from sacseg.nn import ScaleAdaptiveConv2d
+from sacseg.ops.legacy import load_exported_program
 from sacseg.options import InferenceOptions
 from sacseg.training.train import train
 
@@ -65,7 +67,23 @@ def test_run_folder_resumes_to_its_uninterrupted_weights(saved: dict[str, Any]) 
         assert torch.equal(final[key], value), key
 
 
-def test_exported_program_runs(saved: dict[str, Any]) -> None:
-    program = torch.export.load("sac_layer.pt2")
+def test_exported_program_runs(saved: dict[str, Any], tmp_path: Path) -> None:
+    # 0.1.0's operator had another schema, which torch.export.load alone would read wrongly: the
+    # migration path rewrites it into today's (sacseg.ops.legacy), and a program saved again after
+    # it loads with torch.export.load alone.
+    program = load_exported_program("sac_layer.pt2")
+    calls = [node for node in program.graph.nodes if node.op == "call_function"]
+    assert [str(node.target) for node in calls] == ["sacseg.sac_conv2d.default"] and len(calls[0].args) == 7
     io = torch.load("sac_layer_io.pt", weights_only=True)
     torch.testing.assert_close(program.module()(io["input"], io["scale"]), io["output"])
+    torch.export.save(program, tmp_path / "migrated.pt2")
+    again = torch.export.load(tmp_path / "migrated.pt2")
+    torch.testing.assert_close(again.module()(io["input"], io["scale"]), io["output"])
+
+
+def test_current_programs_load_through_the_migration_path_unchanged(tmp_path: Path) -> None:
+    layer = ScaleAdaptiveConv2d(4, 3, 3, padding=1).eval()
+    images, scale = torch.randn(1, 4, 6, 7), torch.rand(1, 1, 6, 7) + 0.5
+    torch.export.save(torch.export.export(layer, (images, scale)), tmp_path / "layer.pt2")
+    program = load_exported_program(tmp_path / "layer.pt2")
+    torch.testing.assert_close(program.module()(images, scale), layer(images, scale), rtol=0, atol=0)

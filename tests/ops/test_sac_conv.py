@@ -9,10 +9,23 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import deform_conv2d
 
-import sacseg.ops.sac_conv as sac_module
-from sacseg.ops import SAC_IMPLEMENTATIONS, sac_conv2d
+import sacseg.ops._plan as plan
+from sacseg.ops import SAC_IMPLEMENTATIONS, sac_conv2d, sampling_backend
 
-IMPLS = sorted(SAC_IMPLEMENTATIONS)
+#: Every implementation, the fast one with each sampling backend: "fast_torch" is ``impl="fast"``
+#: with torch sampling, forward and backward (the fixture below).
+IMPLS = sorted([*SAC_IMPLEMENTATIONS, "fast_torch"])
+
+
+@pytest.fixture(autouse=True)
+def _sampling_backend(request):
+    params = getattr(request.node, "callspec", None)
+    with sampling_backend("torch" if params is not None and params.params.get("impl") == "fast_torch" else "auto"):
+        yield
+
+
+def _impl(name):
+    return "fast" if name == "fast_torch" else name
 
 
 def loop_reference(input, scale, weight, bias, stride, padding, dilation):
@@ -64,7 +77,7 @@ def test_matches_loop_reference(impl, kernel, stride, padding, dilation):
     h_out, w_out = _out_size(h, w, kernel, stride, padding, dilation)
     scale = torch.rand(n, 1, h_out, w_out, dtype=torch.float64) * 2.5 + 0.1  # taps inside and outside
     expected = loop_reference(x, scale, weight, bias, stride, padding, dilation)
-    got = sac_conv2d(x, scale, weight, bias, stride, padding, dilation, impl=impl)
+    got = sac_conv2d(x, scale, weight, bias, stride, padding, dilation, impl=_impl(impl))
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
 
 
@@ -86,7 +99,7 @@ def test_scale_one_is_conv2d(impl, kernel, stride, padding, dilation):
     bias = torch.randn(6)
     expected = F.conv2d(x, weight, bias, stride, padding, dilation)
     scale = torch.ones(2, 1, *expected.shape[-2:])
-    got = sac_conv2d(x, scale, weight, bias, stride, padding, dilation, impl=impl)
+    got = sac_conv2d(x, scale, weight, bias, stride, padding, dilation, impl=_impl(impl))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -99,7 +112,7 @@ def test_integer_scale_is_dilated_conv(impl, m, dilation, padding):
     weight = torch.randn(3, 4, 3, 3)
     plain = F.conv2d(x, weight, None, 1, padding, dilation)
     scale = torch.full((1, 1, *plain.shape[-2:]), float(m))
-    got = sac_conv2d(x, scale, weight, None, 1, padding, dilation, impl=impl)
+    got = sac_conv2d(x, scale, weight, None, 1, padding, dilation, impl=_impl(impl))
     expected = F.conv2d(x, weight, None, 1, padding + dilation * (m - 1), dilation * m)
     assert expected.shape == got.shape
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
@@ -128,7 +141,7 @@ def test_forward_and_gradients_match_deform_conv2d(impl, kernel, stride, padding
     grad_out = torch.randn(n, c_out, h_out, w_out, dtype=torch.float64)
 
     leaves_sac = [t.clone().requires_grad_() for t in (x, scale, weight, bias)]
-    out_sac = sac_conv2d(leaves_sac[0], leaves_sac[1], leaves_sac[2], leaves_sac[3], stride, padding, dilation, impl=impl)
+    out_sac = sac_conv2d(leaves_sac[0], leaves_sac[1], leaves_sac[2], leaves_sac[3], stride, padding, dilation, impl=_impl(impl))
     grads_sac = torch.autograd.grad(out_sac, leaves_sac, grad_out)
 
     leaves_dc = [t.clone().requires_grad_() for t in (x, scale, weight, bias)]
@@ -151,7 +164,7 @@ def test_gradcheck(impl, scale_range):
     scale = (torch.rand(2, 1, 3, 4, dtype=torch.float64) * (hi - lo) + lo).requires_grad_()
 
     def fn(x, scale, weight, bias):
-        return sac_conv2d(x, scale, weight, bias, stride=2, padding=2, dilation=2, impl=impl)
+        return sac_conv2d(x, scale, weight, bias, stride=2, padding=2, dilation=2, impl=_impl(impl))
 
     assert torch.autograd.gradcheck(fn, (x, scale, weight, bias), eps=1e-6, atol=1e-5)
 
@@ -189,7 +202,7 @@ def test_batch_size_zero(impl):
     x = torch.randn(0, 3, 8, 8, requires_grad=True)
     weight = torch.randn(4, 3, 3, 3, requires_grad=True)
     scale = torch.ones(0, 1, 8, 8, requires_grad=True)
-    out = sac_conv2d(x, scale, weight, None, padding=1, impl=impl)
+    out = sac_conv2d(x, scale, weight, None, padding=1, impl=_impl(impl))
     assert out.shape == (0, 4, 8, 8)
     out.sum().backward()
     assert weight.grad is not None and torch.count_nonzero(weight.grad) == 0
@@ -202,8 +215,8 @@ def test_non_contiguous_inputs(impl):
     scale = (torch.rand(2, 10, 9, 1) + 0.5).permute(0, 3, 2, 1)
     bias = torch.randn(8)[::2]
     assert not (x.is_contiguous() or weight.is_contiguous() or scale.is_contiguous() or bias.is_contiguous())
-    got = sac_conv2d(x, scale, weight, bias, padding=1, impl=impl)
-    expected = sac_conv2d(x.contiguous(), scale.contiguous(), weight.contiguous(), bias.contiguous(), padding=1, impl=impl)
+    got = sac_conv2d(x, scale, weight, bias, padding=1, impl=_impl(impl))
+    expected = sac_conv2d(x.contiguous(), scale.contiguous(), weight.contiguous(), bias.contiguous(), padding=1, impl=_impl(impl))
     torch.testing.assert_close(got, expected)
 
 
@@ -214,10 +227,10 @@ def test_autocast_keeps_scale_gradient(impl):
     scale = (torch.rand(1, 1, 8, 8) * 0.8 + 0.6).requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         # A half-precision input, as a previous autocast layer would hand over.
-        out = sac_conv2d(x.bfloat16(), scale, weight, None, padding=2, dilation=2, impl=impl)
+        out = sac_conv2d(x.bfloat16(), scale, weight, None, padding=2, dilation=2, impl=_impl(impl))
     assert out.dtype == torch.float32
     (g_auto,) = torch.autograd.grad(out.sum(), scale)
-    out32 = sac_conv2d(x.bfloat16().float(), scale, weight, None, padding=2, dilation=2, impl=impl)
+    out32 = sac_conv2d(x.bfloat16().float(), scale, weight, None, padding=2, dilation=2, impl=_impl(impl))
     (g32,) = torch.autograd.grad(out32.sum(), scale)
     assert torch.count_nonzero(g_auto) > 0
     torch.testing.assert_close(g_auto, g32)
@@ -306,8 +319,8 @@ def test_cuda_matches_cpu(impl):
     x = torch.randn(2, 4, 11, 9, dtype=torch.float64)
     weight = torch.randn(3, 4, 3, 3, dtype=torch.float64)
     scale = torch.rand(2, 1, 11, 9, dtype=torch.float64) + 0.5
-    cpu = sac_conv2d(x, scale, weight, None, padding=2, dilation=2, impl=impl)
-    gpu = sac_conv2d(x.cuda(), scale.cuda(), weight.cuda(), None, padding=2, dilation=2, impl=impl)
+    cpu = sac_conv2d(x, scale, weight, None, padding=2, dilation=2, impl=_impl(impl))
+    gpu = sac_conv2d(x.cuda(), scale.cuda(), weight.cuda(), None, padding=2, dilation=2, impl=_impl(impl))
     torch.testing.assert_close(gpu.cpu(), cpu)
 
 
@@ -322,7 +335,7 @@ PATHS = [("reference", None)] + [
 
 def _force_gemm_order(monkeypatch, project):
     if project is not None:
-        monkeypatch.setattr(sac_module, "_project_first", lambda *args: project)
+        monkeypatch.setattr(plan, "project_first", lambda *args: project)
 
 
 def _relative_error(got, expected):
@@ -342,14 +355,14 @@ def test_half_precision_at_a_realistic_size(impl, project, dtype, monkeypatch):
     # F.conv2d's own error in this dtype sets the bar: the operator may not be much worse.
     conv_error = _relative_error(F.conv2d(x.to(dtype), weight.to(dtype), None, 1, 2, 2), expected)
     ones = torch.ones(1, 1, 128, 256)
-    got = sac_conv2d(x.to(dtype), ones.to(dtype), weight.to(dtype), None, 1, 2, 2, impl=impl)
+    got = sac_conv2d(x.to(dtype), ones.to(dtype), weight.to(dtype), None, 1, 2, 2, impl=_impl(impl))
     assert got.dtype == dtype
     assert _relative_error(got, expected) <= 3 * conv_error
     scale = torch.rand(1, 1, 128, 256, generator=g) * 1.5 + 0.5
-    expected = sac_conv2d(x, scale, weight, None, 1, 2, 2, impl=impl)
-    got = sac_conv2d(x.to(dtype), scale.to(dtype), weight.to(dtype), None, 1, 2, 2, impl=impl)
+    expected = sac_conv2d(x, scale, weight, None, 1, 2, 2, impl=_impl(impl))
+    got = sac_conv2d(x.to(dtype), scale.to(dtype), weight.to(dtype), None, 1, 2, 2, impl=_impl(impl))
     # The scale itself is rounded to the dtype, which moves the taps: compare with that scale.
-    expected_rounded = sac_conv2d(x, scale.to(dtype).float(), weight, None, 1, 2, 2, impl=impl)
+    expected_rounded = sac_conv2d(x, scale.to(dtype).float(), weight, None, 1, 2, 2, impl=_impl(impl))
     assert _relative_error(got, expected_rounded) <= 3 * conv_error
     assert _relative_error(got, expected) <= 0.05
 
@@ -367,7 +380,7 @@ def test_bfloat16_gradients_follow_float32(impl, project, monkeypatch):
     results = []
     for dtype in (torch.float32, torch.bfloat16):
         leaves = [t.to(dtype).requires_grad_() for t in tensors]
-        out = sac_conv2d(*leaves, 1, 1, 1, impl=impl)
+        out = sac_conv2d(*leaves, 1, 1, 1, impl=_impl(impl))
         results.append((out, *torch.autograd.grad(out, leaves, grad_out.to(dtype))))
     for name, expected, got in zip(("output", "input", "scale", "weight", "bias"), *results):
         assert got.dtype == torch.bfloat16 and torch.isfinite(got).all(), name
@@ -385,7 +398,7 @@ def test_non_finite_input_spreads_as_in_conv2d(impl, project, dilation, monkeypa
     x[1, 2, 0, 0], x[1, 0, 12, 10] = float("inf"), float("-inf")
     weight = torch.randn(5, 6, 3, 3)
     expected = F.conv2d(x, weight, None, 1, dilation, dilation)
-    got = sac_conv2d(x, torch.ones(2, 1, *expected.shape[-2:]), weight, None, 1, dilation, dilation, impl=impl)
+    got = sac_conv2d(x, torch.ones(2, 1, *expected.shape[-2:]), weight, None, 1, dilation, dilation, impl=_impl(impl))
     bad = ~torch.isfinite(expected)
     assert 0 < bad.sum() < bad.numel() // 2
     assert torch.equal(~torch.isfinite(got), bad)
@@ -398,4 +411,4 @@ def test_non_finite_scale_is_refused(impl, value):
     scale = torch.ones(2, 1, 8, 8)
     scale[1, 0, 2, 3] = scale[0, 0, 7, 7] = value
     with pytest.raises(ValueError, match=r"scale has 2 non-finite value\(s\) \(NaN or Inf\) among 128 of shape \(2, 1, 8, 8\)"):
-        sac_conv2d(torch.randn(2, 3, 8, 8), scale, torch.randn(4, 3, 3, 3), None, padding=1, impl=impl)
+        sac_conv2d(torch.randn(2, 3, 8, 8), scale, torch.randn(4, 3, 3, 3), None, padding=1, impl=_impl(impl))

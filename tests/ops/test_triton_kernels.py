@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
-import sacseg.ops._bilinear as bilinear
-import sacseg.ops._triton_kernels as triton_kernels
-import sacseg.ops.sac_conv as sac_module
+import sacseg.ops._plan as plan
+import sacseg.ops.backend as backend
+import sacseg.ops.sampling as sampling
+import sacseg.ops.sampling.torch_ops as torch_ops
+import sacseg.ops.sampling.triton_kernels as triton_kernels
 from sacseg.ops import sac_conv2d
 
 H, W = 5, 6
@@ -49,7 +53,7 @@ def _restore_mode():
 
 @pytest.fixture
 def kernels():
-    """``sacseg.ops._triton_kernels`` running on CPU tensors through the interpreter."""
+    """``sacseg.ops.sampling.triton_kernels`` running on CPU tensors through the interpreter."""
     return _load(True)
 
 
@@ -93,7 +97,9 @@ def _backward_pair(kernels, table, taps, y, x, grad, run, reference_table=None, 
     got_table = start.to(device=table.device, dtype=table.dtype)
     ref_table = got_table.to(reference_table.dtype)
     got = kernels.sample_rows_backward(table, H, W, taps, y, x, grad, got_table, True, run=run)
-    ref = bilinear.sample_rows_backward(reference_table, H, W, taps, y, x, reference_grad, ref_table, True, run=run, native=False)
+    ref = sampling.sample_rows_backward(
+        reference_table, H, W, taps, y, x, reference_grad, ref_table, True, run=run, kernels="torch"
+    )
     return (got_table, *got), (ref_table, *ref)
 
 
@@ -102,7 +108,7 @@ def _backward_pair(kernels, table, taps, y, x, grad, run, reference_table=None, 
 def test_sample_rows_matches_torch_float32(kernels, taps, run, sum_taps, c):
     table, (y, x) = _table(taps, c, 0), _positions(M, 0)
     got = kernels.sample_rows(table, H, W, taps, y, x, sum_taps=sum_taps, run=run)
-    expected = bilinear.sample_rows(table, H, W, taps, y, x, sum_taps=sum_taps, run=run, native=False)
+    expected = sampling.sample_rows(table, H, W, taps, y, x, sum_taps=sum_taps, run=run, kernels="torch")
     assert got.dtype == torch.float32
     _assert_close(got, expected, 1e-5)
 
@@ -123,7 +129,7 @@ def test_float64_agrees_tightly(kernels, taps, run, sum_taps):
     table, (y, x) = _table(taps, 5, 2, torch.float64), _positions(M, 2, torch.float64)
     got = kernels.sample_rows(table, H, W, taps, y, x, sum_taps=sum_taps, run=run)
     assert got.dtype == torch.float64
-    _assert_close(got, bilinear.sample_rows(table, H, W, taps, y, x, sum_taps=sum_taps, run=run, native=False), 1e-12)
+    _assert_close(got, sampling.sample_rows(table, H, W, taps, y, x, sum_taps=sum_taps, run=run, kernels="torch"), 1e-12)
     got, expected = _backward_pair(kernels, table, taps, y, x, _grad(taps, sum_taps, M, 5, 2, torch.float64), run)
     for name, g, e in zip(("grad_table", "grad_y", "grad_x"), got, expected):
         assert g.dtype == torch.float64, name
@@ -140,7 +146,7 @@ def test_half_tables_blend_in_float32(kernels, dtype, taps, run, sum_taps):
     eps = torch.finfo(dtype).eps
     got = kernels.sample_rows(table, H, W, taps, y, x, sum_taps=sum_taps, run=run)
     assert got.dtype == dtype
-    expected = bilinear.sample_rows(table.float(), H, W, taps, y, x, sum_taps=sum_taps, run=run, native=False)
+    expected = sampling.sample_rows(table.float(), H, W, taps, y, x, sum_taps=sum_taps, run=run, kernels="torch")
     _assert_close(got, expected, eps)
     got, expected = _backward_pair(kernels, table, taps, y, x, grad, run, table.float(), grad.float())
     assert got[0].dtype == dtype and got[1].dtype == got[2].dtype == torch.float32  # as torch promotes
@@ -156,7 +162,7 @@ def test_strided_inputs_and_outputs(kernels):
     column_major = table.t().contiguous().t()  # a row stride of 1
     y, x = (p.repeat_interleave(2)[::2] for p in _positions(m, 4))
     assert not (table.is_contiguous() or column_major.is_contiguous() or y.is_contiguous())
-    expected = bilinear.sample_rows(table.contiguous(), H, W, taps, y.contiguous(), x.contiguous(), native=False)
+    expected = sampling.sample_rows(table.contiguous(), H, W, taps, y.contiguous(), x.contiguous(), kernels="torch")
     for t in (table, column_major):
         out = torch.full((m, c), math.nan)
         assert kernels.sample_rows(t, H, W, taps, y, x, out=out) is out
@@ -165,8 +171,8 @@ def test_strided_inputs_and_outputs(kernels):
     grad_table = torch.zeros(c, H * W * taps).t()  # not contiguous: summed apart, then added
     got = kernels.sample_rows_backward(column_major, H, W, taps, y, x, grad, grad_table, True)
     ref_table = torch.zeros(H * W * taps, c)
-    ref = bilinear.sample_rows_backward(
-        table.contiguous(), H, W, taps, y.contiguous(), x.contiguous(), grad.contiguous(), ref_table, True, native=False
+    ref = sampling.sample_rows_backward(
+        table.contiguous(), H, W, taps, y.contiguous(), x.contiguous(), grad.contiguous(), ref_table, True, kernels="torch"
     )
     for name, g, e in zip(("grad_table", "grad_y", "grad_x"), (grad_table, *got), (ref_table, *ref)):
         _assert_close(g, e, 1e-5, name)
@@ -209,13 +215,14 @@ def test_deterministic_mode_sums_the_table_gradient_without_atomics(kernels, dty
     taps, c = 3, 10
     table, (y, x) = _table(taps, c, 8, dtype), _positions(M, 8)
     grad = _grad(taps, True, M, c, 8, dtype)
-    torch_path, table_only = bilinear.sample_rows_backward, []
-    # The reference asks for positions too; the kernels' fallback asks for the table's gradient only.
-    monkeypatch.setattr(bilinear, "sample_rows_backward", lambda *a, **k: table_only.append(not a[8]) or torch_path(*a, **k))
+    torch_path, table_only = torch_ops.sample_rows_backward, []
+    # The reference asks for positions too; the dispatcher's fallback asks for the table's gradient only.
+    monkeypatch.setattr(torch_ops, "sample_rows_backward", lambda *a: table_only.append(not a[8]) or torch_path(*a))
+    dispatched = SimpleNamespace(sample_rows_backward=functools.partial(sampling.sample_rows_backward, kernels="triton"))
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        got, expected = _backward_pair(kernels, table, taps, y, x, grad, 1, table.float(), grad.float())
+        got, expected = _backward_pair(dispatched, table, taps, y, x, grad, 1, table.float(), grad.float())
     finally:
         torch.use_deterministic_algorithms(previous)
     assert table_only == [True, False]
@@ -245,7 +252,7 @@ def test_bad_arguments_raise(kernels):
 
 def test_available_in_the_interpreter_only_where_asked(kernels):
     assert kernels.available(torch.zeros(1))  # CPU tensors run through the interpreter
-    assert bilinear._use_triton(torch.zeros(1), native=True) is None  # the CPU path keeps its own kernels
+    assert backend.kernels_for(torch.zeros(1)) == "native"  # the CPU path keeps its own kernels
 
 
 PROJECT = pytest.mark.parametrize("project", [False, True], ids=["sample-then-multiply", "multiply-then-sample"])
@@ -255,7 +262,7 @@ PROJECT = pytest.mark.parametrize("project", [False, True], ids=["sample-then-mu
 def test_fast_sac_through_the_kernels_matches_reference(kernels, project, monkeypatch):
     # The fast path's own calls (chunk buffers as out, grad_out's permuted rows as grad, per-image
     # tables) reach the kernels on CPU here as they do on CUDA.
-    monkeypatch.setattr(bilinear, "_use_triton", lambda table, native: kernels if native else None)
+    monkeypatch.setattr(backend, "kernels_for", lambda input: "triton")
     _check_fast_sac(kernels, project, "cpu", monkeypatch)
 
 
@@ -263,13 +270,13 @@ def test_fast_sac_through_the_kernels_matches_reference(kernels, project, monkey
 def test_fast_sac_in_bfloat16_through_the_kernels_matches_the_torch_path(kernels, project, monkeypatch):
     # Half-precision data with float32 positions, and (backward) a float32 gradient of the table:
     # the fast path's own dtype contract, as CUDA autocast runs it.
-    monkeypatch.setattr(sac_module, "_project_first", lambda *args: project)
+    monkeypatch.setattr(plan, "project_first", lambda *args: project)
     g = torch.Generator().manual_seed(11)
     x, scale = torch.randn(2, 6, 11, 13, generator=g), torch.rand(2, 1, 11, 13, generator=g) * 1.5 + 0.5
     weight, grad_out = torch.randn(5, 6, 3, 3, generator=g) / 7, torch.randn(2, 5, 11, 13, generator=g)
     results = []
     for through_kernels in (True, False):
-        monkeypatch.setattr(bilinear, "_use_triton", lambda table, native, k=through_kernels: kernels if k and native else None)
+        monkeypatch.setattr(backend, "kernels_for", lambda input, k=through_kernels: "triton" if k else "torch")
         leaves = [t.bfloat16().requires_grad_() for t in (x, scale, weight)]
         out = sac_conv2d(*leaves, padding=2, dilation=2, impl="fast")
         results.append((out, *torch.autograd.grad(out, leaves, grad_out.bfloat16())))
@@ -281,7 +288,7 @@ def test_fast_sac_in_bfloat16_through_the_kernels_matches_the_torch_path(kernels
 def _check_fast_sac(module, project: bool, device: str, monkeypatch) -> None:
     """``sac_conv2d(impl="fast")`` on ``device`` against the reference, output and all gradients, and
     that both of ``module``'s kernels served it."""
-    monkeypatch.setattr(sac_module, "_project_first", lambda *args: project)
+    monkeypatch.setattr(plan, "project_first", lambda *args: project)
     calls = set()
     for name in ("sample_rows", "sample_rows_backward"):
         monkeypatch.setattr(module, name, lambda *a, _f=getattr(module, name), **k: calls.add(_f.__name__) or _f(*a, **k))  # noqa: B008
@@ -309,7 +316,7 @@ def test_interpreter_sweep(kernels, taps, run, sum_taps, seed):
     g = torch.Generator().manual_seed(300 + seed)
     c, m = int(torch.randint(129, 160, (1,), generator=g)), 12 * int(torch.randint(12, 24, (1,), generator=g))
     table, (y, x) = _table(taps, c, seed), _positions(m, seed)
-    expected = bilinear.sample_rows(table, H, W, taps, y, x, sum_taps=sum_taps, run=run, native=False)
+    expected = sampling.sample_rows(table, H, W, taps, y, x, sum_taps=sum_taps, run=run, kernels="torch")
     _assert_close(kernels.sample_rows(table, H, W, taps, y, x, sum_taps=sum_taps, run=run), expected, 1e-5)
     got, expected = _backward_pair(kernels, table, taps, y, x, _grad(taps, sum_taps, m, c, seed), run)
     for name, g_, e in zip(("grad_table", "grad_y", "grad_x"), got, expected):
@@ -357,7 +364,7 @@ def test_cuda_kernels_match_torch(taps, run, sum_taps, dtype):
     rel = {torch.float32: 1e-5, torch.float64: 1e-12}.get(dtype, torch.finfo(dtype).eps)
     got = module.sample_rows(table, H, W, taps, y, x, sum_taps=sum_taps, run=run)
     assert got.dtype == dtype and got.is_cuda
-    _assert_close(got, bilinear.sample_rows(reference, H, W, taps, y, x, sum_taps=sum_taps, run=run, native=False), rel)
+    _assert_close(got, sampling.sample_rows(reference, H, W, taps, y, x, sum_taps=sum_taps, run=run, kernels="torch"), rel)
     got, expected = _backward_pair(module, table, taps, y, x, grad, run, reference, grad if exact else grad.float())
     _assert_close(got[0], expected[0], rel, "grad_table")
     _assert_close(got[1], expected[1], 1e-5 if dtype != torch.float64 else 1e-12, "grad_y")

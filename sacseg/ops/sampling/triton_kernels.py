@@ -1,23 +1,15 @@
-"""Triton kernels for the bilinear row sampling of :mod:`sacseg.ops._bilinear` on CUDA (or Triton's interpreter).
+"""Triton kernels for the bilinear row sampling on CUDA (or on CPU through Triton's interpreter).
 
-Drop-in equivalents of :func:`~sacseg.ops._bilinear.sample_rows` and
-:func:`~sacseg.ops._bilinear.sample_rows_backward`. SAC has one scale per output pixel shared by
-every channel, so each program takes a block of samples x a block of channels: the four corners and
-weights of a sample are computed once and reused across its channel block, and the rows of the
-channels-last table are read channel-contiguous (vectorised when the channel stride is 1).
+:func:`sample_rows` and :func:`sample_rows_backward` do what :mod:`sacseg.ops.sampling`'s functions of
+those names do, for any strides. SAC has one scale per output pixel shared by every channel, so each
+program takes a block of samples x a block of channels: the four corners and weights of a sample
+are computed once and reused across its channel block, and the rows of the channels-last table are
+read channel-contiguous (vectorised when the channel stride is 1). A corner outside the input, or
+one of zero weight, is never read (masked loads): NaN/Inf there cannot leak into a sample.
 
-Dtype contract: the table (and ``grad``) may be float16, bfloat16, float32 or float64; positions
-are float32, or float64. Positions, weights and the blend are computed in float64 when the table or
-the positions are float64 and in float32 otherwise; results are stored in the table's dtype
-(position gradients in that of ``grad`` and the positions together, as torch's promotion gives).
-
-A corner outside the input, or one with zero bilinear weight, is never read (masked loads), so
-NaN/Inf in pixels that a sample does not weigh cannot leak into its value or the table's gradient.
-
-Determinism: the table's gradient is scattered with atomic adds, whose order varies. Under
-``torch.use_deterministic_algorithms(True)`` it is computed by the torch path instead (whose
-``index_add_`` is deterministic on CUDA in that mode), while the position gradients stay in Triton:
-they are per-sample sums over channel blocks, reduced in a fixed order, and deterministic always.
+Dtypes: the table (and ``grad``) may be float16, bfloat16, float32 or float64, positions float32 or
+float64. Positions, weights and sums are float64 when the table or the positions are, else float32;
+results take the table's dtype (position gradients torch's promotion of ``grad``'s and the positions').
 
 ``TRITON_INTERPRET=1`` in the environment before this module is imported runs the kernels on CPU
 tensors through Triton's interpreter (how the tests check them without a GPU).
@@ -25,10 +17,12 @@ tensors through Triton's interpreter (how the tests check them without a GPU).
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
-from sacseg.ops import _bilinear
+from sacseg.ops.sampling.common import check_out, check_runs
 
 try:
     import triton
@@ -37,8 +31,14 @@ except ImportError:  # the kernels are then never launched: available() is False
     triton = tl = None
 
 _jit = triton.jit if triton is not None else (lambda fn: fn)
-# The decorator picks interpreted or compiled kernels when it runs, i.e. at import.
-_INTERPRETED = triton is not None and bool(triton.knobs.runtime.interpret)
+
+
+# The decorator picks interpreted or compiled kernels when it runs, i.e. at import, from
+# TRITON_INTERPRET: read through triton.knobs where it exists (Triton >= 3.4), as triton.jit reads it.
+_knobs = getattr(triton, "knobs", None)
+_INTERPRETED = triton is not None and (
+    bool(_knobs.runtime.interpret) if _knobs is not None else os.environ.get("TRITON_INTERPRET") == "1"
+)
 
 
 def available(tensor: Tensor) -> bool:
@@ -89,24 +89,11 @@ def _corner(iy, ix, fy, fx, block, h, w, taps, DY: tl.constexpr, DX: tl.constexp
 
 @_jit
 def _sample_kernel(
-    table,
-    y,
-    x,
-    out,
-    n_out,
-    c,
-    h,
-    w,
-    taps,
-    group,
-    stride_row,
-    stride_col,
-    stride_y,
-    stride_x,
-    COMPUTE: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
+    table, y, x, out,
+    n_out, c, h, w, taps, group,
+    stride_row, stride_col, stride_y, stride_x,
+    COMPUTE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
     """``out[o]``, ``[BLOCK_M, BLOCK_C]`` per program: the sum over ``t < group`` of sample ``o * group + t``,
     which reads row block ``(o * group + t) % taps``."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -135,32 +122,11 @@ def _sample_kernel(
 
 @_jit
 def _sample_backward_kernel(
-    table,
-    y,
-    x,
-    grad,
-    grad_table,
-    part_y,
-    part_x,
-    n_grad,
-    m,
-    c,
-    h,
-    w,
-    taps,
-    share,
-    stride_row,
-    stride_col,
-    stride_y,
-    stride_x,
-    stride_grad_row,
-    stride_grad_col,
-    COMPUTE: tl.constexpr,
-    ACCUMULATE: tl.constexpr,
-    POSITIONS: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
+    table, y, x, grad, grad_table, part_y, part_x,
+    n_grad, m, c, h, w, taps, share,
+    stride_row, stride_col, stride_y, stride_x, stride_grad_row, stride_grad_col,
+    COMPUTE: tl.constexpr, ACCUMULATE: tl.constexpr, POSITIONS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
     """Adjoint of :func:`_sample_kernel` with ``group == share``: each of the ``share`` samples of a
     row of ``grad`` receives that whole row. Adds into the contiguous ``grad_table`` if ``ACCUMULATE``;
     if ``POSITIONS``, writes this channel block's part of the position gradients into ``part_y`` and
@@ -206,8 +172,7 @@ def _sample_backward_kernel(
 def _blocks(rows: int, c: int, compute: torch.dtype) -> tuple[int, int]:
     """``(BLOCK_M, BLOCK_C)`` for ``rows`` x ``c``: up to 64 channels, 1024 elements per program
     (512 in float64), and no more rows than there are (a small launch pads no masked lanes)."""
-    # ptxas for sm_90 (four warps): 64 x 64 float32 tiles spill from 255 registers; 16 x 64 take
-    # 80 (forward) and 96 (adjoint), float64's 8 x 64 82 and 179, none spilling.
+    # Sized so that neither kernel spills registers on sm_90 (ptxas's counts: benchmarks/DESIGN_MEASUREMENTS.md).
     block_c = min(64, triton.next_power_of_2(max(c, 1)))
     elements = 512 if compute == torch.float64 else 1024
     return max(1, min(128, elements // block_c, triton.next_power_of_2(max(rows, 1)))), block_c
@@ -242,12 +207,12 @@ def sample_rows(
     run: int = 1,
     out: Tensor | None = None,
 ) -> Tensor:
-    """:func:`sacseg.ops._bilinear.sample_rows` as a Triton kernel (on CUDA, or in the interpreter).
+    """:func:`sacseg.ops.sampling.sample_rows` as a Triton kernel (on CUDA, or in the interpreter).
 
     Args:
         table: ``[h * w * taps, C]``, any strides (contiguous channels load fastest).
         y, x: ``[M]`` positions in pixels, any strides.
-        sum_taps, out: as in :func:`sacseg.ops._bilinear.sample_rows`.
+        sum_taps, out: as in :func:`sacseg.ops.sampling.sample_rows`.
         run: checked, otherwise unused: it only orders the CPU kernel's visits.
 
     Returns:
@@ -257,10 +222,10 @@ def sample_rows(
     y, x = y.reshape(-1), x.reshape(-1)
     m, c = y.numel(), table.shape[1]
     group = taps if sum_taps else 1
-    _bilinear._check_runs(m, group)
-    _bilinear._check_runs(m, run)
+    check_runs(m, group)
+    check_runs(m, run)
     shape = (m // group, c)
-    _bilinear._check_out(out, shape, table.dtype)
+    check_out(out, shape, table.dtype)
     out = table.new_empty(shape) if out is None else out
     if out.numel():
         compute, compute_tl = _compute_dtype(table, y)
@@ -284,7 +249,7 @@ def sample_rows_backward(
     *,
     run: int = 1,
 ) -> tuple[Tensor, Tensor] | None:
-    """:func:`sacseg.ops._bilinear.sample_rows_backward` as a Triton kernel (on CUDA, or in the interpreter).
+    """:func:`sacseg.ops.sampling.sample_rows_backward` as a Triton kernel (on CUDA, or in the interpreter).
 
     Adds the table's gradient into ``grad_table`` (``table``'s shape, any strides and float dtype)
     unless it is ``None``, and returns the position gradients ``(grad_y, grad_x)``, ``[M]`` each,
@@ -293,8 +258,8 @@ def sample_rows_backward(
 
     The table's gradient is summed straight into a contiguous ``grad_table`` of the compute dtype,
     otherwise into a zeroed buffer of that dtype added to it afterwards (so float16/bfloat16
-    gradients are summed in float32): by atomic adds, or under
-    ``torch.use_deterministic_algorithms(True)`` by the torch path (see the module docstring).
+    gradients are summed in float32), by atomic adds: not deterministic. The position gradients are
+    per-sample sums over channel blocks, reduced in a fixed order: deterministic.
     """
     _check_inputs(table, h, w, taps, y, x)
     y, x = y.reshape(-1), x.reshape(-1)
@@ -302,7 +267,7 @@ def sample_rows_backward(
     share = 1 if grad.shape[0] == m else taps
     if tuple(grad.shape) != (m // share, c) or m % share:
         raise ValueError(f"grad of shape {tuple(grad.shape)} fits neither {m} samples nor their runs of {taps} taps")
-    _bilinear._check_runs(m, run)
+    check_runs(m, run)
     if grad_table is not None and grad_table.shape != table.shape:
         raise ValueError(f"grad_table must have the table's shape {tuple(table.shape)}, got {tuple(grad_table.shape)}")
     compute, compute_tl = _compute_dtype(table, y)
@@ -310,39 +275,15 @@ def sample_rows_backward(
     if grad_table is not None and not (grad_table.is_contiguous() and grad_table.dtype == compute):
         target = torch.zeros(table.shape, dtype=compute, device=table.device)
     atomics = target is not None
-    if atomics and torch.are_deterministic_algorithms_enabled():
-        _bilinear.sample_rows_backward(table, h, w, taps, y, x, grad, target, False, run=run, native=False)
-        atomics = False
     block_m, block_c = _blocks(m // share, c, compute)
     grid = (triton.cdiv(m // share, block_m), triton.cdiv(c, block_c))
     parts = torch.empty(2, grid[1], m, dtype=compute, device=table.device) if want_positions else None
     if grid[0] and grid[1] and (atomics or want_positions):
-        _sample_backward_kernel[grid](
-            table,
-            y,
-            x,
-            grad,
-            # Pointers that the kernel does not touch without ACCUMULATE or POSITIONS: the table.
-            target if atomics else table,
-            table if parts is None else parts[0],
-            table if parts is None else parts[1],
-            m // share,
-            m,
-            c,
-            h,
-            w,
-            taps,
-            share,
-            *table.stride(),
-            y.stride(0),
-            x.stride(0),
-            *grad.stride(),
-            compute_tl,
-            atomics,
-            want_positions,
-            block_m,
-            block_c,
-        )
+        # Pointers that the kernel does not touch without ACCUMULATE or POSITIONS: the table.
+        pointers = (table, y, x, grad, target if atomics else table, *((table, table) if parts is None else parts))
+        sizes = (m // share, m, c, h, w, taps, share)
+        strides = (*table.stride(), y.stride(0), x.stride(0), *grad.stride())
+        _sample_backward_kernel[grid](*pointers, *sizes, *strides, compute_tl, atomics, want_positions, block_m, block_c)
     if grad_table is not None and target is not None and target is not grad_table:
         grad_table.add_(target)
     if parts is None:

@@ -3,11 +3,11 @@
 // A "table" is a channels-last image [H*W*P, C] (P = 1, or the number of taps when every tap
 // samples its own block of channels). Sample r (of M) reads the table at real position
 // (ys[r], xs[r]) with bilinear weights and zeros outside, corners floor and floor + 1, exactly as
-// sacseg.ops.sac_conv._bilinear_gather does. Samples come in runs of `run` (the taps of one output
+// sacseg.ops._reference.bilinear_gather does. Samples come in runs of `run` (the taps of one output
 // pixel, tap fastest) and are visited tap-major: one tap of every pixel, then the next tap. Tap t
 // of neighbouring pixels reads neighbouring table rows, so the rows stay in cache even after the
 // GEMM between two chunks has evicted the table (measurements: benchmarks/DESIGN_MEASUREMENTS.md).
-// Built by sacseg/ops/_bilinear.py with the system C++ compiler and loaded with ctypes, so it
+// Built by sacseg/ops/sampling/native.py with the system C++ compiler and loaded with ctypes, so it
 // needs no torch headers.
 #include <omp.h>
 
