@@ -318,6 +318,7 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="sacseg", description="Scene parsing with scale-adaptive convolutions.", formatter_class=_HelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--verbose", action="store_true", help="with --version: also torch, Triton and the CUDA self-check")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in _COMMANDS:
         add(sub)
@@ -329,6 +330,14 @@ def _build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from sacseg.utils.optional import MissingExtraError
 
+    if sorted(sys.argv[1:] if argv is None else argv) == ["--verbose", "--version"]:
+        import torch
+
+        from sacseg import __version__
+        from sacseg.ops import cuda_status
+
+        print(f"sacseg {__version__}\ntorch {torch.__version__}\n{cuda_status(check=True)}")
+        return 0
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:

@@ -95,3 +95,10 @@ def test_demo_names_the_argument_given_before_training(tmp_path: Path, capsys: p
     name = flag.lstrip("-").replace("-", "_")
     assert capsys.readouterr().err == f"sacseg demo: error: {name} must be >= 1, got 0\n"
     assert not (tmp_path / "demo").exists()  # nothing trained
+
+
+def test_version_verbose_reports_the_cuda_path(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version", "--verbose"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"sacseg {importlib.metadata.version('sacseg')}" and lines[1].startswith("torch ")
+    assert lines[2].startswith("triton: ") and lines[3].startswith("CUDA devices: ") and lines[4].startswith("CUDA self-check: ")

@@ -32,3 +32,14 @@ def below_autograd() -> AbstractContextManager[None] | None:
     redispatches), or ``None`` on a torch without it."""
     guard = getattr(torch._C, "_AutoDispatchBelowAutograd", None)
     return None if guard is None else guard()
+
+
+def assert_on_device(condition: Tensor, message: str) -> None:
+    """Fails with ``message`` unless the one-element ``condition`` holds, without a host sync on
+    CUDA: a device-side assert, whose error surfaces at the next synchronizing call. On CPU it
+    raises ``RuntimeError`` here. The overload with a message is missing from some torch builds."""
+    with_message = getattr(torch.ops.aten._assert_async, "msg", None)
+    if with_message is None:
+        torch._assert_async(condition)
+    else:
+        with_message(condition, message)

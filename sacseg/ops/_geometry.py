@@ -24,16 +24,6 @@ def sac_output_size(
     )
 
 
-def check_scale_finite(scale: Tensor) -> None:
-    """A clear error for NaN or Inf in a scale map, whose taps would have no position."""
-    bad = int(scale.numel() - torch.isfinite(scale).sum())
-    if bad:
-        raise ValueError(
-            f"scale has {bad} non-finite value(s) (NaN or Inf) among {scale.numel()} of shape "
-            f"{tuple(scale.shape)}: every tap position must be finite"
-        )
-
-
 def sample_positions(
     scale: Tensor,
     kernel_size: tuple[int, int],

@@ -25,7 +25,6 @@ import sacseg.ops._forward as _forward
 import sacseg.ops._plan as _plan
 import sacseg.ops.backend as backend
 from sacseg.ops._compat import below_autograd
-from sacseg.ops._geometry import check_scale_finite
 
 _SCHEMA = (
     "sac_conv2d(Tensor input, Tensor scale, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation)"
@@ -51,7 +50,7 @@ def _forward_op(
     dilation: list[int],
 ) -> tuple[Tensor, Tensor]:
     """``(out [N, C_out, H_out, W_out], tables)``: :func:`sacseg.ops._forward.forward`."""
-    check_scale_finite(scale)
+    backend.refuse_non_finite(scale)
     kernels = backend.kernels_for(input)
     project = _projects(input, weight, scale)
     return _forward.forward(input, scale, weight, bias, stride, padding, dilation, project=project, kernels=kernels)

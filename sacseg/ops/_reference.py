@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sacseg.ops._geometry import check_scale_finite, sample_positions
+from sacseg.ops._geometry import sample_positions
+from sacseg.ops.backend import refuse_non_finite
 
 
 def capturing() -> bool:
@@ -65,7 +66,7 @@ def sac_reference(
         ``[N, C_out, H_out, W_out]``.
     """
     if not capturing():  # a recorded graph cannot raise on data: see sac_conv2d's docstring
-        check_scale_finite(scale)
+        refuse_non_finite(scale)
     n, c_in = input.shape[:2]
     c_out, _, kh, kw = weight.shape
     y, x = sample_positions(scale, (kh, kw), stride, padding, dilation)

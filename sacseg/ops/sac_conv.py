@@ -135,9 +135,12 @@ def sac_conv2d(
 
     Raises:
         ValueError: if ``scale`` holds NaN or Inf (it names how many), with every ``impl``, also
-            in compiled and exported programs (the operator checks when it runs). A graph made
-            of the reference's ops cannot: an ONNX graph, and ``impl="reference"`` under
-            ``torch.compile``/``torch.export``, give undefined outputs for such a scale.
+            in compiled and exported programs (the operator checks when it runs). On CUDA the
+            check is a device-side assert instead, which needs no host sync: the error surfaces
+            at the next synchronizing call and leaves the CUDA context unusable, as torch's own
+            device-side asserts do. A graph made of the reference's ops cannot check: an ONNX
+            graph, and ``impl="reference"`` under ``torch.compile``/``torch.export``, give
+            undefined outputs for such a scale.
 
     Returns:
         ``[N, C_out, H_out, W_out]``. Half-precision inputs give half-precision outputs, with

@@ -1,10 +1,12 @@
-"""The Triton row-sampling kernels against the torch path, run on CPU through Triton's interpreter."""
+"""The Triton row-sampling kernels against the torch path, run on CPU through Triton's interpreter; the operator's CUDA
+path (the kernels' self-check, no host sync) with its decisions forced on CPU tensors."""
 
 from __future__ import annotations
 
 import functools
 import importlib
 import math
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -17,7 +19,8 @@ import sacseg.ops.backend as backend
 import sacseg.ops.sampling as sampling
 import sacseg.ops.sampling.torch_ops as torch_ops
 import sacseg.ops.sampling.triton_kernels as triton_kernels
-from sacseg.ops import sac_conv2d
+import sacseg.ops.selfcheck as selfcheck
+from sacseg.ops import sac_conv2d, sampling_backend
 
 H, W = 5, 6
 # (taps, run, sum_taps): sampled columns as the fast path reads them (taps=1, run=kernel taps),
@@ -377,3 +380,168 @@ def test_cuda_fast_sac_runs_the_kernels_and_matches_reference(project, monkeypat
     module = _load(False)
     assert module.available(torch.zeros(1, device="cuda"))
     _check_fast_sac(module, project, "cuda", monkeypatch)
+
+
+# The operator's CUDA path, run on CPU: backend.cuda_path forced, the Triton kernels in the interpreter.
+
+
+@pytest.fixture
+def gpu_path(kernels, monkeypatch):
+    """The CUDA path's decisions taken for CPU tensors, with a fresh self-check state; the interpreted kernels."""
+    monkeypatch.setattr(backend, "cuda_path", lambda t: True)
+    monkeypatch.setattr(selfcheck, "_results", {})
+    monkeypatch.setattr(selfcheck, "_failed_devices", {})
+    monkeypatch.delenv("SACSEG_CUDA_SELFCHECK", raising=False)
+    return kernels
+
+
+def _layer_run(project: bool, monkeypatch, backend_name: str = "auto"):
+    """Output and gradients of sac_conv2d on a small layer, multiplying first or not."""
+    monkeypatch.setattr(plan, "project_first", lambda *args: project)
+    g = torch.Generator().manual_seed(12)
+    leaves = [t.requires_grad_() for t in (torch.randn(1, 6, 8, 9, generator=g), torch.rand(1, 1, 8, 9, generator=g) + 0.5)]
+    weight, bias = torch.randn(4, 6, 3, 3, generator=g) / 7, torch.randn(4, generator=g)
+    with sampling_backend(backend_name):
+        out = sac_conv2d(leaves[0], leaves[1], weight, bias, padding=2, dilation=2)
+        return (out, *torch.autograd.grad(out, leaves, torch.ones_like(out)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_selfcheck_passes_with_the_kernels(kernels, dtype):
+    assert selfcheck.run_selfcheck(torch.device("cpu"), dtype) is None
+
+
+def _wrong_values(real):
+    return lambda *a, **k: real(*a, **k).mul_(1.01)
+
+
+def _wrong_positions(real):
+    def wrong(*a, **k):
+        positions = real(*a, **k)
+        return None if positions is None else (positions[0] * 1.01, positions[1])
+
+    return wrong
+
+
+def _raises(real):
+    def broken(*a, **k):
+        raise RuntimeError("planted failure")
+
+    return broken
+
+
+@pytest.mark.parametrize(
+    "kernel,plant,found",
+    [
+        ("sample_rows", _wrong_values, "output .* differs from the torch path"),
+        ("sample_rows_backward", _wrong_positions, "scale's gradient .* differs from the torch path"),
+        ("sample_rows", _raises, "RuntimeError: planted failure"),
+    ],
+    ids=["wrong-forward", "wrong-backward", "raises"],
+)
+def test_a_failed_selfcheck_warns_once_and_the_torch_path_runs(gpu_path, kernel, plant, found, monkeypatch):
+    monkeypatch.setattr(gpu_path, kernel, plant(getattr(gpu_path, kernel)))
+    expected = _layer_run(False, monkeypatch, "torch")
+    with pytest.warns(RuntimeWarning, match=rf"failed their self-check on cpu \(cpu\) torch.float32: {found}") as caught:
+        got = _layer_run(False, monkeypatch)
+    assert len([w for w in caught if "self-check" in str(w.message)]) == 1
+    for g, e in zip(got, expected):
+        assert torch.equal(g, e)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: the device is ruled out, for every dtype
+        for g, e in zip(_layer_run(True, monkeypatch), _layer_run(True, monkeypatch, "torch")):
+            assert torch.equal(g, e)
+    results = selfcheck.cuda_status().results
+    assert list(results) == ["cpu (cpu) torch.float32"] and results["cpu (cpu) torch.float32"].startswith("failed: ")
+
+
+def test_a_passed_selfcheck_runs_once_and_the_kernels_serve(gpu_path, monkeypatch):
+    runs, calls = [], []
+    check = selfcheck.run_selfcheck
+    monkeypatch.setattr(selfcheck, "run_selfcheck", lambda *a: runs.append(a) or check(*a))
+    sample = gpu_path.sample_rows
+    monkeypatch.setattr(gpu_path, "sample_rows", lambda *a, **k: calls.append(1) or sample(*a, **k))
+    for project in (False, True):
+        _layer_run(project, monkeypatch)
+    assert runs == [(torch.device("cpu"), torch.float32)] and calls
+    assert selfcheck.cuda_status().results == {"cpu (cpu) torch.float32": "passed"}
+
+
+def test_selfcheck_off(gpu_path, monkeypatch):
+    monkeypatch.setenv("SACSEG_CUDA_SELFCHECK", "0")
+    monkeypatch.setattr(gpu_path, "sample_rows", _wrong_values(gpu_path.sample_rows))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = _layer_run(False, monkeypatch)
+    assert not torch.equal(got[0], _layer_run(False, monkeypatch, "torch")[0])  # the (planted) kernels ran unchecked
+    status = selfcheck.cuda_status()
+    assert not status.selfcheck and status.results == {"cpu (cpu) torch.float32": "skipped (SACSEG_CUDA_SELFCHECK=0)"}
+    assert "CUDA self-check: off" in str(status)
+
+
+def test_without_triton_the_gpu_path_warns_once_and_samples_with_torch(monkeypatch):
+    monkeypatch.setattr(backend, "cuda_path", lambda t: True)
+    monkeypatch.setattr(backend, "load_triton", lambda: None)
+    monkeypatch.setattr(backend, "_warned_no_triton", False)
+    with pytest.warns(RuntimeWarning, match="Triton does not import"):
+        assert backend.kernels_for(torch.zeros(1)) == "torch"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backend.kernels_for(torch.zeros(1)) == "torch"
+
+
+@PROJECT
+def test_the_gpu_path_makes_no_host_sync(gpu_path, project, monkeypatch):
+    # No .item(), bool(), int(), float() or .tolist() of a tensor anywhere in forward and backward (on a
+    # GPU each would wait for the device). The self-check, which syncs by design, runs before.
+    expected = _layer_run(project, monkeypatch, "torch")
+    _layer_run(project, monkeypatch)
+    assert selfcheck.cuda_status().results == {"cpu (cpu) torch.float32": "passed"}
+
+    def sync(*args, **kwargs):
+        raise AssertionError("a host sync in the operator's CUDA path")
+
+    with monkeypatch.context() as patched:
+        for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
+            patched.setattr(torch.Tensor, name, sync)
+        got = _layer_run(project, monkeypatch)
+    for name, g, e in zip(("output", "input", "scale"), got, expected):
+        _assert_close(g, e, 1e-5, name)
+
+
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_the_gpu_path_refuses_a_non_finite_scale_on_the_device(impl, monkeypatch):
+    # A device-side assert there (on CPU it fails at once), never a silent result.
+    monkeypatch.setattr(backend, "cuda_path", lambda t: True)
+    monkeypatch.setattr(backend, "kernels_for", lambda t: "torch")
+    scale = torch.ones(1, 1, 8, 8)
+    scale[0, 0, 2, 3] = float("nan")
+    with pytest.raises(RuntimeError, match=r"scale of shape \(1, 1, 8, 8\) has non-finite values"):
+        sac_conv2d(torch.randn(1, 3, 8, 8), scale, torch.randn(4, 3, 3, 3), None, padding=1, impl=impl)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@PROJECT
+def test_cuda_forward_and_backward_make_no_host_sync(project, monkeypatch):
+    _load(False)
+    monkeypatch.setattr(plan, "project_first", lambda *args: project)
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(2, 6, 11, 13, generator=g).cuda().requires_grad_()
+    scale = (torch.rand(2, 1, 11, 13, generator=g) + 0.5).cuda().requires_grad_()
+    weight = (torch.randn(5, 6, 3, 3, generator=g) / 7).cuda().requires_grad_()
+    sac_conv2d(x, scale, weight, None, padding=2, dilation=2).sum().backward()  # the self-check, Triton's compiles
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        sac_conv2d(x, scale, weight, None, padding=2, dilation=2).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert selfcheck.cuda_status().results[selfcheck._device_label(x.device, torch.float32)] == "passed"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_cuda_selfcheck_passes(dtype):
+    module = _load(False)
+    assert module.available(torch.zeros(1, device="cuda"))
+    assert selfcheck.run_selfcheck(torch.device("cuda", torch.cuda.current_device()), dtype) is None
