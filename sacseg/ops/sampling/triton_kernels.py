@@ -90,20 +90,21 @@ def _corner(iy, ix, fy, fx, block, h, w, taps, DY: tl.constexpr, DX: tl.constexp
 @_jit
 def _sample_kernel(
     table, y, x, out,
-    n_out, c, h, w, taps, group,
+    n_out, c, h, w, taps,
     stride_row, stride_col, stride_y, stride_x,
-    COMPUTE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    GROUP: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    """``out[o]``, ``[BLOCK_M, BLOCK_C]`` per program: the sum over ``t < group`` of sample ``o * group + t``,
-    which reads row block ``(o * group + t) % taps``."""
+    """``out[o]``, ``[BLOCK_M, BLOCK_C]`` per program: the sum over ``t < GROUP`` of sample ``o * GROUP + t``,
+    which reads row block ``(o * GROUP + t) % taps``. ``GROUP`` (1, or a kernel's tap count) is a
+    compile-time constant: a loop bound that is a runtime scalar breaks Triton 3.6's interpreter."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     row_ok = rows < n_out
     col_ok = cols < c
     col_offsets = cols.to(tl.int64)[None, :] * stride_col
     acc = tl.full([BLOCK_M, BLOCK_C], 0, COMPUTE)
-    for t in range(group):
-        s = rows.to(tl.int64) * group + t
+    for t in range(GROUP):
+        s = rows.to(tl.int64) * GROUP + t
         iy, ix, fy, fx = _frame(
             tl.load(y + s * stride_y, mask=row_ok, other=0).to(COMPUTE),
             tl.load(x + s * stride_x, mask=row_ok, other=0).to(COMPUTE),
@@ -123,11 +124,11 @@ def _sample_kernel(
 @_jit
 def _sample_backward_kernel(
     table, y, x, grad, grad_table, part_y, part_x,
-    n_grad, m, c, h, w, taps, share,
+    n_grad, m, c, h, w, taps,
     stride_row, stride_col, stride_y, stride_x, stride_grad_row, stride_grad_col,
-    COMPUTE: tl.constexpr, ACCUMULATE: tl.constexpr, POSITIONS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    SHARE: tl.constexpr, COMPUTE: tl.constexpr, ACCUMULATE: tl.constexpr, POSITIONS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    """Adjoint of :func:`_sample_kernel` with ``group == share``: each of the ``share`` samples of a
+    """Adjoint of :func:`_sample_kernel` with ``GROUP == SHARE``: each of the ``SHARE`` samples of a
     row of ``grad`` receives that whole row. Adds into the contiguous ``grad_table`` if ``ACCUMULATE``;
     if ``POSITIONS``, writes this channel block's part of the position gradients into ``part_y`` and
     ``part_x``, ``[channel blocks, m]``."""
@@ -138,8 +139,8 @@ def _sample_backward_kernel(
     g_offsets = rows.to(tl.int64)[:, None] * stride_grad_row + cols.to(tl.int64)[None, :] * stride_grad_col
     g = tl.load(grad + g_offsets, mask=row_ok[:, None] & col_ok[None, :], other=0).to(COMPUTE)
     col_offsets = cols.to(tl.int64)[None, :] * stride_col
-    for t in range(share):
-        s = rows.to(tl.int64) * share + t
+    for t in range(SHARE):
+        s = rows.to(tl.int64) * SHARE + t
         iy, ix, fy, fx = _frame(
             tl.load(y + s * stride_y, mask=row_ok, other=0).to(COMPUTE),
             tl.load(x + s * stride_x, mask=row_ok, other=0).to(COMPUTE),
@@ -232,7 +233,7 @@ def sample_rows(
         block_m, block_c = _blocks(shape[0], c, compute)
         grid = (triton.cdiv(shape[0], block_m), triton.cdiv(c, block_c))
         strides = (*table.stride(), y.stride(0), x.stride(0))
-        _sample_kernel[grid](table, y, x, out, shape[0], c, h, w, taps, group, *strides, compute_tl, block_m, block_c)
+        _sample_kernel[grid](table, y, x, out, shape[0], c, h, w, taps, *strides, group, compute_tl, block_m, block_c)
     return out
 
 
@@ -281,9 +282,9 @@ def sample_rows_backward(
     if grid[0] and grid[1] and (atomics or want_positions):
         # Pointers that the kernel does not touch without ACCUMULATE or POSITIONS: the table.
         pointers = (table, y, x, grad, target if atomics else table, *((table, table) if parts is None else parts))
-        sizes = (m // share, m, c, h, w, taps, share)
+        sizes = (m // share, m, c, h, w, taps)
         strides = (*table.stride(), y.stride(0), x.stride(0), *grad.stride())
-        _sample_backward_kernel[grid](*pointers, *sizes, *strides, compute_tl, atomics, want_positions, block_m, block_c)
+        _sample_backward_kernel[grid](*pointers, *sizes, *strides, share, compute_tl, atomics, want_positions, block_m, block_c)
     if grad_table is not None and target is not None and target is not grad_table:
         grad_table.add_(target)
     if parts is None:
