@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import os
 import types
 import typing
@@ -121,8 +122,13 @@ def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(TrainConfig)
 
 
-def _valid_keys() -> str:
-    return ", ".join(f.name for f in dataclasses.fields(TrainConfig))
+def _unknown_key(key: str) -> str:
+    """``"unknown config key 'bach_size'; did you mean 'batch_size'? valid keys: ..."``: the one or two
+    keys it is a likely typo of (if any), then every key."""
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    close = difflib.get_close_matches(key, names, n=2, cutoff=0.8)
+    hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+    return f"unknown config key {key!r}; {hint}valid keys: {', '.join(names)}"
 
 
 class _Mismatch(Exception):
@@ -241,7 +247,7 @@ def _validate(cfg: TrainConfig, source: str) -> None:
 def config_from_dict(values: Mapping[str, Any], source: str = "config") -> TrainConfig:
     """A checked ``TrainConfig`` from a flat mapping; keys left out keep the dataclass default.
 
-    Raises ValueError naming the key for an unknown key (listing the valid ones), a wrong type or
+    Raises ValueError naming the key for an unknown key (suggesting the closest, listing the valid ones), a wrong type or
     an invalid value. ``source`` (e.g. the file name) starts every message.
     """
     if not isinstance(values, Mapping):
@@ -250,7 +256,7 @@ def config_from_dict(values: Mapping[str, Any], source: str = "config") -> Train
     checked: dict[str, Any] = {}
     for key, value in values.items():
         if key not in types:
-            raise ValueError(f"{source}: unknown config key {key!r}; valid keys: {_valid_keys()}")
+            raise ValueError(f"{source}: {_unknown_key(key)}")
         checked[key] = _check_type(key, value, types[key], source)
     cfg = TrainConfig(**checked)
     _validate(cfg, source)
@@ -281,7 +287,7 @@ def apply_overrides(cfg: TrainConfig, overrides: Iterable[str]) -> TrainConfig:
         if not sep or not key:
             raise ValueError(f"--set expects key=value, got {item!r}")
         if key not in values:
-            raise ValueError(f"--set: unknown config key {key!r}; valid keys: {_valid_keys()}")
+            raise ValueError(f"--set: {_unknown_key(key)}")
         try:
             values[key] = yaml.safe_load(text)
         except yaml.YAMLError as err:

@@ -41,6 +41,9 @@ def test_unknown_key_names_it_and_lists_valid_keys(tmp_path: Path) -> None:
     path.write_text("model: fcn_resnet18\nlearning_rate: 0.1\niterations: 2\n")
     with pytest.raises(ValueError, match=r"bad.yaml.*'learning_rate'.*valid keys: model, num_classes"):
         load_config(path)
+    path.write_text("model: fcn_resnet18\nlr_stpe: 30\niterations: 2\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: unknown config key 'lr_stpe'; did you mean 'lr_step'\? valid keys: model"):
+        load_config(path)
 
 
 @pytest.mark.parametrize(
@@ -74,7 +77,7 @@ def test_overrides_are_parsed_with_the_field_type(tmp_path: Path) -> None:
     assert isinstance(cfg.grad_clip, float)
     with pytest.raises(ValueError, match="'batch_size'"):
         apply_overrides(cfg, ["batch_size=big"])
-    with pytest.raises(ValueError, match="unknown config key 'bach_size'.*valid keys"):
+    with pytest.raises(ValueError, match="unknown config key 'bach_size'; did you mean 'batch_size'\\? valid keys"):
         apply_overrides(cfg, ["bach_size=2"])
     with pytest.raises(ValueError, match="key=value"):
         apply_overrides(cfg, ["batch_size"])
