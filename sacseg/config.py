@@ -17,6 +17,7 @@ import yaml
 from sacseg.options import DEFAULT_MAX_SCALE, DEFAULT_MIN_SCALE, InferenceMode, InferenceOptions, ScaleBound, UpsampleMode
 from sacseg.utils.device import DeviceName
 from sacseg.utils.io import atomic_open
+from sacseg.utils.pair import positive_pair
 
 __all__ = ["Schedule", "TrainConfig", "apply_overrides", "config_from_dict", "load_config", "save_config"]
 
@@ -73,7 +74,8 @@ class TrainConfig:
     folder_classes: list[str] | str | None = None
     folder_palette: list[list[int]] | None = None
     folder_ignore_index: int = 255
-    crop_size: int = 500
+    # Training crops: one int (square) or [H, W].
+    crop_size: int | list[int] = 500
     scale_min: float = 0.5
     scale_max: float = 1.5
     flip: bool = True
@@ -112,7 +114,7 @@ class TrainConfig:
 
 
 _POSITIVE = (
-    "num_classes", "scale_scenes_train_images", "scale_scenes_val_images", "scale_scenes_size", "crop_size",
+    "num_classes", "scale_scenes_train_images", "scale_scenes_val_images", "scale_scenes_size",
     "batch_size", "val_every", "checkpoint_every", "log_every", "lr", "scale_lr_mult", "dist_timeout",
 )  # fmt: skip
 _NON_NEGATIVE = ("epochs", "iterations", "workers", "momentum", "weight_decay", "lr_step", "seed", "threads")
@@ -205,6 +207,10 @@ def _validate(cfg: TrainConfig, source: str) -> None:
     for key in _NON_NEGATIVE:
         if getattr(cfg, key) < 0:
             raise ValueError(f"{source}: config key {key!r} must be >= 0, got {getattr(cfg, key)!r}")
+    try:
+        positive_pair(cfg.crop_size, "config key 'crop_size'")
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
     if (cfg.epochs > 0) == (cfg.iterations > 0):
         raise ValueError(
             f"{source}: set exactly one of config keys 'epochs' and 'iterations' > 0, "

@@ -104,6 +104,19 @@ def test_camvid_config_reads_the_real_sample(shared_data: Path) -> None:
     assert image.shape == (3, cfg.crop_size, cfg.crop_size) and target.shape == (cfg.crop_size, cfg.crop_size)
 
 
+def test_training_crops_are_an_int_or_height_and_width() -> None:
+    from sacseg.factory import build_datasets
+
+    cfg = config_from_dict({"iterations": 1, "crop_size": [48, 80], "scale_scenes_size": 64, "scale_scenes_val_images": 1})
+    image, target = build_datasets(cfg)[0][0]
+    assert image.shape == (3, 48, 80) and target.shape == (48, 80)  # padded to the width with ignored labels
+    assert config_from_dict(dataclasses.asdict(cfg)) == cfg and apply_overrides(cfg, ["crop_size=32"]).crop_size == 32
+    with pytest.raises(ValueError, match=r"config key 'crop_size' must be an int or a pair of ints, got \[48, 80, 3\]"):
+        apply_overrides(cfg, ["crop_size=[48, 80, 3]"])
+    with pytest.raises(ValueError, match=r"config key 'crop_size' must be positive, got \[0, 80\]"):
+        apply_overrides(cfg, ["crop_size=[0, 80]"])
+
+
 def test_window_sizes_are_an_int_or_height_and_width() -> None:
     cfg = config_from_dict({"iterations": 1, "eval_mode": "slide", "eval_crop_size": [512, 1024], "eval_stride": 256})
     assert (cfg.eval_crop_size, cfg.eval_stride) == ([512, 1024], 256)
