@@ -131,21 +131,47 @@ def read_checkpoint(
     path: str | os.PathLike[str], map_location: str | torch.device = "cpu", required: tuple[str, ...] = ("model",)
 ) -> dict[str, Any]:
     """Any file ``torch.load(weights_only=True)`` reads as a dict holding the keys ``required``, through
-    ``migrate_checkpoint``; FileNotFoundError / ValueError (corrupt, keys missing, a newer format) name the file."""
+    ``migrate_checkpoint``; FileNotFoundError / ValueError (corrupt, keys missing, a newer format, an ONNX
+    file or a torchvision ResNet state dict, each said in one line) name the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a bad file
+        if _is_onnx(path):  # torch's message would be a paragraph about weights_only
+            raise ValueError(
+                f"checkpoint {path} is an ONNX file, not a PyTorch checkpoint: run it with onnxruntime; "
+                "sacseg eval, predict and export read the .pt files that sacseg train writes"
+            ) from None
         raise ValueError(f"checkpoint {path} is corrupt or not a checkpoint: {err}") from err
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {path} lacks {', '.join(required)}")
+    if _is_torchvision_resnet(state.get("model", state)):  # else: every key name, missing and unexpected
+        raise ValueError(
+            f"checkpoint {path} holds a torchvision ResNet state dict, not a sacseg checkpoint: "
+            "use it as the config key backbone_weights to start a training run from it"
+        )
     state = migrate_checkpoint(state, path)
     missing = [key for key in required if key not in state]
     if missing:
         raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}")
     return state
+
+
+def _is_onnx(path: Path) -> bool:
+    """Whether ``path`` is named ``.onnx`` or starts as an ONNX ``ModelProto`` does: field 1 (``ir_version``,
+    a one-byte varint), then another of its fields (producer, domain, graph, opset imports, ...)."""
+    if path.suffix.lower() == ".onnx":
+        return True
+    with path.open("rb") as handle:
+        head = handle.read(3)
+    return len(head) == 3 and head[0] == 0x08 and head[1] < 0x80 and head[2] in (0x12, 0x1A, 0x22, 0x2A, 0x32, 0x3A, 0x42)
+
+
+def _is_torchvision_resnet(weights: object) -> bool:
+    """Whether ``weights`` is the state dict of a torchvision ``resnet*`` (stem, stages and ``fc`` at the top level)."""
+    return isinstance(weights, dict) and {"conv1.weight", "layer4.0.conv1.weight", "fc.weight"} <= set(weights)
 
 
 def _add_format_version(state: dict[str, Any]) -> dict[str, Any]:

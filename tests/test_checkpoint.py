@@ -209,3 +209,36 @@ def test_load_trained_model_errors_name_the_file(tiny_config: Callable[..., Trai
         load_trained_model(tmp_path / "mismatch.pt")
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_trained_model(tmp_path / "none.pt")
+
+
+@pytest.mark.parametrize("wrapped", [True, False], ids=["under-model", "bare"])
+def test_a_torchvision_state_dict_given_as_a_checkpoint_is_one_line_saying_what_it_is(
+    tiny_config: Callable[..., TrainConfig], tmp_path: Path, wrapped: bool
+) -> None:
+    from torchvision.models import resnet18
+
+    weights = resnet18().state_dict()
+    atomic_torch_save({"model": weights} if wrapped else weights, tmp_path / "resnet18.pth")
+    with pytest.raises(ValueError) as error:
+        load_trained_model(tmp_path / "resnet18.pth", default_config=tiny_config(tmp_path))
+    assert str(error.value) == (
+        f"checkpoint {tmp_path / 'resnet18.pth'} holds a torchvision ResNet state dict, not a sacseg checkpoint: "
+        "use it as the config key backbone_weights to start a training run from it"
+    )
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "renamed.pt"])
+def test_an_onnx_file_given_as_a_checkpoint_is_named_as_one(tmp_path: Path, name: str) -> None:
+    onnx = pytest.importorskip("onnx")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )  # fmt: skip
+    onnx.save(onnx.helper.make_model(graph, producer_name="pytorch"), tmp_path / name)
+    with pytest.raises(ValueError) as error:
+        load_checkpoint(tmp_path / name)
+    assert str(error.value) == (
+        f"checkpoint {tmp_path / name} is an ONNX file, not a PyTorch checkpoint: run it with onnxruntime; "
+        "sacseg eval, predict and export read the .pt files that sacseg train writes"
+    )
