@@ -1,7 +1,8 @@
-"""Checkpoints: saved atomically with RNG states and a format version, read back upgraded, with errors naming the file."""
+"""Checkpoints: saved atomically with RNG states, labels and a format version, read back upgraded, with errors naming the file."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from collections.abc import Callable
@@ -12,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from sacseg.config import TrainConfig, config_from_dict
+from sacseg.labels import record_labels
 from sacseg.utils.io import atomic_open
 
 __all__ = [
@@ -27,7 +30,7 @@ __all__ = [
 
 # The layout ``save_checkpoint`` writes. A change to it raises this by one and adds the step from
 # the previous version to ``_UPGRADES``, so every file written before still reads.
-CHECKPOINT_FORMAT_VERSION = 1
+CHECKPOINT_FORMAT_VERSION = 2
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
@@ -101,16 +104,24 @@ def save_checkpoint(
     config: dict[str, Any],
     best_metric: float,
     git_revision: str = "unknown",
+    labels: dict[str, Any] | None = None,
 ) -> None:
     """Write everything a run needs to continue exactly, atomically.
 
     ``iteration`` counts completed optimisation steps; ``epoch`` is the epoch they are in. Refuses
     (ValueError) to write a model whose weights or buffers are not finite, so the previous file
     at ``path`` stays the last good one.
+
+    ``labels`` (``sacseg.labels.record_labels``: class names and colours) make the file
+    self-contained for inference; by default they are resolved from ``config`` when it holds every
+    ``TrainConfig`` key (what ``sacseg train`` passes; a class-name file is read now, relative to
+    the working directory the run has), else none is recorded.
     """
     bad = _non_finite_parameter(model)
     if bad is not None:
         raise ValueError(f"not writing {path}: model tensor {bad!r} holds NaN or inf at iteration {iteration}")
+    if labels is None and set(config) >= {field.name for field in dataclasses.fields(TrainConfig)}:
+        labels = record_labels(config_from_dict(config, source=f"config of checkpoint {path}"))
     state = {
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "model": model.state_dict(),
@@ -123,6 +134,7 @@ def save_checkpoint(
         "best_metric": float(best_metric),
         "rng": capture_rng_state(),
         "git_revision": git_revision,
+        "labels": labels,
     }
     atomic_torch_save(state, path)
 
@@ -179,8 +191,13 @@ def _add_format_version(state: dict[str, Any]) -> dict[str, Any]:
     return {**state, "format_version": 1}
 
 
+def _add_labels(state: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 to 2: ``labels`` added, None in files written before (their config names the labels)."""
+    return {**state, "labels": None, "format_version": 2}
+
+
 # _UPGRADES[v] turns a checkpoint of format version v into one of version v + 1.
-_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _add_format_version}
+_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _add_format_version, 1: _add_labels}
 
 
 def migrate_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> dict[str, Any]:

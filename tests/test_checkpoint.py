@@ -57,11 +57,20 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
 def test_a_checkpoint_records_its_format_version_and_one_from_a_newer_sacseg_is_refused(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "last.pt", **_parts(), iteration=1, epoch=0, config={}, best_metric=0.0)
     state = torch.load(tmp_path / "last.pt", weights_only=True)
-    assert state["format_version"] == CHECKPOINT_FORMAT_VERSION == 1  # in the file itself, not added on reading
+    assert state["format_version"] == CHECKPOINT_FORMAT_VERSION == 2  # in the file itself, not added on reading
     torch.save({**state, "format_version": 99}, tmp_path / "future.pt")
-    expected = f"checkpoint {tmp_path / 'future.pt'} has format version 99, but this sacseg reads versions up to 1"
+    expected = f"checkpoint {tmp_path / 'future.pt'} has format version 99, but this sacseg reads versions up to 2"
     with pytest.raises(ValueError, match=re.escape(expected)):
         load_checkpoint(tmp_path / "future.pt")
+
+
+def test_a_format_version_1_checkpoint_reads_with_no_labels_recorded(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "last.pt", **_parts(), iteration=1, epoch=0, config={}, best_metric=0.0)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    version_1 = {**{k: v for k, v in state.items() if k != "labels"}, "format_version": 1}
+    torch.save(version_1, tmp_path / "v1.pt")
+    read = load_checkpoint(tmp_path / "v1.pt")
+    assert read["format_version"] == 2 and read["labels"] is None and set(read) == set(version_1) | {"labels"}
 
 
 def test_rng_states_round_trip() -> None:

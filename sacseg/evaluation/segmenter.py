@@ -15,9 +15,10 @@ from torch import Tensor, nn
 
 from sacseg import __version__
 from sacseg.config import TrainConfig, apply_overrides, load_config
-from sacseg.data.transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from sacseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from sacseg.evaluation.predict_files import find_images, load_image, to_model_input
-from sacseg.factory import dataset_labels, load_trained_model
+from sacseg.factory import load_trained_model
+from sacseg.labels import dataset_labels, ignored_mask_value
 from sacseg.models.inference import predict_labels
 from sacseg.options import InferenceOptions
 from sacseg.utils.device import resolve_device
@@ -158,14 +159,15 @@ class Segmenter:
 
         ``classes`` (names in index order), ``palette`` (``[[r, g, b], ...]``), ``mean`` and ``std``
         (RGB, of images scaled to ``[0, 1]``: the input is ``(image / 255 - mean) / std``),
-        ``ignore_index``, ``model``, ``dataset`` and ``sacseg_version``.
+        ``ignore_index`` (the mask value scoring leaves out: a folder data set's ``folder_ignore_index``,
+        else 255), ``model``, ``dataset`` and ``sacseg_version``.
         """
         return {
             "classes": json.dumps(list(self.classes)),
             "palette": json.dumps(self.palette.tolist()),
             "mean": json.dumps(list(IMAGENET_MEAN)),
             "std": json.dumps(list(IMAGENET_STD)),
-            "ignore_index": str(IGNORE_INDEX),
+            "ignore_index": str(ignored_mask_value(self.config)),
             "model": self.config.model,
             "dataset": self.config.dataset,
             "sacseg_version": __version__,
