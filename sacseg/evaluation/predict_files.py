@@ -71,10 +71,12 @@ def _is_output_of(path: Path, stems: set[str], out_dir: Path) -> bool:
     return path.parent.parent == out_dir and name.endswith(suffix) and f"{name[: -len(suffix)]}_leftImg8bit" in stems
 
 
-def to_model_input(picture: Image.Image) -> Tensor:
-    """An RGB picture as the normalised tensor ``[3, H, W]`` models take (the evaluation transform)."""
+def to_model_input(picture: Image.Image | Tensor) -> Tensor:
+    """An RGB picture (PIL, or a tensor ``[3, H, W]``: uint8 0..255 or float 0..1) as the normalised
+    tensor ``[3, H, W]`` models take (the evaluation transform)."""
+    height, width = (picture.height, picture.width) if isinstance(picture, Image.Image) else picture.shape[-2:]
     # The eval transform is joint (image, label); an empty label keeps one normalisation for both uses.
-    image, _ = eval_transforms()(picture, torch.zeros(picture.height, picture.width, dtype=torch.uint8))
+    image, _ = eval_transforms()(picture, torch.zeros(height, width, dtype=torch.uint8))
     return image
 
 
