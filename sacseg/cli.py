@@ -128,21 +128,33 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from sacseg.evaluation.predict_files import find_images, predict_files
+    from tqdm import tqdm
 
-    paths = find_images(args.inputs, out_dir=args.out)
+    from sacseg.evaluation.predict_files import find_image_files, predict_files
+
+    images = find_image_files(args.inputs, out_dir=args.out)
     model, cfg = _trained_model(args, list(args.set))
+    unreadable: list[Path] = []
+
+    def skip(path: Path, err: ValueError) -> None:  # one line, and the other images still predicted
+        unreadable.append(path)
+        tqdm.write(f"sacseg predict: skipped: {str(err).splitlines()[0]}", file=sys.stderr)
+
     written = predict_files(
         model,
         cfg,
-        paths,
+        images,
         args.out,
         fmt=args.format,
         options=_inference_options(args, cfg),
         progress=True,
         legend=not args.no_legend,
+        on_unreadable=skip,
     )
-    print(f"{len(written)} files for {len(paths)} images in {args.out}")
+    print(f"{len(written)} files for {len(images) - len(unreadable)} images in {args.out}")
+    if unreadable:
+        print(f"sacseg predict: {len(unreadable)} of {len(images)} images could not be read (named above)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -138,7 +138,8 @@ def test_predict_writes_colour_overlay_and_scale_pictures(
     printed = capsys.readouterr()
     assert f"6 files for 2 images in {out}" in printed.out and "2/2" in printed.err
     assert sorted(p.name for p in out.iterdir()) == [
-        "a_color.png", "a_overlay.png", "a_scale_classifier.png", "b_color.png", "b_overlay.png", "b_scale_classifier.png",
+        ".sacseg-predictions", "a_color.png", "a_overlay.png", "a_scale_classifier.png", "b_color.png", "b_overlay.png",
+        "b_scale_classifier.png",
     ]  # fmt: skip
 
     model, _ = load_trained_model(sac_checkpoint)
@@ -190,7 +191,6 @@ def _write_config_less_checkpoint(path: Path, cfg: TrainConfig) -> None:
         ("missing checkpoint", "checkpoint not found: {tmp}/missing.pt"),
         ("corrupt checkpoint", "checkpoint {tmp}/corrupt.pt is corrupt or not a checkpoint"),
         ("no config", "checkpoint {tmp}/bare.pt stores no config"),
-        ("unreadable image", "cannot read image file {tmp}/broken.png"),
         ("missing image", "image or folder not found: {tmp}/nothing.png"),
         ("cityscapes format", "--format cityscapes needs a model trained on Cityscapes trainIds"),
     ],
@@ -204,7 +204,6 @@ def test_predict_errors_name_the_file(
     message: str,
 ) -> None:
     (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
-    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     Image.new("RGB", (32, 32)).save(tmp_path / "fine.png")
     checkpoint, image, extra = sac_checkpoint, tmp_path / "fine.png", []
     if case == "missing checkpoint":
@@ -214,8 +213,6 @@ def test_predict_errors_name_the_file(
     elif case == "no config":
         checkpoint = tmp_path / "bare.pt"
         _write_config_less_checkpoint(checkpoint, tiny_config(tmp_path))
-    elif case == "unreadable image":
-        image = tmp_path / "broken.png"
     elif case == "missing image":
         image = tmp_path / "nothing.png"
     else:
@@ -301,12 +298,12 @@ def test_predict_does_not_predict_its_own_outputs(
         assert main(["predict", "--checkpoint", str(sac_checkpoint), str(inputs), "--out", str(out)]) == 0
         assert f"3 files for 1 images in {out}" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir() if p.name != "predictions") == sorted(
-        (["a.png"] if not inside else []) + ["a_color.png", "a_overlay.png", "a_scale_classifier.png"]
-    )
+        (["a.png"] if not inside else [".sacseg-predictions"]) + ["a_color.png", "a_overlay.png", "a_scale_classifier.png"]
+    )  # no marker in a folder holding the inputs: searched from above, it is still searched
 
 
 def test_find_images_skips_the_outputs_of_images_it_found(tmp_path: Path) -> None:
-    names = ["a.png", "a_color.png", "a_overlay.png", "a_scale_layer4.png", "x_color.png", "a_scale_.jpg",
+    names = ["a.png", "a_color.png", "a_overlay.png", "a_index.png", "a_scale_layer4.png", "x_color.png", "a_scale_.jpg",
              "aachen_000000_000019_leftImg8bit.png", "aachen/aachen_000000_000019_pred_labelIds.png",
              "aachen/bremen_000000_000019_pred_labelIds.png"]  # fmt: skip
     for name in names:
@@ -318,3 +315,27 @@ def test_find_images_skips_the_outputs_of_images_it_found(tmp_path: Path) -> Non
         "x_color.png",
     ]  # fmt: skip
     assert len(find_images([tmp_path])) == len(names)  # without an output folder, every image
+
+
+def test_predict_mirrors_subfolders_skips_earlier_outputs_and_reports_unreadable_images(
+    sac_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs = tmp_path / "images"
+    for name in ("a.png", "sub/a.png", "sub/deeper/b.jpg"):  # the same name in two folders
+        (inputs / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 24), (40, 90, 160)).save(inputs / name)
+    (inputs / "sub" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    predict = ["predict", "--checkpoint", str(sac_checkpoint), str(inputs), "--format", "index", "--out"]
+    expected = ["a_index.png", "sub/a_index.png", "sub/deeper/b_index.png"]
+    for out in (inputs / "out", inputs / "out2"):  # the second run must not take the first's outputs as images
+        assert main([*predict, str(out)]) == 1
+        printed = capsys.readouterr()
+        assert "3 files for 3 images" in printed.out
+        problems = [line for line in printed.err.splitlines() if line.startswith("sacseg predict:")]
+        assert len(problems) == 2 and problems[1] == "sacseg predict: 1 of 4 images could not be read (named above)"
+        assert problems[0].startswith(f"sacseg predict: skipped: cannot read image file {inputs / 'sub' / 'broken.png'}: ")
+        assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == expected
+        assert (out / ".sacseg-predictions").is_file()
+    assert [str(p.relative_to(inputs)) for p in find_images([inputs], out_dir=inputs / "out3")] == [
+        "a.png", "sub/a.png", "sub/broken.png", "sub/deeper/b.jpg",
+    ]  # fmt: skip

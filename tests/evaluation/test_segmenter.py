@@ -113,7 +113,7 @@ def test_predict_index_pngs_with_non_square_windows(
     out = tmp_path / "out"
     assert main(["predict", "--checkpoint", str(checkpoint), str(images), "--out", str(out), "--format", "index", *options]) == 0
     assert "2 files for 2 images" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["a_index.png", "b_index.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".sacseg-predictions", "a_index.png", "b_index.png"]
     segmenter = sacseg.Segmenter.from_checkpoint(checkpoint, device="cpu")
     for stem, suffix in (("a", ".png"), ("b", ".jpg")):
         x = load_image(images / f"{stem}{suffix}")[1][None]
