@@ -96,6 +96,12 @@ def _inference_options(args: argparse.Namespace, cfg: TrainConfig) -> InferenceO
     return InferenceOptions.named(values, name)
 
 
+def _refuse_existing(path: Path, overwrite: bool, what: str) -> None:
+    """ValueError naming ``path`` when it exists and ``--overwrite`` was not given: nothing written is lost unasked."""
+    if path.exists() and not overwrite:
+        raise ValueError(f"{what} {path} exists; give --overwrite to replace it, or --out another file")
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
@@ -108,9 +114,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     model, cfg = _trained_model(args, overrides)
     options = _inference_options(args, cfg)
     split = args.split if args.split is not None else cfg.val_split
-    out = Path(args.out) if args.out is not None else Path(args.checkpoint).parent / f"eval_{split}.json"
-    if out.is_dir():  # found now, not after minutes of evaluation
+    checkpoint = Path(args.checkpoint)
+    out = Path(args.out) if args.out is not None else checkpoint.parent / f"eval_{checkpoint.stem}_{split}_{options.tag()}.json"
+    # Found now, not after minutes of evaluation.
+    if out.is_dir():
         raise ValueError(f"--out {out} is a folder; give the results file to write")
+    _refuse_existing(out, args.overwrite, "results file")
     dataset = build_eval_dataset(cfg, split)
     classes, count = dataset.classes, len(dataset)
     loader = DataLoader(torch_dataset(dataset), batch_size=1, num_workers=min(cfg.workers, 2))  # images may differ in size
@@ -162,6 +171,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from sacseg.evaluation.segmenter import Segmenter
     from sacseg.export.onnx_export import export_onnx
 
+    _refuse_existing(Path(args.out), args.overwrite, "ONNX file")
     model, cfg = _trained_model(args, list(args.set))
     metadata = Segmenter(model, cfg).metadata()  # classes, palette, normalisation for the deployed file
     try:
@@ -253,7 +263,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-root", default=None, help="the dataset's folder (default: config key data_root)")
     _add_set_arg(parser)
     _add_inference_args(parser)
-    parser.add_argument("--out", default=None, help="results JSON (default: CHECKPOINT_DIR/eval_SPLIT.json)")
+    parser.add_argument("--out", default=None,
+                        help="results JSON (default: CHECKPOINT_DIR/eval_CHECKPOINT_SPLIT_OPTIONS.json, e.g. "
+                             "eval_best_val_slide-512-341_ms0.75-1.0-1.25_flip.json)")  # fmt: skip
+    parser.add_argument("--overwrite", action="store_true", help="replace the results file if it exists (else refused)")
     parser.set_defaults(func=_cmd_eval)
 
 
@@ -279,6 +292,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("export", help="export a checkpoint to ONNX, checked against PyTorch in onnxruntime")
     _add_model_args(parser)
     parser.add_argument("--out", required=True, help="the .onnx file to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists (else refused)")
     _add_set_arg(parser)
     parser.add_argument("--height", type=int, default=512, help="input height")
     parser.add_argument("--width", type=int, default=512, help="input width")

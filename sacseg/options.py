@@ -104,6 +104,16 @@ class InferenceOptions:
         text += ", scales " + " ".join(f"{s:g}" for s in self.scales)
         return text + (", flip" if self.flip else "")
 
+    def tag(self) -> str:
+        """The options as part of a file name: ``"whole"``, ``"slide-512-341_ms0.75-1.0-1.25_flip"`` (window
+        and step, ``HxW`` where not square; the scales unless only 1; flip), so results of other options differ."""
+        text: str = self.mode
+        for h, w in self.window() or ():
+            text += f"-{h}" if h == w else f"-{h}x{w}"
+        if tuple(self.scales) != (1.0,):
+            text += "_ms" + "-".join(map(str, self.scales))
+        return text + ("_flip" if self.flip else "")
+
 
 def _size_text(size: IntOrPair) -> str:
     return str(size) if isinstance(size, int) else "x".join(map(str, size))

@@ -61,7 +61,7 @@ def test_folder_dataset_trains_evaluates_and_predicts_from_the_cli(tmp_path: Pat
     printed = capsys.readouterr().out
     assert "fcn_resnet18 on folder val (1 images; mode whole" in printed
     assert all(name in printed for name in ("background", "road", "vehicle"))
-    doc = json.loads((run / "eval_val.json").read_text())
+    doc = json.loads((run / "eval_last_val_whole.json").read_text())
     assert list(doc["classes"]) == ["background", "road", "vehicle"] and doc["num_pixels"] == 60 * 64  # ignore rows left out
 
     out = tmp_path / "pred"

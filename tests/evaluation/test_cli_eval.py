@@ -46,7 +46,7 @@ def sac_checkpoint(tiny_config: Callable[..., TrainConfig], tmp_path_factory: py
 def test_eval_prints_table_and_writes_json(
     sac_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str]
 ) -> None:
-    out = tmp_path / "results.json" if options else sac_checkpoint.parent / "eval_val.json"
+    out = tmp_path / "results.json" if options else sac_checkpoint.parent / "eval_last_val_whole.json"
     args = ["eval", "--checkpoint", str(sac_checkpoint), "--set", "scale_scenes_val_images=2", *options]
     assert main(args + (["--out", str(out)] if options else [])) == 0
     printed = capsys.readouterr()
@@ -81,7 +81,7 @@ def test_eval_options_default_to_the_config_and_errors_name_the_flag_or_the_key(
     config_keys = ["--set", "eval_scales=[0.75, 1]", "--set", "eval_flip=true"]
     assert main([*args, *config_keys]) == 0
     assert "(1 images; mode whole, scales 0.75 1, flip):" in capsys.readouterr().out
-    assert main([*args, *config_keys, "--scales", "1", "--no-flip"]) == 0  # the flags replace the keys
+    assert main([*args, *config_keys, "--scales", "1", "--no-flip", "--overwrite"]) == 0  # the flags replace the keys
     assert "(1 images; mode whole, scales 1):" in capsys.readouterr().out
     meta = json.loads(out.read_text())["meta"]
     assert (meta["scales"], meta["flip"]) == ([1.0], False)
@@ -120,7 +120,7 @@ def test_eval_camvid_folder_from_the_cli(shared_data: Path, tmp_path: Path, caps
     assert "fcn_resnet18 on camvid val (3 images; mode whole, scales 0.25)" in printed.out
     assert "bicyclist" in printed.out and "pixel accuracy" in printed.out
     assert "eval: 100%" in printed.err and "3/3" in printed.err
-    doc = json.loads((tmp_path / "run" / "eval_val.json").read_text())
+    doc = json.loads((tmp_path / "run" / "eval_last_val_whole_ms0.25.json").read_text())
     assert doc["meta"]["data_root"] == str(eval_root) and doc["meta"]["images"] == 3
     assert doc["num_pixels"] > 0.9 * 3 * 480 * 360 and 0.0 <= doc["pixel_acc"] <= 1.0
 
@@ -339,3 +339,25 @@ def test_predict_mirrors_subfolders_skips_earlier_outputs_and_reports_unreadable
     assert [str(p.relative_to(inputs)) for p in find_images([inputs], out_dir=inputs / "out3")] == [
         "a.png", "sub/a.png", "sub/broken.png", "sub/deeper/b.jpg",
     ]  # fmt: skip
+
+
+def test_eval_results_are_named_by_checkpoint_and_options_and_never_overwritten_unasked(
+    sac_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = tmp_path / "best.pt"
+    shutil.copy(sac_checkpoint, checkpoint)
+    args = ["eval", "--checkpoint", str(checkpoint), "--set", "scale_scenes_val_images=1"]
+    slide = ["--mode", "slide", "--crop-size", "48", "--stride", "32", "--scales", "0.75", "1", "--flip"]
+    assert main(args) == 0 and main([*args, *slide]) == 0  # a sliding-window eval beside the whole-image one
+    names = sorted(p.name for p in tmp_path.glob("eval_*.json"))
+    assert names == ["eval_best_val_slide-48-32_ms0.75-1.0_flip.json", "eval_best_val_whole.json"]
+    whole = tmp_path / "eval_best_val_whole.json"
+    whole.write_text("the earlier results")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2 and whole.read_text() == "the earlier results"
+    assert capsys.readouterr().err == (
+        f"sacseg eval: error: results file {whole} exists; give --overwrite to replace it, or --out another file\n"
+    )
+    assert main([*args, "--overwrite"]) == 0 and json.loads(whole.read_text())["meta"]["checkpoint"] == str(checkpoint)
