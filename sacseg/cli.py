@@ -159,6 +159,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         progress=True,
         legend=not args.no_legend,
         on_unreadable=skip,
+        scale_format=args.scale_format,
     )
     print(f"{len(written)} files for {len(images) - len(unreadable)} images in {args.out}")
     if unreadable:
@@ -273,7 +274,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("predict", help="predict image files: colour PNGs, overlays, scale heat maps, "
                                             "class-index PNGs or Cityscapes labelIds")  # fmt: skip
-    from sacseg.options import PredictionFormat
+    from sacseg.options import PredictionFormat, ScaleFormat
 
     _add_model_args(parser)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched for images")
@@ -283,6 +284,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                              "cityscapes: labelId PNGs for the official evaluator")  # fmt: skip
     parser.add_argument("--no-legend", action="store_true",
                         help="color pictures without the strip naming the classes present (image-sized)")  # fmt: skip
+    parser.add_argument("--scale-format", choices=typing.get_args(ScaleFormat), default="png",
+                        help="--format color's scale maps: png: heat maps on the model's [min_scale, max_scale]; "
+                             "npy, tiff: the raw float32 values, <stem>_scale_<layer>.npy or .tif")  # fmt: skip
     _add_set_arg(parser)
     _add_inference_args(parser)
     parser.set_defaults(func=_cmd_predict)

@@ -19,6 +19,7 @@ __all__ = [
     "InferenceOptions",
     "PredictionFormat",
     "ScaleBound",
+    "ScaleFormat",
     "UpsampleMode",
 ]
 
@@ -36,6 +37,8 @@ DEFAULT_MAX_SCALE = 4.0
 InferenceMode = Literal["whole", "slide"]
 #: What ``predict_files`` writes per image: colour pictures, class-index PNGs or Cityscapes labelIds.
 PredictionFormat = Literal["color", "index", "cityscapes"]
+#: How ``predict_files`` writes scale maps: heat-map pictures, or the raw float32 values (``.npy``, ``.tif``).
+ScaleFormat = Literal["png", "npy", "tiff"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,8 +20,8 @@ from sacseg.data.transforms import eval_transforms
 from sacseg.export.label_png import cityscapes_result_path, export_cityscapes_prediction, save_label_png
 from sacseg.factory import dataset_labels
 from sacseg.models.inference import predict_labels
-from sacseg.options import InferenceOptions, PredictionFormat
-from sacseg.utils.io import IMAGE_SUFFIXES, read_image, save_png
+from sacseg.options import InferenceOptions, PredictionFormat, ScaleFormat
+from sacseg.utils.io import IMAGE_SUFFIXES, read_image, save_float_map, save_png
 from sacseg.viz import add_legend, colorize, overlay, save_scale_map
 
 __all__ = [
@@ -39,8 +39,10 @@ __all__ = [
 #: The file ``predict_files`` leaves in its output folder: ``find_images`` searches no folder holding one.
 PREDICTIONS_MARKER = ".sacseg-predictions"
 
-# What predict_files writes per image, after its stem (a scale map's layer name comes between "_scale_" and ".png").
+# What predict_files writes per image, after its stem (a scale map's layer name comes between "_scale_" and
+# the suffix of its format).
 _OUTPUT_SUFFIXES = ("_color.png", "_overlay.png", "_index.png")
+_SCALE_SUFFIXES: dict[ScaleFormat, str] = {"png": ".png", "npy": ".npy", "tiff": ".tif"}
 
 
 class ImageFile(NamedTuple):
@@ -110,7 +112,7 @@ def _is_output_of(path: Path, stems: dict[Path, set[str]], out_dir: Path) -> boo
         if name.endswith(suffix) and name[: -len(suffix)] in here:
             return True
     cut = name.find("_scale_")
-    while cut > 0 and name.endswith(".png"):
+    while cut > 0 and name.endswith(tuple(_SCALE_SUFFIXES.values())):
         if name[:cut] in here:
             return True
         cut = name.find("_scale_", cut + 1)
@@ -174,6 +176,7 @@ def predict_files(
     progress: bool = False,
     legend: bool = True,
     on_unreadable: Callable[[Path, ValueError], None] | None = None,
+    scale_format: ScaleFormat = "png",
 ) -> list[Path]:
     """Predict each image file with ``model`` (eval mode) and write the results into ``out_dir``; return them.
 
@@ -187,8 +190,11 @@ def predict_files(
     ``fmt="color"`` writes per image ``<stem>_color.png`` (the prediction in the palette of the
     config's dataset), ``<stem>_overlay.png`` (half-transparent over the image), both with a
     legend strip below naming the classes present (``legend=False``: none; the pictures then have
-    the image's size) and, for SAC models, ``<stem>_scale_<layer>.png`` per scale map: a heat map
-    with a colour bar, from one whole-image pass at scale 1. ``fmt="index"`` writes
+    the image's size) and, for SAC models, one file per scale map (from one whole-image pass at scale 1):
+    ``<stem>_scale_<layer>.png``, a heat map with a colour bar on the model's fixed range
+    ``[min_scale, max_scale]`` (the config's), so that colours compare across images; with
+    ``scale_format`` ``"npy"`` or ``"tiff"`` the raw float32 values ``[H, W]`` instead,
+    ``<stem>_scale_<layer>.npy`` or ``.tif``. ``fmt="index"`` writes
     ``<stem>_index.png``: the class indices ``0..K-1``, one channel, 8-bit for ``K <= 255`` (so 255
     stays the ignore value, as in the data sets' label maps) and 16-bit above. ``fmt="cityscapes"``
     (Cityscapes configs only) writes
@@ -197,6 +203,8 @@ def predict_files(
     """
     if fmt not in typing.get_args(PredictionFormat):
         raise ValueError(f"unknown prediction format {fmt!r}; valid: {', '.join(typing.get_args(PredictionFormat))}")
+    if scale_format not in typing.get_args(ScaleFormat):
+        raise ValueError(f"unknown scale-map format {scale_format!r}; valid: {', '.join(typing.get_args(ScaleFormat))}")
     if fmt == "cityscapes" and cfg.dataset != "cityscapes":
         raise ValueError(
             f"--format cityscapes needs a model trained on Cityscapes trainIds; its config says dataset {cfg.dataset!r}"
@@ -237,7 +245,11 @@ def predict_files(
             save_png(array, target)
             written.append(target)
         for name, scale in scale_maps.items():
-            target = Path(f"{prefix}_scale_{name}.png")
-            save_scale_map(scale[0, 0], target, title=f"scale coefficients ({name})")
+            target = Path(f"{prefix}_scale_{name}{_SCALE_SUFFIXES[scale_format]}")
+            if scale_format == "png":
+                title = f"scale coefficients ({name})"
+                save_scale_map(scale[0, 0], target, vmin=cfg.min_scale, vmax=cfg.max_scale, title=title)
+            else:
+                save_float_map(scale[0, 0].float().cpu().numpy(), target)
             written.append(target)
     return written

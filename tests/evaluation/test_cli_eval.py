@@ -7,6 +7,7 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,11 +19,12 @@ from sacseg.checkpoint import atomic_torch_save
 from sacseg.cli import main
 from sacseg.config import TrainConfig, apply_overrides, load_config, save_config
 from sacseg.data import ScaleScenes
+from sacseg.evaluation import predict_files
 from sacseg.evaluation.evaluate import evaluate
 from sacseg.evaluation.metrics import format_results
 from sacseg.evaluation.predict_files import find_images, load_image
 from sacseg.factory import build_eval_dataset, build_model_from_config, load_trained_model
-from sacseg.models.inference import predict
+from sacseg.models.inference import predict, predict_with_scales
 from sacseg.options import InferenceOptions
 from sacseg.training.train import train
 from sacseg.viz import colorize
@@ -303,8 +305,8 @@ def test_predict_does_not_predict_its_own_outputs(
 
 
 def test_find_images_skips_the_outputs_of_images_it_found(tmp_path: Path) -> None:
-    names = ["a.png", "a_color.png", "a_overlay.png", "a_index.png", "a_scale_layer4.png", "x_color.png", "a_scale_.jpg",
-             "aachen_000000_000019_leftImg8bit.png", "aachen/aachen_000000_000019_pred_labelIds.png",
+    names = ["a.png", "a_color.png", "a_overlay.png", "a_index.png", "a_scale_layer4.png", "a_scale_layer4.tif",
+             "x_color.png", "a_scale_.jpg", "aachen_000000_000019_leftImg8bit.png", "aachen/aachen_000000_000019_pred_labelIds.png",
              "aachen/bremen_000000_000019_pred_labelIds.png"]  # fmt: skip
     for name in names:
         (tmp_path / name).parent.mkdir(exist_ok=True)
@@ -361,3 +363,32 @@ def test_eval_results_are_named_by_checkpoint_and_options_and_never_overwritten_
         f"sacseg eval: error: results file {whole} exists; give --overwrite to replace it, or --out another file\n"
     )
     assert main([*args, "--overwrite"]) == 0 and json.loads(whole.read_text())["meta"]["checkpoint"] == str(checkpoint)
+
+
+def test_predict_scale_maps_are_drawn_on_the_models_range_or_written_raw(
+    sac_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inputs = tmp_path / "images"
+    inputs.mkdir()
+    for i, name in enumerate(("a.png", "b.png")):
+        Image.fromarray(ScaleScenes(2, size=64, seed=3).load(i)[0].permute(1, 2, 0).numpy()).save(inputs / name)
+    ranges: list[tuple[float, float]] = []
+    draw = predict_files.save_scale_map
+
+    def spy(scale: torch.Tensor, path: Path, **options: Any) -> None:
+        ranges.append((options["vmin"], options["vmax"]))
+        draw(scale, path, **options)
+
+    monkeypatch.setattr(predict_files, "save_scale_map", spy)
+    predict_args = ["predict", "--checkpoint", str(sac_checkpoint), str(inputs), "--no-legend", "--out"]
+    assert main([*predict_args, str(tmp_path / "png")]) == 0
+    model, cfg = load_trained_model(sac_checkpoint)
+    assert ranges == [(cfg.min_scale, cfg.max_scale)] * 2  # one colour scale for every image: the model's bounds
+    expected = {stem: predict_with_scales(model, load_image(inputs / f"{stem}.png")[1][None])[1] for stem in "ab"}
+    for fmt, suffix in (("npy", ".npy"), ("tiff", ".tif")):
+        assert main([*predict_args, str(tmp_path / fmt), "--scale-format", fmt]) == 0
+        for stem in "ab":
+            path = tmp_path / fmt / f"{stem}_scale_classifier{suffix}"
+            values = np.load(path) if fmt == "npy" else np.asarray(Image.open(path))
+            assert values.dtype == np.float32 and values.shape == (64, 64)
+            np.testing.assert_array_equal(values, expected[stem]["classifier"][0, 0].numpy())
