@@ -164,6 +164,6 @@ def test_export_stores_classes_palette_and_normalisation(
         export_onnx(nn.Conv2d(3, 2, 1), tmp_path / "x.onnx", 8, 8, metadata={"classes": ["sky"]})  # type: ignore[dict-item]
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:  # --set reaches the config: a wrong key value is refused
-        main([*args, "--set", "num_classes=5"])
+        main([*args, "--overwrite", "--set", "num_classes=5"])
     assert exit_info.value.code == 2
     assert "config key 'num_classes' is 5 but the model in" in capsys.readouterr().err
