@@ -1,7 +1,8 @@
-"""Checkpoints: saved atomically with RNG states and a format version, read back upgraded, with errors naming the file."""
+"""Checkpoints: saved atomically with RNG states, labels and a format version, read back upgraded, with errors naming the file."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from collections.abc import Callable
@@ -12,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from sacseg.config import TrainConfig, config_from_dict
+from sacseg.labels import record_labels
 from sacseg.utils.io import atomic_open
 
 __all__ = [
@@ -27,7 +30,7 @@ __all__ = [
 
 # The layout ``save_checkpoint`` writes. A change to it raises this by one and adds the step from
 # the previous version to ``_UPGRADES``, so every file written before still reads.
-CHECKPOINT_FORMAT_VERSION = 1
+CHECKPOINT_FORMAT_VERSION = 2
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
@@ -101,16 +104,24 @@ def save_checkpoint(
     config: dict[str, Any],
     best_metric: float,
     git_revision: str = "unknown",
+    labels: dict[str, Any] | None = None,
 ) -> None:
     """Write everything a run needs to continue exactly, atomically.
 
     ``iteration`` counts completed optimisation steps; ``epoch`` is the epoch they are in. Refuses
     (ValueError) to write a model whose weights or buffers are not finite, so the previous file
     at ``path`` stays the last good one.
+
+    ``labels`` (``sacseg.labels.record_labels``: class names and colours) make the file
+    self-contained for inference; by default they are resolved from ``config`` when it holds every
+    ``TrainConfig`` key (what ``sacseg train`` passes; a class-name file is read now, relative to
+    the working directory the run has), else none is recorded.
     """
     bad = _non_finite_parameter(model)
     if bad is not None:
         raise ValueError(f"not writing {path}: model tensor {bad!r} holds NaN or inf at iteration {iteration}")
+    if labels is None and set(config) >= {field.name for field in dataclasses.fields(TrainConfig)}:
+        labels = record_labels(config_from_dict(config, source=f"config of checkpoint {path}"))
     state = {
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "model": model.state_dict(),
@@ -123,6 +134,7 @@ def save_checkpoint(
         "best_metric": float(best_metric),
         "rng": capture_rng_state(),
         "git_revision": git_revision,
+        "labels": labels,
     }
     atomic_torch_save(state, path)
 
@@ -131,16 +143,27 @@ def read_checkpoint(
     path: str | os.PathLike[str], map_location: str | torch.device = "cpu", required: tuple[str, ...] = ("model",)
 ) -> dict[str, Any]:
     """Any file ``torch.load(weights_only=True)`` reads as a dict holding the keys ``required``, through
-    ``migrate_checkpoint``; FileNotFoundError / ValueError (corrupt, keys missing, a newer format) name the file."""
+    ``migrate_checkpoint``; FileNotFoundError / ValueError (corrupt, keys missing, a newer format, an ONNX
+    file or a torchvision ResNet state dict, each said in one line) name the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a bad file
+        if _is_onnx(path):  # torch's message would be a paragraph about weights_only
+            raise ValueError(
+                f"checkpoint {path} is an ONNX file, not a PyTorch checkpoint: run it with onnxruntime; "
+                "sacseg eval, predict and export read the .pt files that sacseg train writes"
+            ) from None
         raise ValueError(f"checkpoint {path} is corrupt or not a checkpoint: {err}") from err
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {path} lacks {', '.join(required)}")
+    if _is_torchvision_resnet(state.get("model", state)):  # else: every key name, missing and unexpected
+        raise ValueError(
+            f"checkpoint {path} holds a torchvision ResNet state dict, not a sacseg checkpoint: "
+            "use it as the config key backbone_weights to start a training run from it"
+        )
     state = migrate_checkpoint(state, path)
     missing = [key for key in required if key not in state]
     if missing:
@@ -148,13 +171,33 @@ def read_checkpoint(
     return state
 
 
+def _is_onnx(path: Path) -> bool:
+    """Whether ``path`` is named ``.onnx`` or starts as an ONNX ``ModelProto`` does: field 1 (``ir_version``,
+    a one-byte varint), then another of its fields (producer, domain, graph, opset imports, ...)."""
+    if path.suffix.lower() == ".onnx":
+        return True
+    with path.open("rb") as handle:
+        head = handle.read(3)
+    return len(head) == 3 and head[0] == 0x08 and head[1] < 0x80 and head[2] in (0x12, 0x1A, 0x22, 0x2A, 0x32, 0x3A, 0x42)
+
+
+def _is_torchvision_resnet(weights: object) -> bool:
+    """Whether ``weights`` is the state dict of a torchvision ``resnet*`` (stem, stages and ``fc`` at the top level)."""
+    return isinstance(weights, dict) and {"conv1.weight", "layer4.0.conv1.weight", "fc.weight"} <= set(weights)
+
+
 def _add_format_version(state: dict[str, Any]) -> dict[str, Any]:
     """Version 0 (sacseg 0.1.0, which wrote no ``format_version``) to 1: the same keys, the version added."""
     return {**state, "format_version": 1}
 
 
+def _add_labels(state: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 to 2: ``labels`` added, None in files written before (their config names the labels)."""
+    return {**state, "labels": None, "format_version": 2}
+
+
 # _UPGRADES[v] turns a checkpoint of format version v into one of version v + 1.
-_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _add_format_version}
+_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _add_format_version, 1: _add_labels}
 
 
 def migrate_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> dict[str, Any]:

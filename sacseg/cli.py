@@ -96,6 +96,12 @@ def _inference_options(args: argparse.Namespace, cfg: TrainConfig) -> InferenceO
     return InferenceOptions.named(values, name)
 
 
+def _refuse_existing(path: Path, overwrite: bool, what: str) -> None:
+    """ValueError naming ``path`` when it exists and ``--overwrite`` was not given: nothing written is lost unasked."""
+    if path.exists() and not overwrite:
+        raise ValueError(f"{what} {path} exists; give --overwrite to replace it, or --out another file")
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
@@ -108,9 +114,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     model, cfg = _trained_model(args, overrides)
     options = _inference_options(args, cfg)
     split = args.split if args.split is not None else cfg.val_split
-    out = Path(args.out) if args.out is not None else Path(args.checkpoint).parent / f"eval_{split}.json"
-    if out.is_dir():  # found now, not after minutes of evaluation
+    checkpoint = Path(args.checkpoint)
+    out = Path(args.out) if args.out is not None else checkpoint.parent / f"eval_{checkpoint.stem}_{split}_{options.tag()}.json"
+    # Found now, not after minutes of evaluation.
+    if out.is_dir():
         raise ValueError(f"--out {out} is a folder; give the results file to write")
+    _refuse_existing(out, args.overwrite, "results file")
     dataset = build_eval_dataset(cfg, split)
     classes, count = dataset.classes, len(dataset)
     loader = DataLoader(torch_dataset(dataset), batch_size=1, num_workers=min(cfg.workers, 2))  # images may differ in size
@@ -128,21 +137,34 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from sacseg.evaluation.predict_files import find_images, predict_files
+    from tqdm import tqdm
 
-    paths = find_images(args.inputs, out_dir=args.out)
+    from sacseg.evaluation.predict_files import find_image_files, predict_files
+
+    images = find_image_files(args.inputs, out_dir=args.out)
     model, cfg = _trained_model(args, list(args.set))
+    unreadable: list[Path] = []
+
+    def skip(path: Path, err: ValueError) -> None:  # one line, and the other images still predicted
+        unreadable.append(path)
+        tqdm.write(f"sacseg predict: skipped: {str(err).splitlines()[0]}", file=sys.stderr)
+
     written = predict_files(
         model,
         cfg,
-        paths,
+        images,
         args.out,
         fmt=args.format,
         options=_inference_options(args, cfg),
         progress=True,
         legend=not args.no_legend,
+        on_unreadable=skip,
+        scale_format=args.scale_format,
     )
-    print(f"{len(written)} files for {len(paths)} images in {args.out}")
+    print(f"{len(written)} files for {len(images) - len(unreadable)} images in {args.out}")
+    if unreadable:
+        print(f"sacseg predict: {len(unreadable)} of {len(images)} images could not be read (named above)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -150,6 +172,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from sacseg.evaluation.segmenter import Segmenter
     from sacseg.export.onnx_export import export_onnx
 
+    _refuse_existing(Path(args.out), args.overwrite, "ONNX file")
     model, cfg = _trained_model(args, list(args.set))
     metadata = Segmenter(model, cfg).metadata()  # classes, palette, normalisation for the deployed file
     try:
@@ -241,14 +264,17 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-root", default=None, help="the dataset's folder (default: config key data_root)")
     _add_set_arg(parser)
     _add_inference_args(parser)
-    parser.add_argument("--out", default=None, help="results JSON (default: CHECKPOINT_DIR/eval_SPLIT.json)")
+    parser.add_argument("--out", default=None,
+                        help="results JSON (default: CHECKPOINT_DIR/eval_CHECKPOINT_SPLIT_OPTIONS.json, e.g. "
+                             "eval_best_val_slide-512-341_ms0.75-1.0-1.25_flip.json)")  # fmt: skip
+    parser.add_argument("--overwrite", action="store_true", help="replace the results file if it exists (else refused)")
     parser.set_defaults(func=_cmd_eval)
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("predict", help="predict image files: colour PNGs, overlays, scale heat maps, "
                                             "class-index PNGs or Cityscapes labelIds")  # fmt: skip
-    from sacseg.options import PredictionFormat
+    from sacseg.options import PredictionFormat, ScaleFormat
 
     _add_model_args(parser)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched for images")
@@ -258,6 +284,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                              "cityscapes: labelId PNGs for the official evaluator")  # fmt: skip
     parser.add_argument("--no-legend", action="store_true",
                         help="color pictures without the strip naming the classes present (image-sized)")  # fmt: skip
+    parser.add_argument("--scale-format", choices=typing.get_args(ScaleFormat), default="png",
+                        help="--format color's scale maps: png: heat maps on the model's [min_scale, max_scale]; "
+                             "npy, tiff: the raw float32 values, <stem>_scale_<layer>.npy or .tif")  # fmt: skip
     _add_set_arg(parser)
     _add_inference_args(parser)
     parser.set_defaults(func=_cmd_predict)
@@ -267,6 +296,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("export", help="export a checkpoint to ONNX, checked against PyTorch in onnxruntime")
     _add_model_args(parser)
     parser.add_argument("--out", required=True, help="the .onnx file to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists (else refused)")
     _add_set_arg(parser)
     parser.add_argument("--height", type=int, default=512, help="input height")
     parser.add_argument("--width", type=int, default=512, help="input width")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import os
 import types
 import typing
@@ -25,6 +26,7 @@ from sacseg.options import (
 )
 from sacseg.utils.device import DeviceName
 from sacseg.utils.io import atomic_open
+from sacseg.utils.pair import positive_pair
 
 __all__ = ["Schedule", "TrainConfig", "apply_overrides", "config_from_dict", "load_config", "save_config"]
 
@@ -91,7 +93,8 @@ class TrainConfig:
     folder_classes: list[str] | str | None = None
     folder_palette: list[list[int]] | None = None
     folder_ignore_index: int = 255
-    crop_size: int = 500
+    # Training crops: one int (square) or [H, W].
+    crop_size: int | list[int] = 500
     scale_min: float = 0.5
     scale_max: float = 1.5
     flip: bool = True
@@ -134,7 +137,7 @@ class TrainConfig:
 
 
 _POSITIVE = (
-    "num_classes", "scale_scenes_train_images", "scale_scenes_val_images", "scale_scenes_size", "crop_size",
+    "num_classes", "scale_scenes_train_images", "scale_scenes_val_images", "scale_scenes_size",
     "batch_size", "val_every", "checkpoint_every", "log_every", "lr", "scale_lr_mult", "dist_timeout",
 )  # fmt: skip
 _NON_NEGATIVE = ("epochs", "iterations", "workers", "momentum", "weight_decay", "lr_step", "seed", "threads")
@@ -144,8 +147,13 @@ def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(TrainConfig)
 
 
-def _valid_keys() -> str:
-    return ", ".join(f.name for f in dataclasses.fields(TrainConfig))
+def _unknown_key(key: str) -> str:
+    """``"unknown config key 'bach_size'; did you mean 'batch_size'? valid keys: ..."``: the one or two
+    keys it is a likely typo of (if any), then every key."""
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    close = difflib.get_close_matches(key, names, n=2, cutoff=0.8)
+    hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+    return f"unknown config key {key!r}; {hint}valid keys: {', '.join(names)}"
 
 
 class _Mismatch(Exception):
@@ -222,6 +230,10 @@ def _validate(cfg: TrainConfig, source: str) -> None:
     for key in _NON_NEGATIVE:
         if getattr(cfg, key) < 0:
             raise ValueError(f"{source}: config key {key!r} must be >= 0, got {getattr(cfg, key)!r}")
+    try:
+        positive_pair(cfg.crop_size, "config key 'crop_size'")
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
     if (cfg.epochs > 0) == (cfg.iterations > 0):
         raise ValueError(
             f"{source}: set exactly one of config keys 'epochs' and 'iterations' > 0, "
@@ -278,9 +290,9 @@ def _precision_from_amp(value: Any, source: str) -> str:
 def config_from_dict(values: Mapping[str, Any], source: str = "config") -> TrainConfig:
     """A checked ``TrainConfig`` from a flat mapping; keys left out keep the dataclass default.
 
-    Raises ValueError naming the key for an unknown key (listing the valid ones), a wrong type or
-    an invalid value. ``source`` (e.g. the file name) starts every message. The deprecated key
-    ``amp`` is read as ``precision`` (see ``TrainConfig``).
+    Raises ValueError naming the key for an unknown key (suggesting the closest, listing the valid
+    ones), a wrong type or an invalid value. ``source`` (e.g. the file name) starts every message.
+    The deprecated key ``amp`` is read as ``precision`` (see ``TrainConfig``).
     """
     if not isinstance(values, Mapping):
         raise ValueError(f"{source}: a config must be a flat mapping of key: value, got {type(values).__name__}")
@@ -296,7 +308,7 @@ def config_from_dict(values: Mapping[str, Any], source: str = "config") -> Train
     checked: dict[str, Any] = {}
     for key, value in values.items():
         if key not in types:
-            raise ValueError(f"{source}: unknown config key {key!r}; valid keys: {_valid_keys()}")
+            raise ValueError(f"{source}: {_unknown_key(key)}")
         checked[key] = _check_type(key, value, types[key], source)
     cfg = TrainConfig(**checked)
     _validate(cfg, source)
@@ -330,7 +342,7 @@ def apply_overrides(cfg: TrainConfig, overrides: Iterable[str]) -> TrainConfig:
             values["precision"] = _precision_from_amp(yaml.safe_load(text), "--set")
             continue
         if key not in values:
-            raise ValueError(f"--set: unknown config key {key!r}; valid keys: {_valid_keys()}")
+            raise ValueError(f"--set: {_unknown_key(key)}")
         try:
             values[key] = yaml.safe_load(text)
         except yaml.YAMLError as err:

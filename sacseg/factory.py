@@ -9,86 +9,30 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from sacseg.checkpoint import load_checkpoint, read_checkpoint
 from sacseg.config import TrainConfig, config_from_dict
-from sacseg.data import DATASETS, ScaleScenes, SegmentationFolder, index_palette
+from sacseg.data import ScaleScenes, SegmentationFolder
 from sacseg.data.protocol import SegmentationDataset
 from sacseg.data.transforms import JointTransform, eval_transforms, train_transforms
+from sacseg.labels import OnDiskDataset, dataset_class, dataset_labels, with_recorded_labels
 from sacseg.models import build_model, load_baseline, load_baseline_and_freeze
 
 __all__ = ["build_datasets", "build_eval_dataset", "build_model_from_config", "dataset_labels", "load_trained_model"]
 
 
-#: A data set's class names and colours (uint8 ``[K, 3]``).
-Labels = tuple[tuple[str, ...], Tensor]
-
 # ScaleScenes' convention: each split is generated from its own seed, so validation is held out.
 _SCALE_SCENES_SEEDS = {"train": 0, "val": 1, "test": 2}
-
-
-class _OnDisk(Protocol):
-    """A data set class read from one folder, whose labels are class attributes (Cityscapes, ADE20K, CamVid):
-    what ``sacseg.data.DATASETS`` holds besides ScaleScenes (generated) and SegmentationFolder (labels from the config)."""
-
-    classes: tuple[str, ...]
-    palette: Tensor
-
-    def __call__(self, root: Path, split: str, transforms: JointTransform | None = None) -> SegmentationDataset: ...
-
-
-def _dataset_class(cfg: TrainConfig) -> type[SegmentationDataset]:
-    """The class that ``sacseg.data.DATASETS``, the one registry of data sets, holds under the config's ``dataset``."""
-    if cfg.dataset not in DATASETS:
-        raise ValueError(f"config key 'dataset': {cfg.dataset!r} is unknown; valid: {', '.join(sorted(DATASETS))}")
-    return DATASETS[cfg.dataset]
-
-
-def _folder_labels(cfg: TrainConfig) -> Labels:
-    """``folder_classes`` (the list itself, or the names in the file it names under ``data_root``) and
-    ``folder_palette`` (default: generated)."""
-    if isinstance(cfg.folder_classes, list):
-        classes = tuple(cfg.folder_classes)
-    else:
-        path = Path(cfg.data_root) / str(cfg.folder_classes)
-        if not path.is_file():
-            raise FileNotFoundError(f"config key 'folder_classes': class-name file not found: {path}")
-        classes = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-        if not classes:
-            raise ValueError(f"config key 'folder_classes': no class names in {path}")
-    if cfg.folder_palette is None:
-        return classes, index_palette(len(classes))
-    palette = cfg.folder_palette
-    if len(palette) != len(classes) or any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in palette):
-        raise ValueError(
-            f"config key 'folder_palette' must be {len(classes)} colours [r, g, b] in 0..255 (one per class), got {palette}"
-        )
-    return classes, torch.tensor(palette, dtype=torch.uint8)
-
-
-def dataset_labels(cfg: TrainConfig) -> Labels:
-    """The class names and the palette (uint8 ``[K, 3]``) of the config's data set, read without its
-    data (so a trained model's pictures need none on disk); ValueError when their count is not the
-    config's ``num_classes``."""
-    kind = _dataset_class(cfg)
-    if kind is SegmentationFolder:
-        classes, palette = _folder_labels(cfg)
-    else:  # every other data set's labels are class attributes (ScaleScenes' too)
-        fixed = cast(_OnDisk, kind)
-        classes, palette = tuple(fixed.classes), fixed.palette
-    if len(classes) != cfg.num_classes or len(palette) != cfg.num_classes:
-        raise ValueError(f"config key 'num_classes' is {cfg.num_classes} but dataset {cfg.dataset!r} has {len(classes)} classes")
-    return classes, palette
 
 
 def _build(cfg: TrainConfig, split: str, transforms: JointTransform, training: bool) -> SegmentationDataset:
     """One split of the config's data set; ScaleScenes and folders take config keys of their own, the
     others are read from ``data_root`` as ``kind(root, split, transforms=...)``."""
-    kind = _dataset_class(cfg)
+    kind = dataset_class(cfg)
     classes, palette = dataset_labels(cfg)  # fails on a class-count mismatch before any image is read
     if kind is ScaleScenes:
         if split not in _SCALE_SCENES_SEEDS:
@@ -99,7 +43,7 @@ def _build(cfg: TrainConfig, split: str, transforms: JointTransform, training: b
     if kind is SegmentationFolder:
         images, masks = root / cfg.folder_images.format(split=split), root / cfg.folder_masks.format(split=split)
         return SegmentationFolder(images, masks, classes, cfg.folder_ignore_index, transforms, palette)
-    return cast(_OnDisk, kind)(root, split, transforms=transforms)
+    return cast(OnDiskDataset, kind)(root, split, transforms=transforms)
 
 
 def build_eval_dataset(cfg: TrainConfig, split: str | None = None) -> SegmentationDataset:
@@ -142,7 +86,9 @@ def load_trained_model(
 
     Reads any file holding ``{"model": state_dict, "config": {...}}`` (``save_checkpoint`` writes
     both), rebuilds the model with ``build_model_from_config`` and loads the weights strictly.
-    ``default_config`` is used only when the checkpoint stores no config. The config's
+    ``default_config`` is used only when the checkpoint stores no config. The labels the checkpoint
+    records fill in a folder data set's class-name file and generated palette
+    (``sacseg.labels.with_recorded_labels``), so the config needs no file beside the data. The config's
     ``backbone_weights``, ``baseline_checkpoint`` and ``init_checkpoint`` are not read: the checkpoint holds
     every weight, so neither an ImageNet download nor the baseline file of a "-only" run is needed.
     FileNotFoundError / ValueError name the file (missing, corrupt, no config, weights that do not
@@ -156,6 +102,7 @@ def load_trained_model(
         cfg = default_config
     else:
         raise ValueError(f"checkpoint {path} stores no config: give the training config (--config)")
+    cfg = with_recorded_labels(cfg, state["labels"])
     model = build_model_from_config(
         dataclasses.replace(cfg, backbone_weights=None, baseline_checkpoint=None, init_checkpoint=None)
     )

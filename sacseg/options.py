@@ -20,6 +20,7 @@ __all__ = [
     "Precision",
     "PredictionFormat",
     "ScaleBound",
+    "ScaleFormat",
     "UpsampleMode",
 ]
 
@@ -40,6 +41,8 @@ InferenceMode = Literal["whole", "slide"]
 Precision = Literal["fp32", "bf16", "fp16"]
 #: What ``predict_files`` writes per image: colour pictures, class-index PNGs or Cityscapes labelIds.
 PredictionFormat = Literal["color", "index", "cityscapes"]
+#: How ``predict_files`` writes scale maps: heat-map pictures, or the raw float32 values (``.npy``, ``.tif``).
+ScaleFormat = Literal["png", "npy", "tiff"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +110,16 @@ class InferenceOptions:
             text += f", crop {_size_text(self.crop_size)}, stride {_size_text(stride)}"
         text += ", scales " + " ".join(f"{s:g}" for s in self.scales)
         return text + (", flip" if self.flip else "")
+
+    def tag(self) -> str:
+        """The options as part of a file name: ``"whole"``, ``"slide-512-341_ms0.75-1.0-1.25_flip"`` (window
+        and step, ``HxW`` where not square; the scales unless only 1; flip), so results of other options differ."""
+        text: str = self.mode
+        for h, w in self.window() or ():
+            text += f"-{h}" if h == w else f"-{h}x{w}"
+        if tuple(self.scales) != (1.0,):
+            text += "_ms" + "-".join(map(str, self.scales))
+        return text + ("_flip" if self.flip else "")
 
 
 def _size_text(size: IntOrPair) -> str:

@@ -57,11 +57,20 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
 def test_a_checkpoint_records_its_format_version_and_one_from_a_newer_sacseg_is_refused(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "last.pt", **_parts(), iteration=1, epoch=0, config={}, best_metric=0.0)
     state = torch.load(tmp_path / "last.pt", weights_only=True)
-    assert state["format_version"] == CHECKPOINT_FORMAT_VERSION == 1  # in the file itself, not added on reading
+    assert state["format_version"] == CHECKPOINT_FORMAT_VERSION == 2  # in the file itself, not added on reading
     torch.save({**state, "format_version": 99}, tmp_path / "future.pt")
-    expected = f"checkpoint {tmp_path / 'future.pt'} has format version 99, but this sacseg reads versions up to 1"
+    expected = f"checkpoint {tmp_path / 'future.pt'} has format version 99, but this sacseg reads versions up to 2"
     with pytest.raises(ValueError, match=re.escape(expected)):
         load_checkpoint(tmp_path / "future.pt")
+
+
+def test_a_format_version_1_checkpoint_reads_with_no_labels_recorded(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "last.pt", **_parts(), iteration=1, epoch=0, config={}, best_metric=0.0)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    version_1 = {**{k: v for k, v in state.items() if k != "labels"}, "format_version": 1}
+    torch.save(version_1, tmp_path / "v1.pt")
+    read = load_checkpoint(tmp_path / "v1.pt")
+    assert read["format_version"] == 2 and read["labels"] is None and set(read) == set(version_1) | {"labels"}
 
 
 def test_rng_states_round_trip() -> None:
@@ -209,3 +218,36 @@ def test_load_trained_model_errors_name_the_file(tiny_config: Callable[..., Trai
         load_trained_model(tmp_path / "mismatch.pt")
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_trained_model(tmp_path / "none.pt")
+
+
+@pytest.mark.parametrize("wrapped", [True, False], ids=["under-model", "bare"])
+def test_a_torchvision_state_dict_given_as_a_checkpoint_is_one_line_saying_what_it_is(
+    tiny_config: Callable[..., TrainConfig], tmp_path: Path, wrapped: bool
+) -> None:
+    from torchvision.models import resnet18
+
+    weights = resnet18().state_dict()
+    atomic_torch_save({"model": weights} if wrapped else weights, tmp_path / "resnet18.pth")
+    with pytest.raises(ValueError) as error:
+        load_trained_model(tmp_path / "resnet18.pth", default_config=tiny_config(tmp_path))
+    assert str(error.value) == (
+        f"checkpoint {tmp_path / 'resnet18.pth'} holds a torchvision ResNet state dict, not a sacseg checkpoint: "
+        "use it as the config key backbone_weights to start a training run from it"
+    )
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "renamed.pt"])
+def test_an_onnx_file_given_as_a_checkpoint_is_named_as_one(tmp_path: Path, name: str) -> None:
+    onnx = pytest.importorskip("onnx")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )  # fmt: skip
+    onnx.save(onnx.helper.make_model(graph, producer_name="pytorch"), tmp_path / name)
+    with pytest.raises(ValueError) as error:
+        load_checkpoint(tmp_path / name)
+    assert str(error.value) == (
+        f"checkpoint {tmp_path / name} is an ONNX file, not a PyTorch checkpoint: run it with onnxruntime; "
+        "sacseg eval, predict and export read the .pt files that sacseg train writes"
+    )

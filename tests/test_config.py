@@ -41,6 +41,9 @@ def test_unknown_key_names_it_and_lists_valid_keys(tmp_path: Path) -> None:
     path.write_text("model: fcn_resnet18\nlearning_rate: 0.1\niterations: 2\n")
     with pytest.raises(ValueError, match=r"bad.yaml.*'learning_rate'.*valid keys: model, num_classes"):
         load_config(path)
+    path.write_text("model: fcn_resnet18\nlr_stpe: 30\niterations: 2\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: unknown config key 'lr_stpe'; did you mean 'lr_step'\? valid keys: model"):
+        load_config(path)
 
 
 @pytest.mark.parametrize(
@@ -84,7 +87,7 @@ def test_overrides_are_parsed_with_the_field_type(tmp_path: Path) -> None:
     assert isinstance(cfg.grad_clip, float)
     with pytest.raises(ValueError, match="'batch_size'"):
         apply_overrides(cfg, ["batch_size=big"])
-    with pytest.raises(ValueError, match="unknown config key 'bach_size'.*valid keys"):
+    with pytest.raises(ValueError, match="unknown config key 'bach_size'; did you mean 'batch_size'\\? valid keys"):
         apply_overrides(cfg, ["bach_size=2"])
     with pytest.raises(ValueError, match="key=value"):
         apply_overrides(cfg, ["batch_size"])
@@ -109,6 +112,19 @@ def test_camvid_config_reads_the_real_sample(shared_data: Path) -> None:
     assert (len(train_set), len(val_set)) == (367, 101)
     image, target = train_set[0]
     assert image.shape == (3, cfg.crop_size, cfg.crop_size) and target.shape == (cfg.crop_size, cfg.crop_size)
+
+
+def test_training_crops_are_an_int_or_height_and_width() -> None:
+    from sacseg.factory import build_datasets
+
+    cfg = config_from_dict({"iterations": 1, "crop_size": [48, 80], "scale_scenes_size": 64, "scale_scenes_val_images": 1})
+    image, target = build_datasets(cfg)[0][0]
+    assert image.shape == (3, 48, 80) and target.shape == (48, 80)  # padded to the width with ignored labels
+    assert config_from_dict(dataclasses.asdict(cfg)) == cfg and apply_overrides(cfg, ["crop_size=32"]).crop_size == 32
+    with pytest.raises(ValueError, match=r"config key 'crop_size' must be an int or a pair of ints, got \[48, 80, 3\]"):
+        apply_overrides(cfg, ["crop_size=[48, 80, 3]"])
+    with pytest.raises(ValueError, match=r"config key 'crop_size' must be positive, got \[0, 80\]"):
+        apply_overrides(cfg, ["crop_size=[0, 80]"])
 
 
 def test_window_sizes_are_an_int_or_height_and_width() -> None:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from sacseg import Segmenter
+from sacseg.checkpoint import load_checkpoint
 from sacseg.cli import main
 from sacseg.config import apply_overrides, load_config
+from sacseg.data import index_palette
 from sacseg.factory import build_datasets, dataset_labels
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +61,7 @@ def test_folder_dataset_trains_evaluates_and_predicts_from_the_cli(tmp_path: Pat
     printed = capsys.readouterr().out
     assert "fcn_resnet18 on folder val (1 images; mode whole" in printed
     assert all(name in printed for name in ("background", "road", "vehicle"))
-    doc = json.loads((run / "eval_val.json").read_text())
+    doc = json.loads((run / "eval_last_val_whole.json").read_text())
     assert list(doc["classes"]) == ["background", "road", "vehicle"] and doc["num_pixels"] == 60 * 64  # ignore rows left out
 
     out = tmp_path / "pred"
@@ -84,3 +89,33 @@ def test_folder_keys_are_checked(tmp_path: Path) -> None:
         apply_overrides(cfg, ["folder_classes=null"])
     with pytest.raises(FileNotFoundError, match=f"mask folder not found: {data / 'labels' / 'train'}"):
         build_datasets(apply_overrides(cfg, ["folder_masks=labels/{split}"]))
+
+
+def test_a_checkpoint_names_its_classes_from_any_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The issue's run: data_root relative to the working directory, the class names in a file there.
+    _make_folder(tmp_path / "my_data", {"train": 2, "val": 1})
+    monkeypatch.chdir(tmp_path)
+    sets = [
+        "data_root=my_data", "folder_classes=classes.txt", "folder_ignore_index=9", "epochs=0", "iterations=1",
+        "crop_size=64", "batch_size=2", "workers=0", "threads=1", "val_every=1",
+    ]  # fmt: skip
+    assert main(["train", "--config", str(EXAMPLE), "--out", "run", *(a for s in sets for a in ("--set", s))]) == 0
+    checkpoint = tmp_path / "run" / "last.pt"
+    names = ["background", "road", "vehicle"]
+    assert load_checkpoint(checkpoint)["labels"] == {"dataset": "folder", "classes": names, "palette": index_palette(3).tolist()}
+    other = tmp_path / "other_data"  # the data elsewhere, without the class-name file
+    shutil.copytree(tmp_path / "my_data", other)
+    (other / "classes.txt").unlink()
+    monkeypatch.chdir(tmp_path / "run")
+    capsys.readouterr()
+
+    segmenter = Segmenter.from_checkpoint(checkpoint, device="cpu")
+    assert segmenter.classes == tuple(names) and torch.equal(segmenter.palette, index_palette(3))
+    assert segmenter.metadata()["ignore_index"] == "9"  # what sacseg export stores: the masks' value
+    assert main(["eval", "--checkpoint", str(checkpoint), "--data-root", str(other), "--set", "workers=0"]) == 0
+    printed = capsys.readouterr().out
+    assert "fcn_resnet18 on folder val (1 images" in printed and all(name in printed for name in names)
+    assert main(["predict", "--checkpoint", str(checkpoint), str(other / "images" / "val"), "--out", "pred"]) == 0
+    assert (tmp_path / "run" / "pred" / "frame_00_color.png").is_file()

@@ -88,3 +88,10 @@ def test_training_validates_under_every_eval_option(tiny_config: Callable[..., T
     expected = evaluate(model, loader, cfg.num_classes, options=InferenceOptions.from_config(cfg)).compute()
     assert summary.last_metrics["miou"] == pytest.approx(expected["miou"])
     assert summary.last_metrics["pixel_acc"] == pytest.approx(expected["pixel_acc"])
+
+
+def test_tag_names_the_options_in_a_file_name() -> None:
+    assert InferenceOptions().tag() == "whole" and InferenceOptions(scales=(0.25,)).tag() == "whole_ms0.25"
+    options = InferenceOptions(mode="slide", crop_size=(512, 1024), stride=(256, 512), scales=(0.75, 1, 1.25), flip=True)
+    assert options.tag() == "slide-512x1024-256x512_ms0.75-1.0-1.25_flip"
+    assert InferenceOptions(mode="slide", crop_size=512).tag() == "slide-512-512"  # the step defaults to the window

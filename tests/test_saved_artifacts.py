@@ -37,12 +37,13 @@ def saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, single_thread: None) 
     return json.loads((tmp_path / "expected.json").read_text())
 
 
-def test_checkpoint_reads_as_format_version_1_with_its_keys_unchanged(saved: dict[str, Any]) -> None:
+def test_checkpoint_reads_as_format_version_2_with_its_keys_unchanged(saved: dict[str, Any]) -> None:
     raw = torch.load("run/last.pt", weights_only=True)
     assert "format_version" not in raw  # 0.1.0 wrote none: version 0
     state = load_checkpoint("run/last.pt")
-    assert state["format_version"] == 1
-    assert set(state) - {"format_version"} == set(raw)
+    assert state["format_version"] == 2
+    assert set(state) - {"format_version", "labels"} == set(raw)
+    assert state["labels"] is None  # version 2's record of the labels; the config names them
     assert state["iteration"] == raw["iteration"] and state["config"] == raw["config"]
     assert state["scheduler"] == raw["scheduler"] and state["best_metric"] == raw["best_metric"]
     for key, value in raw["model"].items():

@@ -15,17 +15,20 @@ from torch import Tensor, nn
 
 from sacseg import __version__
 from sacseg.config import TrainConfig, apply_overrides, load_config
-from sacseg.data.transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from sacseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from sacseg.evaluation.predict_files import find_images, load_image, to_model_input
-from sacseg.factory import dataset_labels, load_trained_model
+from sacseg.factory import load_trained_model
+from sacseg.labels import dataset_labels, ignored_mask_value
 from sacseg.models.inference import predict_labels
 from sacseg.options import InferenceOptions
 from sacseg.utils.device import resolve_device
 
 __all__ = ["ImageInput", "Segmenter", "load_model_and_config"]
 
-#: What :meth:`Segmenter.predict` takes: an image file, a PIL image, a uint8 RGB array ``[H, W, 3]``
-#: or a normalised float tensor ``[3, H, W]``.
+#: What :meth:`Segmenter.predict` takes: an image file, a PIL image, or the RGB pixels of one image or a
+#: batch as a tensor (``[3, H, W]`` / ``[N, 3, H, W]``, as torchvision's ``read_image`` and ``to_tensor``
+#: give) or an array (``[H, W, 3]`` / ``[N, H, W, 3]``, as PIL and OpenCV give, in RGB order), uint8 0..255
+#: or float 0..1. Not normalised: :class:`Segmenter` applies its model's normalisation.
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | Tensor
 
 
@@ -65,11 +68,52 @@ def load_model_and_config(
     return model, cfg
 
 
+def _model_batch(image: ImageInput) -> tuple[Tensor, bool]:
+    """``image`` (see :meth:`Segmenter.predict`) as the normalised batch ``[N, 3, H, W]`` models take, and
+    whether it was a batch; ValueError / TypeError name the shape, type or value range at fault."""
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image)[1][None], False
+    if isinstance(image, Image.Image):
+        return to_model_input(image.convert("RGB"))[None], False
+    if isinstance(image, np.ndarray):
+        # A copy: arrays of PIL images are read-only, which torch.from_numpy warns about.
+        pixels, channels_last, kind = torch.from_numpy(np.array(image)), True, "array"
+    elif isinstance(image, Tensor):
+        pixels, channels_last, kind = image, False, "tensor"
+    else:
+        raise TypeError(f"an image must be a path, a PIL image, an array or a tensor, got {type(image).__name__}")
+    shape = tuple(pixels.shape)
+    if pixels.dim() not in (3, 4) or 3 not in (shape[-3], shape[-1]):
+        raise ValueError(
+            f"an image {kind} must be RGB [3, H, W] or [H, W, 3], or a batch [N, 3, H, W] or [N, H, W, 3], got shape {shape}"
+        )
+    if pixels.dtype != torch.uint8 and not pixels.is_floating_point():
+        raise ValueError(f"an image {kind} must be uint8 (0..255) or float (0..1), got {pixels.dtype}")
+    if pixels.is_floating_point() and pixels.numel():
+        low, high = float(pixels.min()), float(pixels.max())
+        if not low >= 0:
+            raise ValueError(
+                f"a float image {kind} must hold values in [0, 1] (as torchvision's to_tensor gives), got values down "
+                f"to {low:g}: it looks normalised already; Segmenter normalises itself (pass the [0, 1] or uint8 "
+                "image), or call sacseg.models.inference.predict_labels with normalised images"
+            )
+        if high > 1:  # 0..255 pixels have no negative values; normalised ones do
+            raise ValueError(
+                f"a float image {kind} must hold values in [0, 1] (as torchvision's to_tensor gives), got values up to "
+                f"{high:g}: for 0..255 pixels pass uint8, or divide by 255"
+            )
+    # Channels-last where only that end has size 3, or where both do and the form's convention is it.
+    if shape[-1] == 3 and (shape[-3] != 3 or channels_last):
+        pixels = pixels.movedim(-1, -3)
+    batch = pixels if pixels.dim() == 4 else pixels[None]
+    return torch.stack([to_model_input(one) for one in batch]), pixels.dim() == 4
+
+
 class Segmenter:
     """A trained model with its classes, palette, normalisation and inference settings.
 
-    ``predict`` takes one image in any usual form and returns its class labels and scale maps,
-    as mmsegmentation's ``inference_model`` does; ``predict_folder`` does so for image files and
+    ``predict`` takes one image in any usual form, or a batch, and returns its class labels and scale
+    maps, as mmsegmentation's ``inference_model`` does; ``predict_folder`` does so for image files and
     folders. ``options`` (:class:`sacseg.options.InferenceOptions`) default to the config's
     ``eval_*`` keys. The model must be in eval mode.
 
@@ -77,6 +121,8 @@ class Segmenter:
 
         segmenter = sacseg.Segmenter.from_checkpoint("runs/camvid/best.pt", device="cpu")
         labels, scales = segmenter.predict("street.png")   # [H, W] long, {"classifier": [H, W]}
+        labels, scales = segmenter.predict(torchvision.io.read_image("street.png"))  # uint8 [3, H, W]: the same
+        labels, scales = segmenter.predict(batch)          # [N, 3, H, W] in [0, 1] -> [N, H, W], {"classifier": [N, H, W]}
         name = segmenter.classes[labels[0, 0]]
     """
 
@@ -113,35 +159,28 @@ class Segmenter:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _input(self, image: ImageInput) -> Tensor:
-        """``image`` as the normalised ``[3, H, W]`` tensor the model takes."""
-        if isinstance(image, (str, os.PathLike)):
-            return load_image(image)[1]
-        if isinstance(image, Image.Image):
-            return to_model_input(image.convert("RGB"))
-        if isinstance(image, np.ndarray):
-            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-                raise ValueError(f"an image array must be uint8 RGB [H, W, 3], got {image.dtype} {image.shape}")
-            return to_model_input(Image.fromarray(image))
-        if isinstance(image, Tensor):
-            if image.dim() != 3 or image.shape[0] != 3 or not image.is_floating_point():
-                raise ValueError(f"an image tensor must be normalised float [3, H, W], got {image.dtype} {tuple(image.shape)}")
-            return image
-        raise TypeError(
-            f"an image must be a path, a PIL image, a uint8 array [H, W, 3] or a tensor [3, H, W], got {type(image).__name__}"
-        )
-
     def predict(self, image: ImageInput) -> tuple[Tensor, dict[str, Tensor]]:
-        """Class labels and scale maps for one image.
+        """Class labels and scale maps for one image, or for each image of a batch.
+
+        ``image`` is a file, a PIL image, or RGB pixels (see :data:`ImageInput`): a tensor
+        ``[3, H, W]`` (or ``[H, W, 3]``), a batch ``[N, 3, H, W]``, or an array ``[H, W, 3]`` (or
+        ``[3, H, W]``), a batch ``[N, H, W, 3]``: the channels are the axis of size 3, tensors
+        channels-first and arrays channels-last where both ends have size 3. uint8 pixels are
+        0..255; float pixels must lie in ``[0, 1]`` (torchvision's ``to_tensor``): a float image with
+        values above 1 (0..255 pixels) or below 0 (already normalised) is a ValueError, as it would
+        be normalised wrongly. For normalised batches call
+        ``sacseg.models.inference.predict_labels(segmenter.model, images, segmenter.options)``.
 
         Returns:
             ``labels`` long ``[H, W]`` (indices into :attr:`classes`) and ``{name: [H, W]}`` float,
             one scale-coefficient map per scale-adaptive layer (``"classifier"``, ``"res5"``;
             empty for a baseline) from a whole-image pass at scale 1, resized to the image;
-            both on :attr:`device`.
+            for a batch ``[N, H, W]`` each; all on :attr:`device`.
         """
-        x = self._input(image).unsqueeze(0).to(self.device)
-        labels, scale_maps = predict_labels(self.model, x, self.options)
+        x, batched = _model_batch(image)
+        labels, scale_maps = predict_labels(self.model, x.to(self.device), self.options)
+        if batched:
+            return labels, {name: scale[:, 0] for name, scale in scale_maps.items()}
         return labels[0], {name: scale[0, 0] for name, scale in scale_maps.items()}
 
     def predict_folder(
@@ -158,14 +197,15 @@ class Segmenter:
 
         ``classes`` (names in index order), ``palette`` (``[[r, g, b], ...]``), ``mean`` and ``std``
         (RGB, of images scaled to ``[0, 1]``: the input is ``(image / 255 - mean) / std``),
-        ``ignore_index``, ``model``, ``dataset`` and ``sacseg_version``.
+        ``ignore_index`` (the mask value scoring leaves out: a folder data set's ``folder_ignore_index``,
+        else 255), ``model``, ``dataset`` and ``sacseg_version``.
         """
         return {
             "classes": json.dumps(list(self.classes)),
             "palette": json.dumps(self.palette.tolist()),
             "mean": json.dumps(list(IMAGENET_MEAN)),
             "std": json.dumps(list(IMAGENET_STD)),
-            "ignore_index": str(IGNORE_INDEX),
+            "ignore_index": str(ignored_mask_value(self.config)),
             "model": self.config.model,
             "dataset": self.config.dataset,
             "sacseg_version": __version__,

@@ -37,22 +37,21 @@ def _window_starts(size: int, crop: int, stride: int) -> list[int]:
 def _slide_logits(model: nn.Module, images: Tensor, crop: tuple[int, int], stride: tuple[int, int]) -> Tensor:
     """Logits ``[N, K, H, W]`` averaged over the windows covering each pixel."""
     h, w = images.shape[-2:]
-    # Zero in the normalised image is the dataset mean colour, the most neutral padding.
-    pad_h, pad_w = max(crop[0] - h, 0), max(crop[1] - w, 0)
-    padded = F.pad(images, (0, pad_w, 0, pad_h)) if pad_h or pad_w else images
-    ph, pw = padded.shape[-2:]
+    # A window larger than the image is clipped to it (per dimension), as in mmsegmentation: padding
+    # would show the model a border the whole image does not have, so slide and whole would differ.
+    crop = (min(crop[0], h), min(crop[1], w))
     total: Tensor | None = None
-    count = torch.zeros(1, 1, ph, pw, dtype=torch.float32, device=images.device)
-    for top in _window_starts(ph, crop[0], stride[0]):
-        for left in _window_starts(pw, crop[1], stride[1]):
-            window = padded[..., top : top + crop[0], left : left + crop[1]]
+    count = torch.zeros(1, 1, h, w, dtype=torch.float32, device=images.device)
+    for top in _window_starts(h, crop[0], stride[0]):
+        for left in _window_starts(w, crop[1], stride[1]):
+            window = images[..., top : top + crop[0], left : left + crop[1]]
             logits = _forward(model, window)["out"].float()
             if total is None:
-                total = images.new_zeros(images.shape[0], logits.shape[1], ph, pw, dtype=torch.float32)
+                total = images.new_zeros(images.shape[0], logits.shape[1], h, w, dtype=torch.float32)
             total[..., top : top + crop[0], left : left + crop[1]] += logits
             count[..., top : top + crop[0], left : left + crop[1]] += 1
     assert total is not None  # at least one window always exists
-    return (total / count)[..., :h, :w]
+    return total / count
 
 
 @torch.no_grad()
@@ -61,8 +60,9 @@ def predict(model: nn.Module, images: Tensor, options: InferenceOptions = Infere
 
     For each of ``options.scales`` the images are resized (bilinear), run whole (``mode="whole"``)
     or in ``crop_size`` windows every ``stride`` pixels (``mode="slide"``; overlapping logits are
-    averaged, the last window is aligned to the border, inputs smaller than a window are
-    zero-padded and the padding cropped away), with ``flip`` also mirrored left-right; the softmax
+    averaged, the last window is aligned to the border, and a window taller or wider than the
+    image is clipped to its height or width, so one covering the image is exactly ``mode="whole"``),
+    with ``flip`` also mirrored left-right; the softmax
     probabilities of every pass are resized back to ``H, W`` and averaged.
 
     The model must already be in eval mode; it is run without gradients.

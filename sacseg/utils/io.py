@@ -13,7 +13,7 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["IMAGE_SUFFIXES", "atomic_open", "read_image", "save_png", "stale_temp_files"]
+__all__ = ["IMAGE_SUFFIXES", "atomic_open", "read_image", "save_float_map", "save_png", "stale_temp_files"]
 
 #: The file name suffixes read as images (lower case).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -81,6 +81,22 @@ def save_png(array: np.ndarray, path: str | os.PathLike[str]) -> None:
         )
     with atomic_open(path, "wb") as handle:
         Image.fromarray(array).save(handle, format="PNG")
+
+
+def save_float_map(values: np.ndarray, path: str | os.PathLike[str]) -> None:
+    """Write a map ``[H, W]`` as float32, atomically: a NumPy ``.npy`` file, or for ``.tif`` / ``.tiff`` a
+    one-channel 32-bit float TIFF (PIL mode ``F``, which image tools and ``tifffile`` read)."""
+    if values.ndim != 2:
+        raise ValueError(f"expected a map [H, W] for {path}, got shape {values.shape}")
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".npy", ".tif", ".tiff"):
+        raise ValueError(f"a float map is written as .npy, .tif or .tiff, not {suffix!r}: {path}")
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    with atomic_open(path, "wb") as handle:
+        if suffix == ".npy":
+            np.save(handle, values)
+        else:
+            Image.fromarray(values, mode="F").save(handle, format="TIFF")
 
 
 def read_image(path: str | os.PathLike[str]) -> Image.Image:

@@ -7,6 +7,7 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,11 +19,12 @@ from sacseg.checkpoint import atomic_torch_save
 from sacseg.cli import main
 from sacseg.config import TrainConfig, apply_overrides, load_config, save_config
 from sacseg.data import ScaleScenes
+from sacseg.evaluation import predict_files
 from sacseg.evaluation.evaluate import evaluate
 from sacseg.evaluation.metrics import format_results
 from sacseg.evaluation.predict_files import find_images, load_image
 from sacseg.factory import build_eval_dataset, build_model_from_config, load_trained_model
-from sacseg.models.inference import predict
+from sacseg.models.inference import predict, predict_with_scales
 from sacseg.options import InferenceOptions
 from sacseg.training.train import train
 from sacseg.viz import colorize
@@ -46,7 +48,7 @@ def sac_checkpoint(tiny_config: Callable[..., TrainConfig], tmp_path_factory: py
 def test_eval_prints_table_and_writes_json(
     sac_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str]
 ) -> None:
-    out = tmp_path / "results.json" if options else sac_checkpoint.parent / "eval_val.json"
+    out = tmp_path / "results.json" if options else sac_checkpoint.parent / "eval_last_val_whole.json"
     args = ["eval", "--checkpoint", str(sac_checkpoint), "--set", "scale_scenes_val_images=2", *options]
     assert main(args + (["--out", str(out)] if options else [])) == 0
     printed = capsys.readouterr()
@@ -81,7 +83,7 @@ def test_eval_options_default_to_the_config_and_errors_name_the_flag_or_the_key(
     config_keys = ["--set", "eval_scales=[0.75, 1]", "--set", "eval_flip=true"]
     assert main([*args, *config_keys]) == 0
     assert "(1 images; mode whole, scales 0.75 1, flip):" in capsys.readouterr().out
-    assert main([*args, *config_keys, "--scales", "1", "--no-flip"]) == 0  # the flags replace the keys
+    assert main([*args, *config_keys, "--scales", "1", "--no-flip", "--overwrite"]) == 0  # the flags replace the keys
     assert "(1 images; mode whole, scales 1):" in capsys.readouterr().out
     meta = json.loads(out.read_text())["meta"]
     assert (meta["scales"], meta["flip"]) == ([1.0], False)
@@ -120,7 +122,7 @@ def test_eval_camvid_folder_from_the_cli(shared_data: Path, tmp_path: Path, caps
     assert "fcn_resnet18 on camvid val (3 images; mode whole, scales 0.25)" in printed.out
     assert "bicyclist" in printed.out and "pixel accuracy" in printed.out
     assert "eval: 100%" in printed.err and "3/3" in printed.err
-    doc = json.loads((tmp_path / "run" / "eval_val.json").read_text())
+    doc = json.loads((tmp_path / "run" / "eval_last_val_whole_ms0.25.json").read_text())
     assert doc["meta"]["data_root"] == str(eval_root) and doc["meta"]["images"] == 3
     assert doc["num_pixels"] > 0.9 * 3 * 480 * 360 and 0.0 <= doc["pixel_acc"] <= 1.0
 
@@ -138,7 +140,8 @@ def test_predict_writes_colour_overlay_and_scale_pictures(
     printed = capsys.readouterr()
     assert f"6 files for 2 images in {out}" in printed.out and "2/2" in printed.err
     assert sorted(p.name for p in out.iterdir()) == [
-        "a_color.png", "a_overlay.png", "a_scale_classifier.png", "b_color.png", "b_overlay.png", "b_scale_classifier.png",
+        ".sacseg-predictions", "a_color.png", "a_overlay.png", "a_scale_classifier.png", "b_color.png", "b_overlay.png",
+        "b_scale_classifier.png",
     ]  # fmt: skip
 
     model, _ = load_trained_model(sac_checkpoint)
@@ -190,7 +193,6 @@ def _write_config_less_checkpoint(path: Path, cfg: TrainConfig) -> None:
         ("missing checkpoint", "checkpoint not found: {tmp}/missing.pt"),
         ("corrupt checkpoint", "checkpoint {tmp}/corrupt.pt is corrupt or not a checkpoint"),
         ("no config", "checkpoint {tmp}/bare.pt stores no config"),
-        ("unreadable image", "cannot read image file {tmp}/broken.png"),
         ("missing image", "image or folder not found: {tmp}/nothing.png"),
         ("cityscapes format", "--format cityscapes needs a model trained on Cityscapes trainIds"),
     ],
@@ -204,7 +206,6 @@ def test_predict_errors_name_the_file(
     message: str,
 ) -> None:
     (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
-    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     Image.new("RGB", (32, 32)).save(tmp_path / "fine.png")
     checkpoint, image, extra = sac_checkpoint, tmp_path / "fine.png", []
     if case == "missing checkpoint":
@@ -214,8 +215,6 @@ def test_predict_errors_name_the_file(
     elif case == "no config":
         checkpoint = tmp_path / "bare.pt"
         _write_config_less_checkpoint(checkpoint, tiny_config(tmp_path))
-    elif case == "unreadable image":
-        image = tmp_path / "broken.png"
     elif case == "missing image":
         image = tmp_path / "nothing.png"
     else:
@@ -301,13 +300,13 @@ def test_predict_does_not_predict_its_own_outputs(
         assert main(["predict", "--checkpoint", str(sac_checkpoint), str(inputs), "--out", str(out)]) == 0
         assert f"3 files for 1 images in {out}" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir() if p.name != "predictions") == sorted(
-        (["a.png"] if not inside else []) + ["a_color.png", "a_overlay.png", "a_scale_classifier.png"]
-    )
+        (["a.png"] if not inside else [".sacseg-predictions"]) + ["a_color.png", "a_overlay.png", "a_scale_classifier.png"]
+    )  # no marker in a folder holding the inputs: searched from above, it is still searched
 
 
 def test_find_images_skips_the_outputs_of_images_it_found(tmp_path: Path) -> None:
-    names = ["a.png", "a_color.png", "a_overlay.png", "a_scale_layer4.png", "x_color.png", "a_scale_.jpg",
-             "aachen_000000_000019_leftImg8bit.png", "aachen/aachen_000000_000019_pred_labelIds.png",
+    names = ["a.png", "a_color.png", "a_overlay.png", "a_index.png", "a_scale_layer4.png", "a_scale_layer4.tif",
+             "x_color.png", "a_scale_.jpg", "aachen_000000_000019_leftImg8bit.png", "aachen/aachen_000000_000019_pred_labelIds.png",
              "aachen/bremen_000000_000019_pred_labelIds.png"]  # fmt: skip
     for name in names:
         (tmp_path / name).parent.mkdir(exist_ok=True)
@@ -318,3 +317,78 @@ def test_find_images_skips_the_outputs_of_images_it_found(tmp_path: Path) -> Non
         "x_color.png",
     ]  # fmt: skip
     assert len(find_images([tmp_path])) == len(names)  # without an output folder, every image
+
+
+def test_predict_mirrors_subfolders_skips_earlier_outputs_and_reports_unreadable_images(
+    sac_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs = tmp_path / "images"
+    for name in ("a.png", "sub/a.png", "sub/deeper/b.jpg"):  # the same name in two folders
+        (inputs / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 24), (40, 90, 160)).save(inputs / name)
+    (inputs / "sub" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    predict = ["predict", "--checkpoint", str(sac_checkpoint), str(inputs), "--format", "index", "--out"]
+    expected = ["a_index.png", "sub/a_index.png", "sub/deeper/b_index.png"]
+    for out in (inputs / "out", inputs / "out2"):  # the second run must not take the first's outputs as images
+        assert main([*predict, str(out)]) == 1
+        printed = capsys.readouterr()
+        assert "3 files for 3 images" in printed.out
+        problems = [line for line in printed.err.splitlines() if line.startswith("sacseg predict:")]
+        assert len(problems) == 2 and problems[1] == "sacseg predict: 1 of 4 images could not be read (named above)"
+        assert problems[0].startswith(f"sacseg predict: skipped: cannot read image file {inputs / 'sub' / 'broken.png'}: ")
+        assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == expected
+        assert (out / ".sacseg-predictions").is_file()
+    assert [str(p.relative_to(inputs)) for p in find_images([inputs], out_dir=inputs / "out3")] == [
+        "a.png", "sub/a.png", "sub/broken.png", "sub/deeper/b.jpg",
+    ]  # fmt: skip
+
+
+def test_eval_results_are_named_by_checkpoint_and_options_and_never_overwritten_unasked(
+    sac_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = tmp_path / "best.pt"
+    shutil.copy(sac_checkpoint, checkpoint)
+    args = ["eval", "--checkpoint", str(checkpoint), "--set", "scale_scenes_val_images=1"]
+    slide = ["--mode", "slide", "--crop-size", "48", "--stride", "32", "--scales", "0.75", "1", "--flip"]
+    assert main(args) == 0 and main([*args, *slide]) == 0  # a sliding-window eval beside the whole-image one
+    names = sorted(p.name for p in tmp_path.glob("eval_*.json"))
+    assert names == ["eval_best_val_slide-48-32_ms0.75-1.0_flip.json", "eval_best_val_whole.json"]
+    whole = tmp_path / "eval_best_val_whole.json"
+    whole.write_text("the earlier results")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2 and whole.read_text() == "the earlier results"
+    assert capsys.readouterr().err == (
+        f"sacseg eval: error: results file {whole} exists; give --overwrite to replace it, or --out another file\n"
+    )
+    assert main([*args, "--overwrite"]) == 0 and json.loads(whole.read_text())["meta"]["checkpoint"] == str(checkpoint)
+
+
+def test_predict_scale_maps_are_drawn_on_the_models_range_or_written_raw(
+    sac_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inputs = tmp_path / "images"
+    inputs.mkdir()
+    for i, name in enumerate(("a.png", "b.png")):
+        Image.fromarray(ScaleScenes(2, size=64, seed=3).load(i)[0].permute(1, 2, 0).numpy()).save(inputs / name)
+    ranges: list[tuple[float, float]] = []
+    draw = predict_files.save_scale_map
+
+    def spy(scale: torch.Tensor, path: Path, **options: Any) -> None:
+        ranges.append((options["vmin"], options["vmax"]))
+        draw(scale, path, **options)
+
+    monkeypatch.setattr(predict_files, "save_scale_map", spy)
+    predict_args = ["predict", "--checkpoint", str(sac_checkpoint), str(inputs), "--no-legend", "--out"]
+    assert main([*predict_args, str(tmp_path / "png")]) == 0
+    model, cfg = load_trained_model(sac_checkpoint)
+    assert ranges == [(cfg.min_scale, cfg.max_scale)] * 2  # one colour scale for every image: the model's bounds
+    expected = {stem: predict_with_scales(model, load_image(inputs / f"{stem}.png")[1][None])[1] for stem in "ab"}
+    for fmt, suffix in (("npy", ".npy"), ("tiff", ".tif")):
+        assert main([*predict_args, str(tmp_path / fmt), "--scale-format", fmt]) == 0
+        for stem in "ab":
+            path = tmp_path / fmt / f"{stem}_scale_classifier{suffix}"
+            values = np.load(path) if fmt == "npy" else np.asarray(Image.open(path))
+            assert values.dtype == np.float32 and values.shape == (64, 64)
+            np.testing.assert_array_equal(values, expected[stem]["classifier"][0, 0].numpy())

@@ -58,9 +58,17 @@ def test_segmenter_predicts_any_image_form_as_the_engine_does(checkpoint: Path, 
     assert set(scales) == {"classifier"} and scales["classifier"].shape == (40, 56)
     torch.testing.assert_close(scales["classifier"], scale_maps["classifier"][0, 0])
     assert scales["classifier"].std() > 0
-    for form in (str(path), Image.open(path), picture, tensor):
+    pixels = torch.tensor(picture).permute(2, 0, 1)  # uint8 [3, H, W], as torchvision.io.read_image gives
+    to_tensor = pixels.float() / 255  # [0, 1], as torchvision's to_tensor gives
+    for form in (str(path), Image.open(path), picture, pixels, pixels.permute(1, 2, 0), picture.transpose(2, 0, 1)):
         again, again_scales = segmenter.predict(form)
         assert torch.equal(again, labels) and torch.equal(again_scales["classifier"], scales["classifier"])
+    again, again_scales = segmenter.predict(to_tensor)  # x / 255 is not x * (1 / 255) to the last bit
+    assert torch.equal(again, labels) and torch.allclose(again_scales["classifier"], scales["classifier"])
+    batch_labels, batch_scales = segmenter.predict(torch.stack([to_tensor, to_tensor.flip(-1)]))
+    assert batch_labels.shape == (2, 40, 56) and batch_scales["classifier"].shape == (2, 40, 56)
+    assert torch.equal(batch_labels[0], labels) and torch.equal(batch_labels[1], segmenter.predict(pixels.flip(-1))[0])
+    assert torch.equal(segmenter.predict(np.stack([picture, picture]))[0], torch.stack([labels, labels]))
     found = list(segmenter.predict_folder(images))
     assert [p.name for p, _, _ in found] == ["a.png", "b.jpg"] and found[1][1].shape == (48, 40)
     assert torch.equal(found[0][1], labels)
@@ -71,15 +79,22 @@ def test_segmenter_options_and_bad_inputs(checkpoint: Path, images: Path) -> Non
         checkpoint, device="cpu", overrides=["eval_mode=slide", "eval_crop_size=[24, 32]", "eval_flip=true"]
     )
     assert segmenter.options == InferenceOptions(mode="slide", crop_size=(24, 32), stride=None, scales=(1.0,), flip=True)
-    tensor = load_image(images / "a.png")[1]
+    picture, tensor = load_image(images / "a.png")
     expected = predict(segmenter.model, tensor[None], segmenter.options).argmax(1)[0]
-    assert torch.equal(segmenter.predict(tensor)[0], expected)
+    assert torch.equal(segmenter.predict(picture)[0], expected)
     given = InferenceOptions(scales=(0.75, 1.0))  # options given replace the config's
     assert sacseg.Segmenter(segmenter.model, segmenter.config, given).options == given
-    with pytest.raises(ValueError, match=r"uint8 RGB \[H, W, 3\]"):
+    with pytest.raises(ValueError, match=r"an image array must be RGB \[3, H, W\] or \[H, W, 3\].*got shape \(4, 4\)"):
         segmenter.predict(np.zeros((4, 4), dtype=np.uint8))
-    with pytest.raises(ValueError, match=r"normalised float \[3, H, W\]"):
-        segmenter.predict(torch.zeros(1, 3, 4, 4))
+    with pytest.raises(ValueError, match=r"an image tensor must be RGB .*got shape \(1, 1, 3, 4, 4\)"):
+        segmenter.predict(torch.zeros(1, 1, 3, 4, 4))
+    with pytest.raises(ValueError, match=r"must be uint8 \(0..255\) or float \(0..1\), got torch.int64"):
+        segmenter.predict(torch.zeros(3, 4, 4, dtype=torch.long))
+    # Float pixels outside [0, 1] would be normalised wrongly: refused, saying what they look like.
+    with pytest.raises(ValueError, match=r"values up to 255: for 0..255 pixels pass uint8, or divide by 255"):
+        segmenter.predict(torch.tensor(picture).permute(2, 0, 1).float())
+    with pytest.raises(ValueError, match=r"values down to -\d.*: it looks normalised already"):
+        segmenter.predict(tensor)
     with pytest.raises(TypeError, match="got int"):
         segmenter.predict(3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="num_classes' is 5 but the model in .*best.pt has 11"):
@@ -98,7 +113,7 @@ def test_predict_index_pngs_with_non_square_windows(
     out = tmp_path / "out"
     assert main(["predict", "--checkpoint", str(checkpoint), str(images), "--out", str(out), "--format", "index", *options]) == 0
     assert "2 files for 2 images" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["a_index.png", "b_index.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".sacseg-predictions", "a_index.png", "b_index.png"]
     segmenter = sacseg.Segmenter.from_checkpoint(checkpoint, device="cpu")
     for stem, suffix in (("a", ".png"), ("b", ".jpg")):
         x = load_image(images / f"{stem}{suffix}")[1][None]
@@ -149,6 +164,6 @@ def test_export_stores_classes_palette_and_normalisation(
         export_onnx(nn.Conv2d(3, 2, 1), tmp_path / "x.onnx", 8, 8, metadata={"classes": ["sky"]})  # type: ignore[dict-item]
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:  # --set reaches the config: a wrong key value is refused
-        main([*args, "--set", "num_classes=5"])
+        main([*args, "--overwrite", "--set", "num_classes=5"])
     assert exit_info.value.code == 2
     assert "config key 'num_classes' is 5 but the model in" in capsys.readouterr().err

@@ -61,3 +61,19 @@ def test_export_command_names_a_missing_checkpoint(tmp_path: Path, capsys: pytes
     assert exit_info.value.code == 2
     assert "nope.pt" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_refuses_to_replace_a_file_without_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = dataclasses.replace(TrainConfig(), num_classes=7, iterations=1)
+    checkpoint = tmp_path / "best.pt"
+    atomic_torch_save({"model": build_model_from_config(cfg).state_dict(), "config": dataclasses.asdict(cfg)}, checkpoint)
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"an earlier export")
+    args = ["export", "--checkpoint", str(checkpoint), "--out", str(out), "--height", "32", "--width", "32", "--device", "cpu"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2 and out.read_bytes() == b"an earlier export"
+    expected = f"sacseg export: error: ONNX file {out} exists; give --overwrite to replace it, or --out another file\n"
+    assert capsys.readouterr().err == expected
+    assert main([*args, "--overwrite"]) == 0
+    assert onnx.load(str(out)).graph.input[0].name == "images"

@@ -9,6 +9,7 @@ from torch.nn import functional as F
 
 from sacseg.models.inference import predict, predict_with_scales
 from sacseg.options import InferenceOptions
+from sacseg.utils.pair import pair
 
 K = 5
 
@@ -50,6 +51,14 @@ class WindowColumnNet(nn.Module):
         return {"out": torch.cat([col, torch.zeros_like(col)], dim=1), "scales": {}}
 
 
+class WindowSizeNet(nn.Module):
+    """Logits 0 and 1 are the height and width of the input: expose the size of every window run."""
+
+    def forward(self, x: Tensor) -> dict:
+        n, _, h, w = x.shape
+        return {"out": torch.tensor([h, w], dtype=x.dtype).view(1, 2, 1, 1).expand(n, 2, h, w), "scales": {}}
+
+
 class ScaleMapNet(PixelwiseNet):
     """Also returns a stride-4 scale map, as the SAC models do."""
 
@@ -77,11 +86,24 @@ def test_one_window_covering_the_image_equals_whole() -> None:
 
 @pytest.mark.parametrize(("crop", "stride"), [(16, 10), ((20, 17), (7, 11)), ((48, 24), 24), (64, None)])
 def test_many_windows_on_pixelwise_model_equal_whole(crop, stride) -> None:
-    # (48, 24) and 64 are taller than the image: padded, then cropped back
+    # (48, 24) and 64 are taller than the image: clipped to its height
     model, x = PixelwiseNet().eval(), _images()
     torch.testing.assert_close(
         predict(model, x, InferenceOptions(mode="slide", crop_size=crop, stride=stride)), predict(model, x)
     )
+
+
+@pytest.mark.parametrize(("crop", "stride"), [(64, None), ((64, 24), 12), ((20, 80), 10)])
+def test_windows_larger_than_the_image_are_clipped_to_it(crop, stride) -> None:
+    # As mmsegmentation: a window taller (wider) than the image runs at the image's height (width),
+    # never on padding, so a model that is not pixelwise gives the whole-image result there.
+    x = _images()
+    window = (min(pair(crop, "crop")[0], 37), min(pair(crop, "crop")[1], 53))
+    logits = predict(WindowSizeNet(), x, InferenceOptions(mode="slide", crop_size=crop, stride=stride)).log()
+    torch.testing.assert_close(logits[:, 0] - logits[:, 1], torch.full((2, 37, 53), float(window[0] - window[1])))
+    if crop == 64:
+        model = MirrorSymmetricNet().eval()
+        torch.testing.assert_close(predict(model, x, InferenceOptions(mode="slide", crop_size=crop)), predict(model, x))
 
 
 def test_overlapping_logits_are_averaged_and_last_window_is_flush() -> None:
