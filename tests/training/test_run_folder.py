@@ -174,9 +174,9 @@ def test_resume_applies_a_changed_lr_momentum_and_weight_decay(
 ) -> None:
     real_step, used = loop.train_step, []
 
-    def step(model: Any, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
+    def step(optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
         used.append([(g["lr"], g["momentum"], g["weight_decay"]) for g in optimizer.param_groups])
-        return real_step(model, optimizer, *args, **kwargs)
+        return real_step(optimizer, *args, **kwargs)
 
     monkeypatch.setattr(loop, "train_step", step)
     changes = ["lr=0.5", "momentum=0.0", "weight_decay=0.0", "iterations=3", "val_every=3"]
