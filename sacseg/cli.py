@@ -23,14 +23,20 @@ if TYPE_CHECKING:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from sacseg.config import apply_overrides, load_config
-    from sacseg.training.train import NonFiniteLossError, train
+    from sacseg.training.train import logged_to, train
 
     overrides = list(args.set) + ([f"out_dir={args.out}"] if args.out is not None else [])
     cfg = apply_overrides(load_config(args.config), overrides)
     try:
-        summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
-    except NonFiniteLossError as err:
-        print(f"sacseg train: {err}", file=sys.stderr)
+        summary = train(cfg, resume=args.resume, overwrite=args.overwrite, check_data=not args.skip_data_check)
+    except KeyboardInterrupt as err:  # RunInterrupted says where and how to resume
+        print(f"sacseg train: {str(err) or 'interrupted before the run started'}", file=sys.stderr)
+        return 130
+    except Exception as err:
+        log = logged_to(err)
+        if log is None or isinstance(err, (ValueError, OSError)):  # main() prints those in one line
+            raise
+        print(f"sacseg train: error: {type(err).__name__}: {err} (traceback in {log})", file=sys.stderr)
         return 1
     if not summary.is_main:  # under torchrun every process returns; one summary is enough
         return 0
@@ -38,8 +44,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"nothing left to train: {summary.resumed_from} is at iteration {summary.iteration} of "
               f"{summary.total}; nothing was written to {summary.out_dir}")  # fmt: skip
         return 0
-    print(f"trained {summary.iteration} iterations, best validation mIoU {100 * summary.best_miou:.2f}; "
-          f"checkpoints in {summary.out_dir}")  # fmt: skip
+    best = f"best validation mIoU {100 * summary.best_miou:.2f}"
+    if summary.best_checkpoint is not None:
+        best += f" ({summary.best_checkpoint})"
+    elif summary.resumed_from is not None:
+        best += f", reached before {summary.resumed_from} (no best.pt of it in {summary.out_dir})"
+    print(f"trained {summary.iteration} iterations, {best}; checkpoints in {summary.out_dir}")
     return 0
 
 
@@ -196,6 +206,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the run already in the output folder (its checkpoints, log, TensorBoard "
                              "events and config are deleted first); without it such a folder is refused")  # fmt: skip
+    parser.add_argument("--skip-data-check", action="store_true",
+                        help="start without decoding every image and label first (for huge data sets; a bad file "
+                             "then stops the run when it is loaded); checked files are remembered, so the check is "
+                             "mostly paid once")  # fmt: skip
     parser.set_defaults(func=_cmd_train)
 
 

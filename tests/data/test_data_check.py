@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sacseg.cli import main
+from sacseg.config import config_from_dict, save_config
 from sacseg.data import ScaleScenes, SegmentationFolder
 from sacseg.data import check as check_module
 from sacseg.data.check import check_datasets
@@ -113,3 +115,30 @@ def test_each_file_is_decoded_once_until_it_changes(tmp_path: Path, monkeypatch:
     fixed = check_datasets([dataset], progress=False)
     assert fixed is not None and fixed.decoded == 1
     assert check_datasets([ScaleScenes(1, size=64)]) is None  # generated data needs no check
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_a_start_on_bad_data_writes_nothing_and_a_rerun_after_the_fix_trains(
+    two_step_settings: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _folder(tmp_path / "data" / "train", size=32)
+    _folder(tmp_path / "data" / "val", pairs=1, size=32)
+    settings = {
+        **two_step_settings, "dataset": "folder", "data_root": str(tmp_path / "data"), "folder_images": "{split}/img",
+        "folder_masks": "{split}/mask", "folder_classes": CLASSES, "num_classes": 3, "crop_size": 32,
+    }  # fmt: skip
+    save_config(config_from_dict(settings), tmp_path / "folder.yaml")
+    bad = _damage(tmp_path / "data" / "train", "class id 200", size=32)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", str(tmp_path / "folder.yaml"), "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert not out.exists()  # nothing written: the folder takes a run once the data is fixed
+    err = capsys.readouterr().err
+    assert err.endswith(f"error: data check: label file {bad} has values outside the known set: [200]; known values: "
+                        "0-2 (classes), 255 (ignored) (the ignored value is config key folder_ignore_index; class ids are "
+                        "0..num_classes-1)\n")  # fmt: skip
+
+    Image.fromarray(np.ones((32, 32), np.uint8)).save(bad)  # fixed
+    assert main(["train", "--config", str(tmp_path / "folder.yaml"), "--out", str(out)]) == 0
+    assert "data check: 6 files, 1 decoded now, 5 remembered in" in (out / "train.log").read_text()
