@@ -25,8 +25,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from sacseg.config import apply_overrides, load_config
     from sacseg.training.train import logged_to, train
 
-    overrides = list(args.set) + ([f"out_dir={args.out}"] if args.out is not None else [])
-    cfg = apply_overrides(load_config(args.config), overrides)
+    overrides = list(args.set) + [f"{key}={value}" for key, value in (("out_dir", args.out), ("device", args.device)) if value]
+    cfg = apply_overrides(load_config(_train_config(args)), overrides)
     try:
         summary = train(cfg, resume=args.resume, overwrite=args.overwrite, check_data=not args.skip_data_check)
     except KeyboardInterrupt as err:  # RunInterrupted says where and how to resume
@@ -51,6 +51,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
         best += f", reached before {summary.resumed_from} (no best.pt of it in {summary.out_dir})"
     print(f"trained {summary.iteration} iterations, {best}; checkpoints in {summary.out_dir}")
     return 0
+
+
+def _train_config(args: argparse.Namespace) -> Path:
+    """``--config``, else the config that the run folder ``--out`` holds (to resume it)."""
+    if args.config is not None:
+        return Path(args.config)
+    if args.out is None:
+        raise ValueError("give --config, or --out with a run folder holding its config.yaml (to resume it)")
+    path = Path(args.out) / "config.yaml"
+    if not path.is_file():
+        raise ValueError(f"no --config given and the run folder holds no config: {path} not found")
+    return path
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -198,8 +210,14 @@ def _add_set_arg(parser: argparse.ArgumentParser) -> None:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("train", help="train a model from a flat YAML config (works under torchrun)")
-    parser.add_argument("--config", required=True, help="a YAML file, e.g. configs/scale_scenes_sac_single_r18.yaml")
+    parser.add_argument("--config", default=None,
+                        help="a YAML file, e.g. configs/scale_scenes_sac_single_r18.yaml (default: OUT/config.yaml, "
+                             "the config of the run in --out, to resume it)")  # fmt: skip
     _add_set_arg(parser)
+    from sacseg.utils.device import DeviceName
+
+    parser.add_argument("--device", choices=typing.get_args(DeviceName), default=None,
+                        help="the device to train on, replacing the config's (default: the config key device)")  # fmt: skip
     parser.add_argument("--resume", metavar="PATH|auto", default=None,
                         help="continue from a checkpoint; 'auto' uses OUT/last.pt when it exists (default: start afresh)")  # fmt: skip
     parser.add_argument("--out", default=None, help="output folder (default: the config's out_dir)")

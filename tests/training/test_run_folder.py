@@ -3,6 +3,7 @@ how a run ends (Ctrl-C, an error) and what a resume into another folder carries.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import resource
@@ -19,7 +20,7 @@ import torch
 
 from sacseg.checkpoint import atomic_torch_save, load_checkpoint
 from sacseg.cli import main
-from sacseg.config import TrainConfig, config_from_dict, save_config
+from sacseg.config import TrainConfig, config_from_dict, load_config, save_config
 from sacseg.training import loop
 from sacseg.training.run_dir import locked_run_folder
 from sacseg.training.train import train
@@ -332,3 +333,21 @@ def test_ctrl_c_and_errors_end_a_run_with_one_line_on_the_console_and_last_in_th
     log = (out / "train.log").read_text()
     assert "Traceback (most recent call last)" in log and "raise error" in log
     assert log.splitlines()[-1].endswith(" ERROR stopped at iteration 0: RuntimeError: simulated failure")
+
+
+def test_resume_auto_reads_the_run_folders_config_and_device_replaces_the_configs(
+    finished_run: tuple[Path, Path], run_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", "--resume", "auto", "--out", str(run_copy), "--set", "iterations=3", "--set", "val_every=3"]) == 0
+    assert load_checkpoint(run_copy / "last.pt")["iteration"] == 3
+    err = _train_error(capsys, "--resume", "auto", "--out", str(tmp_path / "empty"))
+    assert f"no --config given and the run folder holds no config: {tmp_path / 'empty' / 'config.yaml'} not found" in err
+
+    save_config(dataclasses.replace(load_config(finished_run[0]), device="cuda"), tmp_path / "cuda.yaml")
+    if not torch.cuda.is_available():
+        assert "CUDA is not available" in _train_error(
+            capsys, "--config", str(tmp_path / "cuda.yaml"), "--out", str(tmp_path / "d")
+        )
+    assert main(["train", "--config", str(tmp_path / "cuda.yaml"), "--device", "cpu", "--out", str(tmp_path / "d")]) == 0
+    assert "1 process(es) on cpu, global batch 2" in capsys.readouterr().out
+    assert load_config(tmp_path / "d" / "config.yaml").device == "cpu"  # recorded as it ran
