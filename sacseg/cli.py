@@ -23,14 +23,20 @@ if TYPE_CHECKING:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from sacseg.config import apply_overrides, load_config
-    from sacseg.training.train import NonFiniteLossError, train
+    from sacseg.training.train import logged_to, train
 
-    overrides = list(args.set) + ([f"out_dir={args.out}"] if args.out is not None else [])
-    cfg = apply_overrides(load_config(args.config), overrides)
+    overrides = list(args.set) + [f"{key}={value}" for key, value in (("out_dir", args.out), ("device", args.device)) if value]
+    cfg = apply_overrides(load_config(_train_config(args)), overrides)
     try:
-        summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
-    except NonFiniteLossError as err:
-        print(f"sacseg train: {err}", file=sys.stderr)
+        summary = train(cfg, resume=args.resume, overwrite=args.overwrite, check_data=not args.skip_data_check)
+    except KeyboardInterrupt as err:  # RunInterrupted says where and how to resume
+        print(f"sacseg train: {str(err) or 'interrupted before the run started'}", file=sys.stderr)
+        return 130
+    except Exception as err:
+        log = logged_to(err)
+        if log is None or isinstance(err, (ValueError, OSError)):  # main() prints those in one line
+            raise
+        print(f"sacseg train: error: {type(err).__name__}: {err} (traceback in {log})", file=sys.stderr)
         return 1
     if not summary.is_main:  # under torchrun every process returns; one summary is enough
         return 0
@@ -38,9 +44,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"nothing left to train: {summary.resumed_from} is at iteration {summary.iteration} of "
               f"{summary.total}; nothing was written to {summary.out_dir}")  # fmt: skip
         return 0
-    print(f"trained {summary.iteration} iterations, best validation mIoU {100 * summary.best_miou:.2f}; "
-          f"checkpoints in {summary.out_dir}")  # fmt: skip
+    best = f"best validation mIoU {100 * summary.best_miou:.2f}"
+    if summary.best_checkpoint is not None:
+        best += f" ({summary.best_checkpoint})"
+    elif summary.resumed_from is not None:
+        best += f", reached before {summary.resumed_from} (no best.pt of it in {summary.out_dir})"
+    print(f"trained {summary.iteration} iterations, {best}; checkpoints in {summary.out_dir}")
     return 0
+
+
+def _train_config(args: argparse.Namespace) -> Path:
+    """``--config``, else the config that the run folder ``--out`` holds (to resume it)."""
+    if args.config is not None:
+        return Path(args.config)
+    if args.out is None:
+        raise ValueError("give --config, or --out with a run folder holding its config.yaml (to resume it)")
+    path = Path(args.out) / "config.yaml"
+    if not path.is_file():
+        raise ValueError(f"no --config given and the run folder holds no config: {path} not found")
+    return path
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -211,14 +233,24 @@ def _add_set_arg(parser: argparse.ArgumentParser) -> None:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("train", help="train a model from a flat YAML config (works under torchrun)")
-    parser.add_argument("--config", required=True, help="a YAML file, e.g. configs/scale_scenes_sac_single_r18.yaml")
+    parser.add_argument("--config", default=None,
+                        help="a YAML file, e.g. configs/scale_scenes_sac_single_r18.yaml (default: OUT/config.yaml, "
+                             "the config of the run in --out, to resume it)")  # fmt: skip
     _add_set_arg(parser)
+    from sacseg.utils.device import DeviceName
+
+    parser.add_argument("--device", choices=typing.get_args(DeviceName), default=None,
+                        help="the device to train on, replacing the config's (default: the config key device)")  # fmt: skip
     parser.add_argument("--resume", metavar="PATH|auto", default=None,
                         help="continue from a checkpoint; 'auto' uses OUT/last.pt when it exists (default: start afresh)")  # fmt: skip
     parser.add_argument("--out", default=None, help="output folder (default: the config's out_dir)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the run already in the output folder (its checkpoints, log, TensorBoard "
                              "events and config are deleted first); without it such a folder is refused")  # fmt: skip
+    parser.add_argument("--skip-data-check", action="store_true",
+                        help="start without decoding every image and label first (for huge data sets; a bad file "
+                             "then stops the run when it is loaded); checked files are remembered, so the check is "
+                             "mostly paid once")  # fmt: skip
     parser.set_defaults(func=_cmd_train)
 
 

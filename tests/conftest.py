@@ -41,6 +41,15 @@ _TINY: dict[str, Any] = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _data_check_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The data check's cache (``sacseg.data.check``) in a temporary folder: tests write nothing into ~/.cache."""
+    folder = tmp_path_factory.mktemp("sacseg_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sacseg.data.check.cache_dir", lambda: folder)
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def tiny_settings() -> dict[str, Any]:
     """The keys of the tiny CPU training run (a fresh copy per session: change a copy of it)."""

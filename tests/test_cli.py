@@ -31,6 +31,25 @@ def test_train_then_resume_auto(two_step_settings: dict[str, Any], tmp_path: Pat
     assert "iterations: 3" in (out / "config.yaml").read_text()
 
 
+def test_a_run_prints_and_logs_what_it_resolved_to(
+    two_step_settings: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    save_config(config_from_dict({**two_step_settings, "schedule": "step", "lr_step": 5}), tmp_path / "step.yaml")
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(tmp_path / "step.yaml"), "--out", str(out)]) == 0
+    header = [
+        "training fcn_resnet18 on scale_scenes: 2 iterations (1 per epoch), 1 process(es) on cpu, global batch 2",
+        "data: scale_scenes generated, 7 classes: 2 images for training (split train), 1 image for validation (split val)",
+        "optimiser: SGD lr 0.01, momentum 0.9, weight decay 0.0001; schedule step: lr x 0.1 from iteration 5 (lr_step 5 iterations)",
+        "steps: precision fp32, NCHW memory layout, eager, cudnn.benchmark off (CUDA only)",
+        f"output: {out}; starting from scratch",
+        "warning: the step schedule drops the lr at iteration 5, not before the run's end (2): check config keys lr_step and schedule",
+    ]
+    assert capsys.readouterr().out.startswith("\n".join(header) + "\n")
+    log = (out / "train.log").read_text()
+    assert all(line in log for line in header) and f"WARNING {header[-1]}" in log
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

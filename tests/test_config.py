@@ -36,6 +36,12 @@ def test_config_file_is_complete_and_valid(path: Path) -> None:
         assert (cfg.momentum, cfg.weight_decay, cfg.scale_min, cfg.scale_max, cfg.flip) == (0.9, 1e-4, 0.5, 1.5, True)
 
 
+def test_a_short_config_gets_a_poly_decay_from_lr_0_01() -> None:
+    # Not the paper's step at lr_step 60: counted in iterations, it fell in the middle of a short run.
+    cfg = config_from_dict({"iterations": 100})
+    assert (cfg.schedule, cfg.lr, cfg.poly_power) == ("poly", 0.01, 0.9)
+
+
 def test_unknown_key_names_it_and_lists_valid_keys(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("model: fcn_resnet18\nlearning_rate: 0.1\niterations: 2\n")

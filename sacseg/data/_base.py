@@ -95,16 +95,51 @@ def make_lut(mapping: Mapping[int, int]) -> np.ndarray:
     return lut
 
 
-def map_label(array: np.ndarray, lut: np.ndarray, path: Path) -> torch.Tensor:
-    """Map raw label values through ``lut`` -> uint8 tensor [H, W]; raise ValueError naming ``path`` on unknown values."""
-    if array.min() < 0 or array.max() >= len(lut):
-        bad = np.unique(array[(array < 0) | (array >= len(lut))])
-        raise ValueError(f"label file {path} has values outside the known set: {bad[:10].tolist()}")
-    mapped = lut[array]
-    if (mapped < 0).any():
-        bad = np.unique(array[mapped < 0])
-        raise ValueError(f"label file {path} has values outside the known set: {bad[:10].tolist()}")
+def map_label(array: np.ndarray, lut: np.ndarray, path: Path, hint: str = "") -> torch.Tensor:
+    """Map raw label values through ``lut`` -> uint8 tensor [H, W]; ValueError naming ``path`` on unknown values
+    (see ``unknown_values_message``)."""
+    inside = array.min() >= 0 and array.max() < len(lut)
+    mapped = lut[array] if inside else None
+    if mapped is None or (mapped < 0).any():
+        raise ValueError(unknown_values_message(path, np.unique(array).tolist(), lut, hint))
     return torch.from_numpy(mapped.astype(np.uint8))
+
+
+def unknown_values_message(path: Path, values: Iterable[int], lut: np.ndarray, hint: str = "") -> str | None:
+    """None when ``lut`` maps each of ``values`` (a label file's distinct values); else the error: the
+    label file, its unknown values (the first 10), the known ones and ``hint`` (e.g. the config key that sets them)."""
+    unknown = sorted(v for v in set(values) if not 0 <= v < len(lut) or lut[v] < 0)
+    if not unknown:
+        return None
+    classes = np.flatnonzero((lut >= 0) & (lut != IGNORE_INDEX)).tolist()
+    ignored = np.flatnonzero(lut == IGNORE_INDEX).tolist()
+    known = f"{_ranges(classes)} (classes)" + (f", {_ranges(ignored)} (ignored)" if ignored else "")
+    message = f"label file {path} has values outside the known set: {unknown[:10]}; known values: {known}{hint}"
+    if path.suffix.lower() in (".jpg", ".jpeg"):  # lossy: the edges of every region get in-between values
+        message += "; JPEG compression changes a mask's values: store masks as PNG"
+    return message
+
+
+def _ranges(values: Sequence[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> "0-2, 5, 7-8"."""
+    runs: list[list[int]] = []
+    for value in values:
+        if runs and value == runs[-1][-1] + 1:
+            runs[-1].append(value)
+        else:
+            runs.append([value])
+    return ", ".join(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs)
+
+
+def size_mismatch_message(
+    image_path: Path, image_size: tuple[int, int], label_path: Path, label_size: tuple[int, int]
+) -> str | None:
+    """None when an image and its label have the same (height, width); else the error naming both files."""
+    if image_size == label_size:
+        return None
+    return (
+        f"image {image_path} is {image_size[1]}x{image_size[0]} but label {label_path} is {label_size[1]}x{label_size[0]} (W x H)"
+    )
 
 
 def _lab(rgb: np.ndarray) -> np.ndarray:
@@ -144,6 +179,8 @@ class PairedSegmentation(Dataset):
     """
 
     ignore_index: int = IGNORE_INDEX
+    #: Appended to the error about unknown label values: how to change the values a data set knows.
+    label_hint: str = ""
 
     def __init__(
         self,
@@ -169,12 +206,10 @@ class PairedSegmentation(Dataset):
         image_path, label_path = self.pairs[index]
         image = read_image(image_path)
         label = read_label(label_path)
-        if label.shape != (image.height, image.width):
-            raise ValueError(
-                f"image {image_path} is {image.width}x{image.height} but label {label_path} is "
-                f"{label.shape[1]}x{label.shape[0]} (W x H)"
-            )
-        return image, map_label(label, self.lut, label_path)
+        mismatch = size_mismatch_message(image_path, (image.height, image.width), label_path, (label.shape[0], label.shape[1]))
+        if mismatch is not None:
+            raise ValueError(mismatch)
+        return image, map_label(label, self.lut, label_path, self.label_hint)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, target = self.load(index)

@@ -18,6 +18,8 @@ class SegmentationFolder(PairedSegmentation):
     any other value is an error. ``palette`` defaults to the PASCAL VOC colour scheme.
     """
 
+    label_hint = " (the ignored value is config key folder_ignore_index; class ids are 0..num_classes-1)"
+
     def __init__(
         self,
         images_dir: str | Path,

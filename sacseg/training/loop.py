@@ -76,15 +76,6 @@ def train_step(
 
 def fit(cfg: TrainConfig, run: RunState, ctx: DistContext, out_dir: Path, revision: str) -> None:
     """Train ``run`` from its iteration to its total: steps, reports, validations and checkpoints."""
-    _log.info(
-        "training %s on %s: %d iterations (%d per epoch), %d process(es) on %s, global batch %d",
-        cfg.model, cfg.dataset, run.total, run.iters_per_epoch, ctx.world_size, ctx.device, cfg.batch_size,
-    )  # fmt: skip
-    cudnn = f"cudnn.benchmark {'on' if torch.backends.cudnn.benchmark else 'off'}" + (
-        "" if ctx.device.type == "cuda" else " (CUDA only)"
-    )
-    _log.info("steps: precision %s, %s memory layout, %s, %s", cfg.precision,
-              "channels_last" if cfg.channels_last else "NCHW", "compiled" if cfg.compile else "eager", cudnn)  # fmt: skip
     val_loader = make_val_loader(cfg, run.val_set, ctx)
     checkpointer = Checkpointer(cfg, run, out_dir, revision, active=ctx.is_main)
     with (
@@ -104,6 +95,7 @@ def fit(cfg: TrainConfig, run: RunState, ctx: DistContext, out_dir: Path, revisi
                     _validate(cfg, run, ctx, val_loader, monitor, checkpointer)
                 if _due(cfg.checkpoint_every, run):
                     checkpointer.save("last.pt")
+                    run.last_saved = run.iteration
                     monitor.resume_timing()
                 if run.iteration >= run.total:
                     break
@@ -146,21 +138,18 @@ def _validate(
 @contextlib.contextmanager
 def _failures_explained(cfg: TrainConfig, run: RunState, ctx: DistContext, out_dir: Path) -> Iterator[None]:
     """A non-finite loss names the last good checkpoint; a peer that stalled past ``dist_timeout``
-    becomes a TimeoutError naming this rank and the iteration."""
+    becomes a TimeoutError naming this rank and the iteration (``train`` logs either)."""
     try:
         yield
     except NonFiniteLossError as err:
         last = out_dir / "last.pt"
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
-        _log.error("%s; %s", err, kept)
         raise NonFiniteLossError(f"{err}; {kept}") from err
     except RuntimeError as err:
         # Gloo's "Timed out waiting ...ms for recv operation" (NCCL's watchdog ends the process itself).
         if not (ctx.distributed and "timed out" in str(err).lower()):
             raise
-        message = (
+        raise TimeoutError(
             f"rank {ctx.rank} of {ctx.world_size} waited more than {cfg.dist_timeout:g} s (config key "
             f"dist_timeout) for the other processes after iteration {run.iteration}: one of them stalled or died"
-        )
-        _log.error(message)
-        raise TimeoutError(message) from err
+        ) from err

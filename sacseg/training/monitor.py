@@ -1,10 +1,11 @@
-"""Where a training run reports: the progress bar, ``train.log`` and (rank 0) TensorBoard scalars and pictures."""
+"""Where a training run reports: its header, the progress bar, ``train.log`` and (rank 0) TensorBoard scalars and pictures."""
 
 from __future__ import annotations
 
 import logging
 import math
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -13,16 +14,18 @@ from torch import nn
 from tqdm import tqdm
 
 from sacseg.config import TrainConfig
-from sacseg.data import SegmentationDataset
+from sacseg.data import ScaleScenes, SegmentationDataset
 from sacseg.evaluation.metrics import format_results
 from sacseg.models.inference import predict_with_scales
+from sacseg.training.distributed import DistContext
+from sacseg.training.state import RunState
 from sacseg.utils.optional import import_optional
 from sacseg.viz import colorize, denormalize, heatmap
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
-__all__ = ["TrainMonitor"]
+__all__ = ["TrainMonitor", "require_tensorboard", "run_header"]
 
 _log = logging.getLogger("sacseg.train")
 
@@ -32,10 +35,53 @@ _VAL_PICTURES = 2
 _PICTURE_SIZE = 512
 
 
+def require_tensorboard() -> ModuleType:
+    """``torch.utils.tensorboard``, or MissingExtraError naming the extra that installs it (checked before a run starts)."""
+    return import_optional("torch.utils.tensorboard", "train", "TensorBoard logging of training runs")
+
+
 def _summary_writer(folder: Path) -> SummaryWriter:
-    tensorboard = import_optional("torch.utils.tensorboard", "train", "TensorBoard logging of training runs")
-    writer: SummaryWriter = tensorboard.SummaryWriter(str(folder))
+    writer: SummaryWriter = require_tensorboard().SummaryWriter(str(folder))
     return writer
+
+
+def run_header(cfg: TrainConfig, run: RunState, ctx: DistContext, out_dir: Path, start: str) -> list[str]:
+    """The lines that open a run, on the console and in ``train.log``: the model, its data, the device,
+    how the steps run, the optimiser and schedule, the run folder and ``start`` (where the run starts
+    from); a warning line where a step schedule's drop falls outside the run."""
+    device = f"{ctx.device}" + (" (device: auto)" if cfg.device == "auto" else "")
+    source = "generated" if isinstance(run.train_set, ScaleScenes) else f"in {cfg.data_root or '.'}"
+    cudnn = f"cudnn.benchmark {'on' if torch.backends.cudnn.benchmark else 'off'}" + (
+        "" if ctx.device.type == "cuda" else " (CUDA only)"
+    )
+    layout = "channels_last" if cfg.channels_last else "NCHW"
+    lines = [
+        f"training {cfg.model} on {cfg.dataset}: {run.total} iterations ({run.iters_per_epoch} per epoch), "
+        f"{ctx.world_size} process(es) on {device}, global batch {cfg.batch_size}",
+        f"data: {cfg.dataset} {source}, {cfg.num_classes} classes: {_images(len(run.train_set))} for training "
+        f"(split {cfg.train_split}), {_images(len(run.val_set))} for validation (split {cfg.val_split})",
+        f"optimiser: SGD lr {cfg.lr:g}"
+        + (f" (scale regressors x{cfg.scale_lr_mult:g})" if cfg.scale_lr_mult != 1 else "")
+        + f", momentum {cfg.momentum:g}, weight decay {cfg.weight_decay:g}; {_schedule(cfg, run)}",
+        f"steps: precision {cfg.precision}, {layout} memory layout, {'compiled' if cfg.compile else 'eager'}, {cudnn}",
+        f"output: {out_dir}; {start}",
+    ]
+    step_at = cfg.lr_step * run.iters_per_unit
+    if cfg.schedule == "step" and not 0 < step_at < run.total:
+        where = "at the start" if step_at == 0 else f"at iteration {step_at}, not before the run's end ({run.total})"
+        lines.append(f"warning: the step schedule drops the lr {where}: check config keys lr_step and schedule")
+    return lines
+
+
+def _images(count: int) -> str:
+    return f"{count} image{'' if count == 1 else 's'}"
+
+
+def _schedule(cfg: TrainConfig, run: RunState) -> str:
+    if cfg.schedule == "poly":
+        return f"schedule poly: lr x (1 - iteration / {run.total}) ** {cfg.poly_power:g}"
+    unit = "epochs" if cfg.epochs else "iterations"
+    return f"schedule step: lr x {cfg.lr_step_factor:g} from iteration {cfg.lr_step * run.iters_per_unit} (lr_step {cfg.lr_step} {unit})"
 
 
 class TrainMonitor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from sacseg.config import TrainConfig
 from sacseg.training.distributed import unwrap
 from sacseg.training.state import RunState
 
-__all__ = ["Checkpointer", "Resumed", "continues_run", "restore_checkpoint", "resume_path"]
+__all__ = ["Checkpointer", "Resumed", "best_to_carry", "continues_run", "restore_checkpoint", "resume_path"]
 
 _RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "iteration", "best_metric")
 
@@ -32,6 +33,22 @@ def resume_path(resume: str | None, out_dir: Path) -> Path | None:
 def continues_run(resume: str | None, checkpoint: Path | None, out_dir: Path) -> bool:
     """Whether the run carries on the one in ``out_dir``: ``--resume auto``, or a checkpoint inside it."""
     return resume == "auto" or (checkpoint is not None and checkpoint.resolve().parent == out_dir.resolve())
+
+
+def best_to_carry(checkpoint: Path, best: float) -> Path | None:
+    """The ``best.pt`` beside ``checkpoint`` when it holds the checkpoint's best validation mIoU ``best``, else None.
+
+    A run resumed into another folder copies it there: its ``best.pt`` then holds the best so far,
+    as the run's best mIoU says. An unreadable file is not carried (the run need not fail for it).
+    """
+    source = checkpoint.parent / "best.pt"
+    if not math.isfinite(best) or not source.is_file():
+        return None
+    try:
+        saved = load_checkpoint(source).get("best_metric")
+    except ValueError:
+        return None
+    return source if saved == best else None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,6 +37,7 @@ class RunState:
     ``iters_per_unit`` is the length of the config's periods (``val_every``, ``lr_step``, ...) in
     iterations: an epoch's, or 1 for runs counted in iterations. ``changed``: the config keys that
     differ from the resumed checkpoint's. ``last_metrics``: the scores of the last validation.
+    ``last_saved``: the iteration that the run folder's ``last.pt`` holds (None before there is one).
     """
 
     train_set: SegmentationDataset
@@ -52,5 +53,6 @@ class RunState:
     iteration: int = 0
     best: float = -math.inf
     changed: list[str] = dataclasses.field(default_factory=list)
+    last_saved: int | None = None
     losses: list[float] = dataclasses.field(default_factory=list)
     last_metrics: dict[str, Any] = dataclasses.field(default_factory=dict)

@@ -1,7 +1,9 @@
-"""Tests for the run folder of ``sacseg train``: refusal, lock, checks before writing, resume settings, write errors."""
+"""Tests for the run folder of ``sacseg train``: refusal, lock, checks before writing, resume settings, write errors,
+how a run ends (Ctrl-C, an error) and what a resume into another folder carries."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import resource
@@ -18,7 +20,7 @@ import torch
 
 from sacseg.checkpoint import atomic_torch_save, load_checkpoint
 from sacseg.cli import main
-from sacseg.config import TrainConfig, config_from_dict, save_config
+from sacseg.config import TrainConfig, config_from_dict, load_config, save_config
 from sacseg.training import loop
 from sacseg.training.run_dir import locked_run_folder
 from sacseg.training.train import train
@@ -174,9 +176,9 @@ def test_resume_applies_a_changed_lr_momentum_and_weight_decay(
 ) -> None:
     real_step, used = loop.train_step, []
 
-    def step(model: Any, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
+    def step(optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
         used.append([(g["lr"], g["momentum"], g["weight_decay"]) for g in optimizer.param_groups])
-        return real_step(model, optimizer, *args, **kwargs)
+        return real_step(optimizer, *args, **kwargs)
 
     monkeypatch.setattr(loop, "train_step", step)
     changes = ["lr=0.5", "momentum=0.0", "weight_decay=0.0", "iterations=3", "val_every=3"]
@@ -259,3 +261,93 @@ def test_resuming_a_checkpoint_of_another_class_count_is_refused(
     )
     assert f"checkpoint {run_copy / 'last.pt'} was trained with num_classes 5 but the config says 7" in err
     assert _snapshot(run_copy) == before
+
+
+def test_a_resume_whose_log_cannot_be_opened_changes_nothing(
+    finished_run: tuple[Path, Path], run_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (run_copy / "train.log").unlink()
+    (run_copy / "train.log").mkdir()  # unopenable, also for root (for whom a read-only file is writable)
+    before = _snapshot(run_copy)
+    err = _train_error(
+        capsys, "--config", str(finished_run[0]), "--out", str(run_copy), "--resume", "auto", "--set", "iterations=3"
+    )
+    assert _snapshot(run_copy) == before  # config.yaml still says iterations: 2
+    assert f"cannot open the run's log {run_copy / 'train.log'}: Is a directory" in err
+
+
+def test_resuming_into_another_folder_carries_the_best_so_far(
+    finished_run: tuple[Path, Path], run_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("last.pt", "best.pt"):  # a best so far of 99%: the resumed run's validation does not beat it
+        state = load_checkpoint(run_copy / name)
+        state["best_metric"] = 0.99
+        atomic_torch_save(state, run_copy / name)
+    capsys.readouterr()
+
+    def resume_into(out: Path) -> str:
+        args = ["--config", str(finished_run[0]), "--resume", str(run_copy / "last.pt"), "--out", str(out)]
+        assert main(["train", *args, "--set", "iterations=3", "--set", "val_every=3"]) == 0
+        return capsys.readouterr().out
+
+    printed = resume_into(tmp_path / "b")
+    assert f"best validation mIoU 99.00 ({tmp_path / 'b' / 'best.pt'}); checkpoints in {tmp_path / 'b'}" in printed
+    assert f"best so far: validation mIoU 99.00, {run_copy / 'best.pt'} copied into the run folder" in printed
+    assert (tmp_path / "b" / "best.pt").read_bytes() == (run_copy / "best.pt").read_bytes()
+
+    (run_copy / "best.pt").unlink()  # nothing to carry: the message says that no best.pt holds the best
+    printed = resume_into(tmp_path / "c")
+    assert f"best validation mIoU 99.00, reached before {run_copy / 'last.pt'} (no best.pt of it in {tmp_path / 'c'})" in printed
+    assert not (tmp_path / "c" / "best.pt").exists()
+
+
+def _fail_at_step(monkeypatch: pytest.MonkeyPatch, call: int, error: BaseException) -> None:
+    real_step, calls = loop.train_step, []
+
+    def step(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == call:
+            raise error
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", step)
+
+
+def test_ctrl_c_and_errors_end_a_run_with_one_line_on_the_console_and_last_in_the_log(
+    finished_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = str(finished_run[0])
+    out = tmp_path / "cut"
+    _fail_at_step(monkeypatch, 2, KeyboardInterrupt())
+    assert main(["train", "--config", config, "--out", str(out)]) == 130
+    line = f"interrupted at iteration 1 (last.pt holds iteration 1); resume with: sacseg train --resume auto --out {out}"
+    assert capsys.readouterr().err.endswith(f"\nsacseg train: {line}\n")
+    assert (out / "train.log").read_text().splitlines()[-1].endswith(f" WARNING {line}")
+
+    out = tmp_path / "failed"
+    _fail_at_step(monkeypatch, 1, RuntimeError("simulated failure"))
+    assert main(["train", "--config", config, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.endswith(f"\nsacseg train: error: RuntimeError: simulated failure (traceback in {out / 'train.log'})\n")
+    assert "Traceback" not in err
+    log = (out / "train.log").read_text()
+    assert "Traceback (most recent call last)" in log and "raise error" in log
+    assert log.splitlines()[-1].endswith(" ERROR stopped at iteration 0: RuntimeError: simulated failure")
+
+
+def test_resume_auto_reads_the_run_folders_config_and_device_replaces_the_configs(
+    finished_run: tuple[Path, Path], run_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", "--resume", "auto", "--out", str(run_copy), "--set", "iterations=3", "--set", "val_every=3"]) == 0
+    assert load_checkpoint(run_copy / "last.pt")["iteration"] == 3
+    err = _train_error(capsys, "--resume", "auto", "--out", str(tmp_path / "empty"))
+    assert f"no --config given and the run folder holds no config: {tmp_path / 'empty' / 'config.yaml'} not found" in err
+
+    save_config(dataclasses.replace(load_config(finished_run[0]), device="cuda"), tmp_path / "cuda.yaml")
+    if not torch.cuda.is_available():
+        assert "CUDA is not available" in _train_error(
+            capsys, "--config", str(tmp_path / "cuda.yaml"), "--out", str(tmp_path / "d")
+        )
+    assert main(["train", "--config", str(tmp_path / "cuda.yaml"), "--device", "cpu", "--out", str(tmp_path / "d")]) == 0
+    assert "1 process(es) on cpu, global batch 2" in capsys.readouterr().out
+    assert load_config(tmp_path / "d" / "config.yaml").device == "cpu"  # recorded as it ran
