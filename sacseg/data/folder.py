@@ -15,7 +15,7 @@ class SegmentationFolder(PairedSegmentation):
     """Images in ``images_dir`` and single-channel masks in ``masks_dir`` paired by file stem.
 
     Mask values are class indices 0..len(classes)-1; the value ``ignore_index`` is ignored (becomes 255);
-    any other value is an error. ``palette`` defaults to the PASCAL VOC colour scheme.
+    any other value is an error. ``palette`` defaults to generated distinct colours (``index_palette``).
     """
 
     label_hint = " (the ignored value is config key folder_ignore_index; class ids are 0..num_classes-1)"

@@ -15,17 +15,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from sacseg.utils.cache import cache_dir
+
 _SOURCE = Path(__file__).with_name("_sac_kernels.cpp")
 _FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 _library: ctypes.CDLL | None = None
 _library_tried = False
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("SACSEG_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "sacseg"
-    )
-    return Path(root)
 
 
 def _cpu_signature() -> str:
@@ -41,7 +36,7 @@ def _cpu_signature() -> str:
 def _build(compiler: str) -> Path:
     source = _SOURCE.read_bytes()
     key = hashlib.sha256(source + compiler.encode() + " ".join(_FLAGS).encode() + _cpu_signature().encode())
-    target = _cache_dir() / f"sac_kernels_{key.hexdigest()[:16]}.so"
+    target = cache_dir() / f"sac_kernels_{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
