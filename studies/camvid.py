@@ -8,9 +8,12 @@ decays to zero; the validation curve is in the JSON), validated on the half-reso
 its best checkpoint is the common start of stage 2, which runs with one schedule and number of
 iterations for all: the control (the baseline continued), SAC-single-only and SAC-multiple-only (the
 frozen baseline, only the regressors train, at a tenth of the lr), SAC-single and SAC-multiple
-trained whole (regressors at a tenth of the lr). Seeds 0, 1, 2 for the control and the whole rows,
-seed 0 for the "-only" rows. Every stage-2 row validates at iteration 0 too, so the unchanged start
-can win the best-checkpoint selection. ``--ablations`` adds runs (``studies._study.ABLATIONS``): SAC
+trained whole (regressors at a tenth of the lr), and their deformable rivals DCN-single and
+DCN-multiple (``sacseg.models.DeformableFCN``, trained whole, offset/mask predictors at a tenth of the
+lr). Seeds 0, 1, 2 for the control and the whole rows, and 3, 4, 5 too for the control and
+SAC-multiple (``--more-seeds``, ``--more-rows``: its multi-scale lead, +0.6 +- 0.3 in three seeds, had
+an interval holding 0), seed 0 for the "-only" rows. Every stage-2 row validates at iteration 0 too,
+so the unchanged start can win the best-checkpoint selection. ``--ablations`` adds runs (``studies._study.ABLATIONS``): SAC
 with its maps held at 1 trained like the control, the classifier's dilation, the regressors' lr.
 
 Each selected checkpoint, and each run's last one (the end of the common schedule, the paper's own
@@ -20,7 +23,14 @@ against the full-resolution labels: the image is resized to half resolution (ant
 Single-scale, and multi-scale + flip (``sacseg.models.inference.predict``: scales 0.75, 1, 1.25 of
 the half-resolution input, and their mirror images, softmax averaged). mIoU and pixel accuracy over
 the 11 classes, void ignored; mean +- std over seeds and the paired difference to the control of the
-same seed. No number is selected on the test split.
+same seed (mean +- std, each seed's, and the 95% interval of the mean: Student's t over the paired
+differences). No number is selected on the test split.
+
+Scale robustness: both checkpoints of every run are also scored single-scale on the eval split with
+the image resized by each of ``RESCALE_FACTORS`` (0.5 to 2) times the half resolution they trained at,
+the logits resized back to the full-resolution labels: mIoU by factor, paired to the control and
+between each SAC row and its DCN rival, and each scale map's mean by factor (does the coefficient
+follow the rescale?). Each is kept in its run's folder (``robustness[_last]_x<factor>.json``).
 
 Resumable: runs live in the work folder (``--work``, default ``$SACSEG_STUDY_WORK/study_camvid`` or
 ``~/.cache/sacseg/study_camvid``); finished runs and their evaluations are reused, an interrupted
@@ -28,7 +38,7 @@ run resumes from its ``last.pt``. Writes ``<out>/camvid.json`` (every number, th
 selected checkpoints) and ``<out>/camvid_predictions.png`` (the models at the end of the schedule);
 prints the estimate first, then the tables.
 
-    python -m studies.camvid --data-root ../shared/data/camvid --out docs/results   # ~95 min on 2 cores
+    python -m studies.camvid --data-root ../shared/data/camvid --out docs/results   # ~4.2 h on 2 cores
     python -m studies.camvid --data-root ../shared/data/camvid --quick --out /tmp/cv  # smoke test
 """
 

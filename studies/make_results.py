@@ -7,8 +7,10 @@ Two parts. The paper's two-stage protocol: ``scalescenes.json`` (studies/scalesc
 ``camvid.json`` (studies/camvid.py), then ``reading.md``, the human reading of those numbers, included
 verbatim only where it exists (written by hand from the full runs; never generated). The earlier
 from-scratch studies: ``scalescenes_from_scratch.json`` and ``camvid_from_scratch.json`` with their
-reading ``reading_from_scratch.md``. The scatters ``<stem>_scale_vs_size.png`` are written next to
-the JSON. Results of a ``--quick`` run are rendered under a SMOKE TEST banner.
+reading ``reading_from_scratch.md``. The scatters ``<stem>_scale_vs_size.png`` and the scale-robustness
+curves ``<study>_robustness.png`` are written next to the JSON; after the two-stage studies, a table of
+issue 27's claims with their numbers, whose verdicts the reading gives. Results of a ``--quick`` run are
+rendered under a SMOKE TEST banner.
 """
 
 from __future__ import annotations
