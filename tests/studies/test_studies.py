@@ -251,7 +251,8 @@ def test_camvid_quick_study_evaluates_the_test_root(tmp_path: Path) -> None:
     doc = study_camvid.main(["--data-root", str(data), "--test-root", str(tests), "--quick", "--jobs", "1",
                              "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])  # fmt: skip
     labelled = sum(int((np.array(Image.open(p)) != 11).sum()) for p in (tests / "testannot").iterdir())
-    assert set(doc["runs"]) == {"control", "SAC-single-only", "SAC-multiple-only", "SAC-single", "SAC-multiple"}
+    assert set(doc["runs"]) == {"control", "SAC-single-only", "SAC-multiple-only", "SAC-single", "SAC-multiple",
+                                "DCN-single", "DCN-multiple"}  # fmt: skip
     assert set(doc["runs"]["control"]) == {0, 1} and set(doc["runs"]["SAC-single-only"]) == {0}
     for per_seed in doc["runs"].values():
         for run in per_seed.values():
@@ -260,9 +261,13 @@ def test_camvid_quick_study_evaluates_the_test_root(tmp_path: Path) -> None:
                 assert run["eval_last"] == run["eval"]  # the selection kept the last checkpoint: scored once
             assert 0.0 <= run["eval"]["ms_flip"]["pixel_acc"] <= 1.0
             assert Path(run["train"]["checkpoint"]).is_file()
+            assert list(run["robustness_last"]) == [f"{f:g}" for f in RESCALE_FACTORS]
+            assert run["robustness_last"]["1"]["num_pixels"] == run["eval_last"]["single"]["num_pixels"]
     assert Path(doc["checkpoints"]["stage 1"]).is_file() and doc["estimated_wall_seconds"] > 0
     assert set(doc["summary"]["test"]["differences_to_control"]["SAC-single"]["single"]["per_seed"]) == {0, 1}
     assert set(doc["summary"]) == {"eval", "eval_last", "test", "test_last"}
+    assert set(doc["robustness"]["last"]["rivals"]) == {"SAC-single - DCN-single", "SAC-multiple - DCN-multiple"}
+    assert set(doc["robustness"]["last"]["rows"]["DCN-multiple"]["scale_slope"]) == {"classifier", "res5"}
     # A run whose selection kept an earlier checkpoint has its last one scored apart, at the schedule's end.
     scored_apart = list((tmp_path / "work").rglob("eval_last_scores.json"))
     assert scored_apart  # stage 2 validates at iteration 0 too: some selections keep an earlier checkpoint
@@ -283,9 +288,14 @@ def test_scalescenes_quick_study(tmp_path: Path) -> None:
     assert set(run["spearman"]) == set(run["partial_spearman_given_row"]) == {"classifier", "res5"}
     assert sum(b["num_pixels"] for b in run["buckets"].values()) > 0
     assert doc["runs"]["control"][0]["spearman"] == {}
+    assert set(doc["runs"]["DCN-multiple"][0]["spearman"]) == {"classifier", "res5"}  # DCN's isotropic stretch
+    assert set(doc["robustness"]["selected"]["rows"]["SAC-multiple"]["by_factor"]["0.5"]["scores"]) == {
+        "miou", "pixel_acc", "small miou", "medium miou", "large miou"
+    }  # fmt: skip
     # SAC with its maps held at 1 computes the control's function: the same scores, to rounding.
     assert doc["runs"]["SAC-single held at 1"][0]["miou"] == pytest.approx(doc["runs"]["control"][0]["miou"], abs=0.01)
-    assert "ScaleScenes" in render(tmp_path / "out")
+    page = render(tmp_path / "out")
+    assert "ScaleScenes" in page and "![mIoU against the input rescale factor](out/scalescenes_robustness.png)" in page
 
 
 def _plan_seeds(plan: list) -> dict[str, list[int]]:
