@@ -1,4 +1,4 @@
-"""torch.hub entry points: the paper's models by name and sac_convert, for ``torch.hub.load``.
+"""torch.hub entry points: the paper's models (and their deformable rivals) by name and sac_convert, for ``torch.hub.load``.
 
 ``torch.hub.load("<owner>/sacseg", "sac_multiple_resnet50", num_classes=19, backbone_weights="imagenet")``
 (or a local clone with ``source="local"``); ``torch.hub.list`` names the entries, ``torch.hub.help``
@@ -31,6 +31,19 @@ _SCHEMES = {
         "SAC-multiple on a dilated ResNet-{depth}: SAC-single with every 3x3 convolution of res5 scale-adaptive too, "
         "sharing one scale map regressed from res4"
     ),
+    "dcn_single": (
+        "The deformable rival to SAC-single on a dilated ResNet-{depth}: the baseline with a modulated deformable "
+        "(DCNv2) classifier, its offsets and masks regressed from res5"
+    ),
+    "dcn_multiple": (
+        "The deformable rival to SAC-multiple on a dilated ResNet-{depth}: DCN-single with every 3x3 convolution of "
+        "res5 deformable too, sharing one offset/mask field regressed from res4"
+    ),
+}
+
+_ORIGINS = {
+    False: "The paper's model (Zhang et al., ICCV 2017, section 4.1)",
+    True: "The studies' deformable rival to SAC (DCNv2, Zhu et al., CVPR 2019; sacseg.models.DeformableFCN)",
 }
 
 
@@ -47,7 +60,7 @@ def _entry(name: str) -> Callable[..., DilatedFCN]:
     entry.__signature__ = signature  # type: ignore[attr-defined]
     entry.__doc__ = f"""{_SCHEMES[scheme].format(depth=depth)}.
 
-    The paper's model (Zhang et al., ICCV 2017, section 4.1), as ``sacseg.models.build_model({name!r},
+    {_ORIGINS[scheme.startswith("dcn_")]}, as ``sacseg.models.build_model({name!r},
     num_classes, **options)`` builds it.
 
     Args:

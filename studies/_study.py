@@ -1,10 +1,12 @@
-"""Shared machinery of the studies: training jobs run in parallel, resumable runs, statistics and number formats."""
+"""Shared machinery of the studies: training jobs run in parallel, resumable runs and evaluations, statistics and number formats."""
 
 from __future__ import annotations
 
+import argparse
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import multiprocessing
@@ -16,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from scipy import stats
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from benchmarks._report import jsonable, write_json
+from benchmarks._report import format_table, jsonable, write_json
 from sacseg.checkpoint import load_checkpoint
 from sacseg.config import config_from_dict
 from sacseg.factory import load_trained_model
@@ -27,24 +30,37 @@ from sacseg.training.train import train
 
 __all__ = [
     "ABLATIONS",
+    "RESCALE_FACTORS",
+    "RIVALS",
     "ROWS",
     "Downscaled",
     "Job",
     "TwoStage",
+    "add_seed_options",
     "estimate_two_stage",
     "estimate_wall",
     "evaluate_once",
+    "factor_difference_table",
+    "factor_table",
     "load_trained",
+    "mean_scale_table",
     "mean_std",
     "number_stat",
     "paired_differences",
     "pct",
     "pct_stat",
+    "rescale_cost",
+    "rescaled_once",
+    "robustness_summaries",
+    "robustness_summary",
+    "robustness_tables",
     "run_folder",
     "run_jobs",
     "run_two_stage",
+    "scale_slope",
     "stage2_plan",
     "stage2_settings",
+    "t_interval",
     "train_once",
     "validation_curve",
     "work_folder",
@@ -227,16 +243,129 @@ def evaluate_once(out_dir: Path, name: str, key: Mapping[str, Any], compute: Cal
     return result
 
 
+#: Input rescale factors of the scale-robustness curves: the image resized by each (1: the resolution
+#: the models trained at), the prediction resized back to the labels.
+RESCALE_FACTORS: tuple[float, ...] = (0.5, 0.625, 0.75, 1.0, 1.25, 1.5, 2.0)
+
+
+def rescale_cost(factors: Sequence[float] = RESCALE_FACTORS) -> float:
+    """What scoring one checkpoint at every factor costs, in passes at factor 1 (a pass costs about its pixels)."""
+    return sum(f * f for f in factors)
+
+
+def rescaled_once(settings: Mapping[str, Any], summary: Mapping[str, Any], key: Mapping[str, Any],
+                  score: Callable[[nn.Module, float], dict[str, Any]],
+                  factors: Sequence[float] = RESCALE_FACTORS) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """The run's selected checkpoint (``"robustness"``) and its last one, the end of the schedule
+    (``"robustness_last"``), scored by ``score(model, factor)`` at each factor: ``{kind: {"0.5": ...}}``.
+
+    Each (checkpoint, factor) is kept by :func:`evaluate_once` in ``out_dir/<kind>_x<factor>.json``, its
+    key ``key`` with the checkpoint's iteration and the factor: an interrupted evaluation resumes at the
+    factor it stopped at, and adding the curves to a finished study reuses its trained runs. A
+    checkpoint is loaded only if a factor needs it; the last one is scored apart only where the
+    selection kept an earlier one.
+    """
+    out = Path(settings["out_dir"])
+    result: dict[str, dict[str, Any]] = {}
+    for kind, checkpoint, iteration in (("robustness", "best.pt", summary["best_iteration"]),
+                                        ("robustness_last", "last.pt", summary["iterations"])):  # fmt: skip
+        if kind == "robustness_last" and iteration == summary["best_iteration"]:
+            result[kind] = result["robustness"]
+            continue
+        model = functools.cache(functools.partial(load_trained, settings, checkpoint))
+        result[kind] = {
+            f"{f:g}": evaluate_once(out, f"{kind}_x{f:g}", {**key, "iteration": iteration, "rescale": f},
+                                    lambda f=f, model=model: score(model(), f))
+            for f in factors
+        }  # fmt: skip
+    return result
+
+
+def _flat_scores(entry: Mapping[str, Any]) -> dict[str, float]:
+    """One rescaled evaluation's scores by name: ``miou``, ``pixel_acc`` and, where scored, ``<bucket> miou``."""
+    return {"miou": entry["miou"], "pixel_acc": entry["pixel_acc"],
+            **{f"{b} miou": scores["miou"] for b, scores in entry.get("buckets", {}).items()}}  # fmt: skip
+
+
+def scale_slope(by_factor: Mapping[str, Mapping[str, Any]], name: str) -> float | None:
+    """How scale map ``name``'s mean follows the rescale: the least-squares slope of its log against the
+    log of the factor, over one run's rescaled evaluations (``{"0.5": {"mean_scale": {name: m}}, ...}``).
+    1: the coefficient grows as the objects do (the paper's premise); 0: it ignores their size. None
+    where a mean is not positive."""
+    points = [(math.log(float(f)), e["mean_scale"][name]) for f, e in by_factor.items()]
+    if len(points) < 2 or any(m is None or not m > 0 for _, m in points):
+        return None
+    xs, ys = [x for x, _ in points], [math.log(m) for _, m in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
+def robustness_summaries(runs: Mapping[str, Mapping[Any, Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """:func:`robustness_summary` of the selected checkpoints (``"selected"``) and of the end of the schedule (``"last"``)."""
+    return {"selected": robustness_summary(runs, "robustness"), "last": robustness_summary(runs, "robustness_last")}
+
+
+def robustness_summary(runs: Mapping[str, Mapping[Any, Mapping[str, Any]]], kind: str) -> dict[str, Any]:
+    """Every row's :func:`rescaled_once` scores of ``kind`` (``"robustness"`` or ``"robustness_last"``)
+    over its seeds, by factor.
+
+    ``rows[title]``: ``"seeds"``, and ``"by_factor"[factor]`` each score's (``miou``, ``pixel_acc``,
+    ``<bucket> miou``) and each scale map's mean (``mean_scale``) as mean +- std over the seeds;
+    ``"scale_slope"[map]``: :func:`scale_slope` mean +- std over the seeds.
+    ``differences_to_control[title][factor][score]`` and ``rivals["SAC-x - DCN-x"][factor][score]``: the
+    paired differences, seed by seed (:func:`paired_differences`). Rows without such scores are left out.
+    """
+    scored = {title: per_seed for title, per_seed in runs.items() if all(kind in r for r in per_seed.values())}
+    rows: dict[str, Any] = {}
+    for title, per_seed in scored.items():
+        entries = [r[kind] for r in per_seed.values()]
+        maps = next(iter(entries[0].values()))["mean_scale"]
+        rows[title] = {
+            "seeds": list(per_seed),
+            "by_factor": {
+                factor: {
+                    "scores": {name: mean_std([_flat_scores(e[factor])[name] for e in entries]) for name in _flat_scores(first)},
+                    "mean_scale": {name: mean_std([e[factor]["mean_scale"][name] for e in entries]) for name in maps},
+                }
+                for factor, first in entries[0].items()
+            },
+            "scale_slope": {name: mean_std([scale_slope(e, name) for e in entries]) for name in maps},
+        }  # fmt: skip
+    differences: dict[str, Any] = {}
+    rivals: dict[str, Any] = {}
+    first_row = next(iter(rows.values()), {"by_factor": {}})
+    for factor, entry in first_row["by_factor"].items():
+        for name in entry["scores"]:
+
+            def score(run: Mapping[str, Any], factor: str = factor, name: str = name) -> float:
+                return _flat_scores(run[kind][factor])[name]
+
+            if "control" in scored:
+                for title, diff in paired_differences(scored, score).items():
+                    differences.setdefault(title, {}).setdefault(factor, {})[name] = diff
+            for sac, dcn in RIVALS:
+                if sac in scored and dcn in scored:
+                    diff = paired_differences({dcn: scored[dcn], sac: scored[sac]}, score, control=dcn)[sac]
+                    rivals.setdefault(f"{sac} - {dcn}", {}).setdefault(factor, {})[name] = diff
+    return {"rows": rows, "differences_to_control": differences, "rivals": rivals}
+
+
 #: Stage 2's rows: (title, model, kind). "control": the baseline continued; "whole": a SAC model from
 #: the baseline's weights, everything trained (regressors at a tenth of the lr); "only": a SAC model
-#: on the frozen baseline, only its regressors train (at a tenth of the lr).
+#: on the frozen baseline, only its regressors train (at a tenth of the lr). The DCN rows are the
+#: deformable rival (``sacseg.models.DeformableFCN``: DCNv2 layers in SAC's places, starting as the baseline,
+#: their offset/mask predictors at a tenth of the lr), trained whole like SAC.
 ROWS: tuple[tuple[str, str, str], ...] = (
     ("control", "fcn_resnet18", "control"),
     ("SAC-single-only", "sac_single_resnet18", "only"),
     ("SAC-multiple-only", "sac_multiple_resnet18", "only"),
     ("SAC-single", "sac_single_resnet18", "whole"),
     ("SAC-multiple", "sac_multiple_resnet18", "whole"),
+    ("DCN-single", "dcn_single_resnet18", "whole"),
+    ("DCN-multiple", "dcn_multiple_resnet18", "whole"),
 )
+#: Each SAC row trained whole and the deformable row in the same places: the pairs compared seed by seed.
+RIVALS: tuple[tuple[str, str], ...] = (("SAC-single", "DCN-single"), ("SAC-multiple", "DCN-multiple"))
 #: Ablations (``--ablations``), each seed 0, from the same stage-1 weights and schedule: name ->
 #: [(title, model, kind, config overrides)].
 ABLATIONS: dict[str, tuple[tuple[str, str, str, dict[str, Any]], ...]] = {
@@ -288,14 +417,36 @@ def stage2_settings(stage1: Mapping[str, Any], model: str, kind: str, seed: int,
     }
 
 
-def stage2_plan(seeds: Sequence[int], ablations: Sequence[str]) -> list[tuple[str, str, str, int, dict[str, Any]]]:
-    """Stage 2's runs: ``(title, model, kind, seed, overrides)``; the control and the whole-trained SAC
-    rows over ``seeds``, the "-only" rows and the ablations at the first seed only."""
+def add_seed_options(parser: argparse.ArgumentParser, more_rows: Sequence[str], more_seeds: Sequence[int]) -> None:
+    """A study's ``--more-seeds`` and ``--more-rows`` (see :func:`stage2_plan`), with its defaults."""
+    whole = [title for title, _, kind in ROWS if kind == "whole"]
+    parser.add_argument("--more-seeds", type=int, nargs="*",
+                        help=f"seeds that the control and --more-rows also run (default {' '.join(map(str, more_seeds))}; "
+                             "quick: none); none given: none")  # fmt: skip
+    parser.add_argument("--more-rows", nargs="*", default=list(more_rows), choices=whole,
+                        help=f"rows that also run --more-seeds, paired with the control (default {' '.join(more_rows)})")  # fmt: skip
+
+
+def stage2_plan(seeds: Sequence[int], ablations: Sequence[str], more_seeds: Sequence[int] = (),
+                more_rows: Sequence[str] = ()) -> list[tuple[str, str, str, int, dict[str, Any]]]:  # fmt: skip
+    """Stage 2's runs: ``(title, model, kind, seed, overrides)``; the control and the whole-trained rows
+    over ``seeds``, the control and the rows titled in ``more_rows`` over ``more_seeds`` too (the seeds
+    a difference needs before it can be told from noise), the "-only" rows and the ablations at the
+    first seed only."""
     unknown = sorted(set(ablations) - set(ABLATIONS))
     if unknown:
         raise ValueError(f"unknown ablations {unknown}; valid: {', '.join(ABLATIONS)}")
-    plan = [(title, model, kind, seed, {}) for title, model, kind in ROWS
-            for seed in (seeds[:1] if kind == "only" else seeds)]  # fmt: skip
+    whole = [title for title, _, kind in ROWS if kind == "whole"]
+    if set(more_rows) - set(whole):
+        raise ValueError(f"more_rows must be rows trained whole ({', '.join(whole)}), got {list(more_rows)}")
+    if set(seeds) & set(more_seeds):
+        raise ValueError(f"more_seeds {list(more_seeds)} repeat seeds of {list(seeds)}")
+    plan: list[tuple[str, str, str, int, dict[str, Any]]] = []
+    for title, model, kind in ROWS:
+        row_seeds = list(seeds[:1] if kind == "only" else seeds)
+        if more_rows and (title == "control" or title in more_rows):  # the control pairs with every seed
+            row_seeds += more_seeds
+        plan += [(title, model, kind, seed, {}) for seed in row_seeds]
     plan += [(title, model, kind, seeds[0], dict(o)) for name in ablations for title, model, kind, o in ABLATIONS[name]]
     return plan
 
@@ -370,10 +521,11 @@ def run_folder(title: str, seed: int) -> str:
     return re.sub(r"[^a-z0-9.-]+", "_", title.lower()).strip("_") + f"_seed{seed}"
 
 
-def paired_differences(runs: Mapping[str, Mapping[int, Any]], score: Callable[[Any], float | None],
+def paired_differences(runs: Mapping[str, Mapping[Any, Any]], score: Callable[[Any], float | None],
                        control: str = "control") -> dict[str, dict[str, Any]]:  # fmt: skip
-    """For each row but ``control``: ``score(run) - score(control run)`` per seed the two share, and their
-    mean +- std (a row with one seed is compared with the control of that seed)."""
+    """For each row but ``control``: ``score(run) - score(control run)`` per seed the two share, their
+    mean +- std and the 95% interval of their mean (:func:`t_interval`; a row with one seed is compared
+    with the control of that seed)."""
     out: dict[str, dict[str, Any]] = {}
     for title, per_seed in runs.items():
         if title == control:
@@ -383,8 +535,20 @@ def paired_differences(runs: Mapping[str, Mapping[int, Any]], score: Callable[[A
             mine, theirs = score(run), score(runs[control][seed]) if seed in runs[control] else None
             if mine is not None and theirs is not None:
                 diffs[seed] = mine - theirs
-        out[title] = {"per_seed": diffs, **mean_std(list(diffs.values()))}
+        out[title] = {"per_seed": diffs, **mean_std(list(diffs.values())), "ci95": t_interval(list(diffs.values()))}
     return out
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> list[float] | None:
+    """The ``level`` confidence interval of the mean of ``values`` (paired differences, one per seed):
+    ``mean +- t(1 - (1 - level) / 2, n - 1) * std / sqrt(n)``, Student's t with ``n - 1`` degrees of
+    freedom and the sample std, over the finite values; None below two of them."""
+    kept = [float(v) for v in values if v is not None and math.isfinite(v)]
+    stat = mean_std(kept)
+    if stat["mean"] is None or stat["std"] is None:
+        return None
+    half = float(stats.t.ppf(1 - (1 - level) / 2, len(kept) - 1)) * stat["std"] / math.sqrt(len(kept))
+    return [stat["mean"] - half, stat["mean"] + half]
 
 
 def estimate_wall(first: float, jobs: Sequence[float], workers: int) -> float:
@@ -447,12 +611,17 @@ def pct_stat(stat: Mapping[str, float | None]) -> str:
 
 
 def paired_stat(diff: Mapping[str, Any] | None, missing: str = "-") -> str:
-    """A :func:`paired_differences` entry of fractions as ``"mean +- std (+a, +b, ...)"`` percentage
-    points, each seed's difference in brackets; ``missing`` when there is none."""
+    """A :func:`paired_differences` entry of fractions as ``"mean +- std [low, high] (+a, +b, ...)"``
+    percentage points: the 95% interval of the mean (:func:`t_interval`, from the seeds' differences,
+    so entries written before it existed get one too; none with one seed) and each seed's difference;
+    ``missing`` when there is none."""
     if diff is None or diff["mean"] is None:
         return missing
-    seeds = ", ".join(f"{100 * v:+.1f}" for v in diff["per_seed"].values())
-    return f"{pct(diff['mean'], diff['std'])} ({seeds})"
+    values = list(diff["per_seed"].values())
+    seeds = ", ".join(f"{100 * v:+.1f}" for v in values)
+    interval = t_interval(values)
+    bounds = "" if interval is None else f" [{100 * interval[0]:+.1f}, {100 * interval[1]:+.1f}]"
+    return f"{pct(diff['mean'], diff['std'])}{bounds} ({seeds})"
 
 
 def number_stat(stat: Mapping[str, float | None] | None) -> str:
@@ -460,3 +629,48 @@ def number_stat(stat: Mapping[str, float | None] | None) -> str:
     if stat is None or stat["mean"] is None:
         return "-"
     return f"{stat['mean']:.2f}" + ("" if stat["std"] is None else f" +- {stat['std']:.2f}")
+
+
+def _factors(by_row: Mapping[str, Any]) -> list[str]:
+    """The rescale factors of a :func:`robustness_summary` part, in the order they were scored."""
+    first = next(iter(by_row.values()), {})
+    return list(first.get("by_factor", first))
+
+
+def factor_table(summary: Mapping[str, Any], score: str = "miou", markdown: bool = False) -> str:
+    """Each row's ``score`` (a :func:`robustness_summary`) at every rescale factor: percent, mean +- std
+    over the seeds in brackets."""
+    factors = _factors(summary["rows"])
+    rows = [[f"{title} ({', '.join(str(s) for s in entry['seeds'])})",
+             *(pct_stat(entry["by_factor"][f]["scores"][score]) for f in factors)]
+            for title, entry in summary["rows"].items()]  # fmt: skip
+    return format_table(["row (seeds)", *(f"x{f}" for f in factors)], rows, markdown)
+
+
+def factor_difference_table(differences: Mapping[str, Any], score: str = "miou", markdown: bool = False,
+                            label: str = "row - control") -> str:  # fmt: skip
+    """Paired differences of ``score`` at every rescale factor (``differences_to_control`` or ``rivals`` of
+    a :func:`robustness_summary`), each as :func:`paired_stat` writes it."""
+    factors = _factors({t: {"by_factor": d} for t, d in differences.items()})
+    rows = [[title, *(paired_stat(by_factor[f].get(score)) for f in factors)] for title, by_factor in differences.items()]
+    return format_table([label, *(f"x{f}" for f in factors)], rows, markdown)
+
+
+def mean_scale_table(summary: Mapping[str, Any], markdown: bool = False) -> str:
+    """Each scale map's mean at every rescale factor (mean +- std over the seeds) and the slope of its
+    log against the factor's (:func:`scale_slope`; 1: it follows the rescale)."""
+    factors = _factors(summary["rows"])
+    rows = [[f"{title}, {name}", *(number_stat(entry["by_factor"][f]["mean_scale"][name]) for f in factors),
+             number_stat(slope)]
+            for title, entry in summary["rows"].items() for name, slope in entry["scale_slope"].items()]  # fmt: skip
+    return format_table(["row, map", *(f"x{f}" for f in factors), "log-log slope"], rows, markdown)
+
+
+def robustness_tables(summary: Mapping[str, Any], score: str = "miou", markdown: bool = False) -> list[str]:
+    """A :func:`robustness_summary`'s tables of ``score``, each followed by an empty line: by factor, its
+    paired differences to the control, and between each SAC row and its DCN rival where both ran."""
+    out = [factor_table(summary, score, markdown), "",
+           factor_difference_table(summary["differences_to_control"], score, markdown), ""]  # fmt: skip
+    if summary["rivals"]:
+        out += [factor_difference_table(summary["rivals"], score, markdown, label="SAC - DCN"), ""]
+    return out

@@ -8,9 +8,12 @@ decays to zero; the validation curve is in the JSON), validated on the half-reso
 its best checkpoint is the common start of stage 2, which runs with one schedule and number of
 iterations for all: the control (the baseline continued), SAC-single-only and SAC-multiple-only (the
 frozen baseline, only the regressors train, at a tenth of the lr), SAC-single and SAC-multiple
-trained whole (regressors at a tenth of the lr). Seeds 0, 1, 2 for the control and the whole rows,
-seed 0 for the "-only" rows. Every stage-2 row validates at iteration 0 too, so the unchanged start
-can win the best-checkpoint selection. ``--ablations`` adds runs (``studies._study.ABLATIONS``): SAC
+trained whole (regressors at a tenth of the lr), and their deformable rivals DCN-single and
+DCN-multiple (``sacseg.models.DeformableFCN``, trained whole, offset/mask predictors at a tenth of the
+lr). Seeds 0, 1, 2 for the control and the whole rows, and 3, 4, 5 too for the control and
+SAC-multiple (``--more-seeds``, ``--more-rows``: its multi-scale lead, +0.6 +- 0.3 in three seeds, had
+an interval holding 0), seed 0 for the "-only" rows. Every stage-2 row validates at iteration 0 too,
+so the unchanged start can win the best-checkpoint selection. ``--ablations`` adds runs (``studies._study.ABLATIONS``): SAC
 with its maps held at 1 trained like the control, the classifier's dilation, the regressors' lr.
 
 Each selected checkpoint, and each run's last one (the end of the common schedule, the paper's own
@@ -20,7 +23,14 @@ against the full-resolution labels: the image is resized to half resolution (ant
 Single-scale, and multi-scale + flip (``sacseg.models.inference.predict``: scales 0.75, 1, 1.25 of
 the half-resolution input, and their mirror images, softmax averaged). mIoU and pixel accuracy over
 the 11 classes, void ignored; mean +- std over seeds and the paired difference to the control of the
-same seed. No number is selected on the test split.
+same seed (mean +- std, each seed's, and the 95% interval of the mean: Student's t over the paired
+differences). No number is selected on the test split.
+
+Scale robustness: both checkpoints of every run are also scored single-scale on the eval split with
+the image resized by each of ``RESCALE_FACTORS`` (0.5 to 2) times the half resolution they trained at,
+the logits resized back to the full-resolution labels: mIoU by factor, paired to the control and
+between each SAC row and its DCN rival, and each scale map's mean by factor (does the coefficient
+follow the rescale?). Each is kept in its run's folder (``robustness[_last]_x<factor>.json``).
 
 Resumable: runs live in the work folder (``--work``, default ``$SACSEG_STUDY_WORK/study_camvid`` or
 ``~/.cache/sacseg/study_camvid``); finished runs and their evaluations are reused, an interrupted
@@ -28,7 +38,7 @@ run resumes from its ``last.pt``. Writes ``<out>/camvid.json`` (every number, th
 selected checkpoints) and ``<out>/camvid_predictions.png`` (the models at the end of the schedule);
 prints the estimate first, then the tables.
 
-    python -m studies.camvid --data-root ../shared/data/camvid --out docs/results   # ~95 min on 2 cores
+    python -m studies.camvid --data-root ../shared/data/camvid --out docs/results   # ~4.2 h on 2 cores
     python -m studies.camvid --data-root ../shared/data/camvid --quick --out /tmp/cv  # smoke test
 """
 
@@ -51,20 +61,28 @@ from benchmarks._report import format_table, run_record, write_json
 from sacseg.data import CamVid
 from sacseg.data.camvid import CLASSES
 from sacseg.evaluation.evaluate import evaluate
+from sacseg.evaluation.metrics import ConfusionMatrix
 from sacseg.models.inference import predict_with_scales
 from sacseg.options import InferenceOptions
 from sacseg.viz import colorize, denormalize, save_report_grid
 from studies._study import (
     ABLATIONS,
+    RESCALE_FACTORS,
     Downscaled,
+    add_seed_options,
     estimate_two_stage,
     evaluate_once,
     load_trained,
+    mean_scale_table,
     mean_std,
     paired_differences,
     paired_stat,
     pct,
     pct_stat,
+    rescale_cost,
+    rescaled_once,
+    robustness_summaries,
+    robustness_tables,
     run_two_stage,
     stage2_plan,
     train_once,
@@ -82,11 +100,15 @@ MS_SCALES: tuple[float, ...] = (0.75, 1.0, 1.25)
 # stage 1 took 1.19 s per iteration, the estimate 1.27). Seconds to score one checkpoint on val,
 # single + multi-scale + flip: 100-120 in that run (two at once); 2.3 times that on the 233 test
 # images. Two workers: stage 1 (~25 min), then stage 2's 11 runs of 200 iterations, each scored at its
-# selected and its last checkpoint (~70 min).
+# selected and its last checkpoint (~70 min). The DCN rows' are estimates, to re-measure from their
+# first full run: SAC's times the ratio of one training step (batch 8 of 176x176, one thread, the models
+# side by side on a loaded 2-core machine) of DCN-single to SAC-single (1.0) and of DCN-multiple to
+# SAC-multiple (1.65).
 SECONDS_PER_ITERATION: dict[tuple[str, str], float] = {
     ("fcn_resnet18", "control"): 2.35, ("sac_single_resnet18", "whole"): 2.4,
     ("sac_multiple_resnet18", "whole"): 3.05, ("sac_single_resnet18", "only"): 1.06,
-    ("sac_multiple_resnet18", "only"): 2.0,
+    ("sac_multiple_resnet18", "only"): 2.0, ("dcn_single_resnet18", "whole"): 2.45,
+    ("dcn_multiple_resnet18", "whole"): 5.0,
 }  # fmt: skip
 STAGE1_SPEEDUP: dict[int, float] = {1: 1.0, 2: 1.85}
 EVAL_SECONDS = 120.0
@@ -96,6 +118,9 @@ FULL: dict[str, Any] = {
     "crop": 176,
     "batch": 8,
     "seeds": (0, 1, 2),
+    # Six seeds in all for the control and MORE_SEED_ROWS (issue 27: SAC-multiple's lead under
+    # multi-scale + flip, +0.6 +- 0.3 in three seeds); the first three are the earlier study's runs, reused.
+    "more_seeds": (3, 4, 5),
     "stage1_iterations": 1000,
     "stage1_lr": 0.02,
     "stage1_validations": 10,
@@ -110,6 +135,7 @@ QUICK: dict[str, Any] = {
     "crop": 64,
     "batch": 4,
     "seeds": (0, 1),
+    "more_seeds": (),
     "stage1_iterations": 4,
     "stage1_lr": 0.02,
     "stage1_validations": 2,
@@ -118,6 +144,8 @@ QUICK: dict[str, Any] = {
     "stage2_lr": 0.005,
     "limit": 8,
 }
+#: The rows that run ``more_seeds`` too (with the control): the differences the study reports.
+MORE_SEED_ROWS: tuple[str, ...] = ("SAC-multiple",)
 _PICTURE_ROWS = 3
 
 
@@ -166,13 +194,40 @@ def evaluate_split(model: torch.nn.Module, root: Path, split: str, factor: float
     return scores
 
 
+def rescaled_scores(model: torch.nn.Module, factor: float, root: Path, split: str, p: Mapping[str, Any]) -> dict[str, Any]:
+    """Single-scale scores of ``model`` on a split with each image resized to ``factor`` times the
+    resolution it trained at (``p["factor"]`` of the full one), the logits resized back to the
+    full-resolution labels; and each scale map's mean (over its positions, then the images)."""
+    start = time.perf_counter()
+    wrapped = Downscaled(model, p["factor"] * factor).eval()
+    matrix = ConfusionMatrix(NUM_CLASSES)
+    means: dict[str, list[float]] = {}
+    with torch.no_grad():
+        for image, target in DataLoader(_dataset(root, split, p["limit"]), batch_size=1):
+            out = wrapped(image)
+            matrix.update(out["out"].argmax(1), target)
+            for name, scale in out["scales"].items():
+                means.setdefault(name, []).append(float(scale.mean()))
+    results = matrix.compute()
+    return {key: results[key] for key in ("miou", "pixel_acc", "iou", "num_pixels")} | {
+        "mean_scale": {name: sum(v) / len(v) for name, v in means.items()},
+        "seconds": time.perf_counter() - start,
+    }
+
+
 def _job(settings: dict[str, Any], p: dict[str, Any], eval_root: str, eval_split: str, test_root: str | None) -> dict[str, Any]:
     """Train (or reuse) one run; score its selected checkpoint (``eval``, ``test``) and its last one, the
-    end of the common schedule (``eval_last``, ``test_last``), on the eval split and the test root (or
-    reuse those scores)."""
+    end of the common schedule (``eval_last``, ``test_last``), on the eval split and the test root, and
+    both on the eval split at every rescale factor (``robustness``, ``robustness_last``), or reuse those
+    scores."""
     summary = train_once(settings)
     out = Path(settings["out_dir"])
-    result: dict[str, Any] = {"train": summary}
+    where = {"root": eval_root, "split": eval_split, "factor": p["factor"], "limit": p["limit"]}
+    result: dict[str, Any] = {
+        "train": summary,
+        **rescaled_once(settings, summary, where,
+                        lambda model, factor: rescaled_scores(model, factor, Path(eval_root), eval_split, p)),
+    }  # fmt: skip
     for name, root, split in (("eval", eval_root, eval_split), ("test", test_root, "test")):
         if root is None:
             continue
@@ -314,6 +369,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a smoke test of a minute or two (not a result)")
     parser.add_argument("--jobs", type=int, default=2, help="training processes at once (one thread each)")
     parser.add_argument("--seeds", type=int, nargs="+", help="stage 2's seeds (default 0 1 2; quick: 0 1)")
+    add_seed_options(parser, MORE_SEED_ROWS, FULL["more_seeds"])
     parser.add_argument(
         "--ablations", nargs="*", default=[], choices=sorted(ABLATIONS), help="extra runs, seed 0 (studies._study.ABLATIONS)"
     )
@@ -341,11 +397,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = dict(QUICK if args.quick else FULL)
     if args.seeds:
         p["seeds"] = tuple(args.seeds)
+    if args.more_seeds is not None:
+        p["more_seeds"] = tuple(args.more_seeds)
     work = work_folder("study_camvid" + ("_quick" if args.quick else ""), args.work)
-    plan = stage2_plan(p["seeds"], args.ablations)
+    plan = stage2_plan(p["seeds"], args.ablations, p["more_seeds"], args.more_rows)
     test_root = None if args.test_root is None else str(args.test_root)
-    # Every run is scored twice: its selected checkpoint and the end of the schedule.
-    eval_seconds = 2 * EVAL_SECONDS * (1 + (TEST_EVAL_FACTOR if test_root else 0))
+    # Every run is scored twice, its selected checkpoint and the end of the schedule: single-scale and
+    # multi-scale + flip (passes at 1 + 2 * sum(s^2) times a single pass's pixels), and at every rescale factor.
+    single_pass = EVAL_SECONDS / (1 + 2 * sum(s * s for s in MS_SCALES))
+    eval_seconds = 2 * (EVAL_SECONDS * (1 + (TEST_EVAL_FACTOR if test_root else 0)) + single_pass * rescale_cost())
     estimate = estimate_two_stage(p, plan, SECONDS_PER_ITERATION, eval_seconds, args.jobs, STAGE1_SPEEDUP[p["stage1_threads"]])
     print(f"estimated wall time on a quiet 2-core machine: {estimate / 60:.0f} min (work folder {work})", flush=True)
     start = time.perf_counter()
@@ -361,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     scale_stats = _picture({t: two.settings[(t, seed0)] for t in ("control", "SAC-single", "SAC-multiple")},
                            args.data_root, args.eval_split, p["factor"], picture)  # fmt: skip
     stages = two.record(private=("data_root", "out_dir"))
+    robustness = robustness_summaries(runs)
     doc = {
         "study": "camvid",
         "protocol": "two-stage",
@@ -376,6 +437,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "test_root": test_root,
             "backbone_weights": args.backbone_weights,
             "ablations": args.ablations,
+            "more_rows": args.more_rows,
+            "rescale_factors": list(RESCALE_FACTORS),
+            "seconds_per_iteration": {f"{model} {kind}": v for (model, kind), v in SECONDS_PER_ITERATION.items()},
             "stage1": stages["stage1_settings"],
             "stage2": stages["stage2_settings"],
         },
@@ -389,6 +453,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             if key == "eval" or test_root is not None
             for suffix in ("", "_last")
         },
+        "robustness": robustness,
         "runs": runs,
     }
     write_json(doc, args.out / "camvid.json")
@@ -401,6 +466,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             print(table(doc["summary"][key]))
             print(f"the same, end of the schedule (iteration {p['stage2_iterations']}, no selection):")
             print(table(doc["summary"][key + "_last"]))
+    print(f"{args.eval_split}, end of the schedule, mIoU at each input rescale factor (x1: {p['factor']} of full "
+          "resolution), its paired difference to the control, scale maps' means:")  # fmt: skip
+    print("\n".join([*robustness_tables(robustness["last"]), mean_scale_table(robustness["last"])]))
     print(f"wrote {args.out / 'camvid.json'} and {picture} in {doc['wall_seconds']:.0f} s (estimated {estimate:.0f} s)")
     return doc
 

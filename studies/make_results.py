@@ -7,22 +7,37 @@ Two parts. The paper's two-stage protocol: ``scalescenes.json`` (studies/scalesc
 ``camvid.json`` (studies/camvid.py), then ``reading.md``, the human reading of those numbers, included
 verbatim only where it exists (written by hand from the full runs; never generated). The earlier
 from-scratch studies: ``scalescenes_from_scratch.json`` and ``camvid_from_scratch.json`` with their
-reading ``reading_from_scratch.md``. The scatters ``<stem>_scale_vs_size.png`` are written next to
-the JSON. Results of a ``--quick`` run are rendered under a SMOKE TEST banner.
+reading ``reading_from_scratch.md``. The scatters ``<stem>_scale_vs_size.png`` and the scale-robustness
+curves ``<study>_robustness.png`` are written next to the JSON; after the two-stage studies, a table of
+issue 27's claims with their numbers, whose verdicts the reading gives. Results of a ``--quick`` run are
+rendered under a SMOKE TEST banner.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from benchmarks._report import format_table
 from sacseg.utils.io import atomic_open
-from studies._study import mean_std, number_stat, paired_differences, paired_stat, pct, pct_stat
+from studies._study import (
+    ABLATIONS,
+    ROWS,
+    mean_scale_table,
+    mean_std,
+    number_stat,
+    paired_differences,
+    paired_stat,
+    pct,
+    pct_stat,
+    robustness_tables,
+    t_interval,
+)
 from studies.camvid import table as camvid_table
 from studies.scalescenes import BUCKETS, class_table, difference_table, summary_table
 
@@ -36,7 +51,11 @@ PAPER_TABLE3: tuple[tuple[str, str, str], ...] = (
     ("SAC-multiple-only", "40.87", "79.86"), ("SAC-single", "41.68", "80.64"), ("SAC-multiple", "42.38", "80.86"),
     ("SAC-single + MS", "43.65", "81.33"), ("SAC-multiple + MS", "44.30", "81.86"),
 )  # fmt: skip
-_MAPS = (("SAC-single", "classifier"), ("SAC-multiple", "classifier"), ("SAC-multiple", "res5"))
+_MAPS = (
+    ("SAC-single", "classifier"), ("SAC-multiple", "classifier"), ("SAC-multiple", "res5"),
+    ("DCN-single", "classifier"), ("DCN-multiple", "classifier"), ("DCN-multiple", "res5"),
+)  # fmt: skip
+_KINDS = (("last", "the end of the schedule (every run's last checkpoint)"), ("selected", "the selected checkpoints"))
 
 
 def _load(path: Path) -> dict[str, Any] | None:
@@ -120,15 +139,16 @@ def _stage2_curves(doc: Mapping[str, Any]) -> list[str]:
 
 
 def scatter(doc: Mapping[str, Any], path: Path) -> None:
-    """Each object's mean scale coefficient against its size, per SAC map, all seeds (log size axis)."""
+    """Each object's mean scale coefficient against its size, per SAC (and DCN) map, all seeds (log size axis)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(4.2 * len(_MAPS), 3.6), layout="constrained")
+    maps = [(title, name) for title, name in _MAPS if title in doc["runs"]]
+    fig = Figure(figsize=(4.2 * len(maps), 3.6), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(_MAPS), squeeze=False)[0]
+    axes = fig.subplots(1, len(maps), squeeze=False)[0]
     edges = doc["bucket_edges_px"]
-    for ax, (title, name) in zip(axes, _MAPS):
+    for ax, (title, name) in zip(axes, maps):
         for seed, run in doc["runs"].get(title, {}).items():
             rows = run["objects"].get(name, [])
             ax.scatter([r[0] for r in rows], [r[1] for r in rows], s=6, alpha=0.5, label=f"seed {seed}")
@@ -142,6 +162,206 @@ def scatter(doc: Mapping[str, Any], path: Path) -> None:
         ax.legend(fontsize=7, loc="best")
     with atomic_open(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=100)
+
+
+def robustness_picture(doc: Mapping[str, Any], path: Path) -> None:
+    """mIoU against the input rescale factor, for the end of the schedule and the selected checkpoints
+    (columns): one line per row (mean over its seeds, +- std shaded) for mIoU and each size bucket's where
+    scored; each row's paired mIoU difference to the control (its 95% interval shaded); each scale map's
+    mean (log-log; dotted, a map that follows the rescale)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    scores = [s for s in ("miou", *(f"{b} miou" for b in BUCKETS)) if s in _scores(doc)]
+    fig = Figure(figsize=(6.0 * len(_KINDS), 3.8 * (len(scores) + 2)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(scores) + 2, len(_KINDS), squeeze=False)
+    for column, (kind, caption) in enumerate(_KINDS):
+        summary, when = doc["robustness"][kind], caption.split(" (")[0]
+        colours = {title: f"C{i % 10}" for i, title in enumerate(summary["rows"])}  # a row keeps its colour
+        for ax, score in zip(axes[:, column], scores):
+            for title, entry in summary["rows"].items():
+                _band(ax, entry["by_factor"], lambda e, score=score: _spread(e["scores"][score]), title, 100, colours[title])
+            ax.set_ylabel(f"{score.replace('miou', 'mIoU')} (%)")
+            ax.set_title(f"{score.replace('miou', 'mIoU')}, {when}", fontsize=9)
+        ax = axes[-2, column]
+        for title, by_factor in summary["differences_to_control"].items():
+            _band(ax, by_factor, lambda e: _interval(e["miou"]), title, 100, colours[title])
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_ylabel("mIoU - control (points)")
+        ax.set_title(f"paired difference to the control (95% interval), {when}", fontsize=9)
+        ax = axes[-1, column]
+        for title, entry in summary["rows"].items():
+            for name in entry["scale_slope"]:
+                _band(ax, entry["by_factor"], lambda e, name=name: _spread(e["mean_scale"][name]), f"{title}, {name}", 1,
+                      colours[title], "--" if name == "res5" else "-")  # fmt: skip
+        factors = [float(f) for f in next(iter(summary["rows"].values()))["by_factor"]]
+        ax.plot(factors, factors, "k:", linewidth=1, label="follows the rescale")
+        ax.set_yscale("log", base=2)
+        ax.set_ylabel("scale map's mean")
+        ax.set_title(f"scale maps, {when}", fontsize=9)
+        for ax in axes[:, column]:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(factors, [f"{f:g}" for f in factors])
+            ax.set_xlabel("input rescale factor")
+            ax.legend(fontsize=6, loc="best")
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=90)
+
+
+def _spread(stat: Mapping[str, float | None]) -> tuple[float, float, float] | None:
+    """A ``mean_std``'s mean and mean -+ std (the std as 0 with one seed)."""
+    if stat["mean"] is None:
+        return None
+    std = stat["std"] or 0.0
+    return stat["mean"], stat["mean"] - std, stat["mean"] + std
+
+
+def _interval(diff: Mapping[str, Any]) -> tuple[float, float, float] | None:
+    """A paired difference's mean and 95% interval (the mean itself with one seed)."""
+    if diff["mean"] is None:
+        return None
+    interval = t_interval(list(diff["per_seed"].values())) or [diff["mean"], diff["mean"]]
+    return diff["mean"], interval[0], interval[1]
+
+
+def _band(ax: Any, by_factor: Mapping[str, Any], value: Callable[[Any], tuple[float, float, float] | None],
+          label: str, unit: float, colour: str, style: str = "-") -> None:  # fmt: skip
+    """One line of ``value(entry)``'s first number against the factor, the band between the other two
+    shaded; all times ``unit``."""
+    factors = [float(f) for f in by_factor]
+    nan = (math.nan, math.nan, math.nan)
+    mean, low, high = zip(*[[unit * v for v in (value(entry) or nan)] for entry in by_factor.values()])
+    ax.plot(factors, mean, style, marker="o", markersize=3, linewidth=1, color=colour, label=label)
+    ax.fill_between(factors, low, high, color=colour, alpha=0.15, linewidth=0)
+
+
+def _robustness(doc: Mapping[str, Any], folder: Path, link: str) -> list[str]:
+    """The scale-robustness curves (picture, written now) and tables of a study, where it has them."""
+    if "robustness" not in doc:
+        return []
+    name = f"{doc['study']}_robustness.png"
+    robustness_picture(doc, folder / name)
+    buckets = [b for b in BUCKETS if f"{b} miou" in _scores(doc)]
+    out = [
+        "Scale robustness: every run scored single-scale with its input resized by each factor (1: the resolution "
+        "it trained at) and its prediction resized back to the labels; percent, mean +- std over the seeds in "
+        "brackets; differences in points, paired by seed: mean +- std [95% interval] (each seed's).",
+        "",
+        f"![mIoU against the input rescale factor]({link}/{name})",
+        "",
+    ]
+    for kind, caption in _KINDS:
+        summary = doc["robustness"][kind]
+        out += [f"mIoU, {caption}:", "", *robustness_tables(summary, markdown=True)]
+        for bucket in buckets:
+            out += [f"{bucket} objects' mIoU, {caption}:", "", *robustness_tables(summary, f"{bucket} miou", markdown=True)]
+        if any(entry["scale_slope"] for entry in summary["rows"].values()):
+            out += [f"Each scale map's mean at each factor, {caption} (a DCN row's: the isotropic stretch of its "
+                    "offsets); the slope of its log against the factor's is 1 for a map that follows the rescale "
+                    "(the paper's premise), 0 for one that ignores it:", "",
+                    mean_scale_table(summary, markdown=True), ""]  # fmt: skip
+    return out
+
+
+def _scores(doc: Mapping[str, Any]) -> list[str]:
+    """The scores a study's rescaled evaluations hold (``miou``, ``pixel_acc``, ``<bucket> miou``)."""
+    first = next(iter(doc["robustness"]["last"]["rows"].values()))
+    return list(next(iter(first["by_factor"].values()))["scores"])
+
+
+def _costs(doc: Mapping[str, Any]) -> list[str]:
+    """Seconds per training iteration of every stage-2 row: measured (each run's training time over its
+    iterations, validations included, mean +- std over the seeds; a resumed run counts only its last
+    invocation's time) and the study's estimate of it."""
+    estimates = doc["settings"].get("seconds_per_iteration", {})
+    models = {title: f"{model} {kind}" for title, model, kind in ROWS}
+    models |= {title: f"{model} {kind}" for rows in ABLATIONS.values() for title, model, kind, _ in rows}
+    rows = []
+    for title, per_seed in doc["runs"].items():
+        measured = mean_std([r["train"]["train_seconds"] / r["train"]["iterations"] for r in per_seed.values()])
+        estimate = estimates.get(models.get(title, ""))
+        rows.append([title, number_stat(measured), "-" if estimate is None else f"{estimate:.2f}"])
+    return [
+        "Cost of a training iteration (seconds, one thread, two runs at once):",
+        "",
+        format_table(["row", "measured", "the study's estimate"], rows, markdown=True),
+        "",
+    ]
+
+
+def _beyond_noise(by_factor: Mapping[str, Any]) -> str:
+    """The factors at which a paired mIoU difference's 95% interval excludes 0, with its mean (points)."""
+    resolved = []
+    for factor, diffs in by_factor.items():
+        interval = t_interval(list(diffs["miou"]["per_seed"].values()))
+        if interval is not None and (interval[0] > 0 or interval[1] < 0):
+            resolved.append(f"x{factor} {100 * diffs['miou']['mean']:+.1f}")
+    return ", ".join(resolved) or "none"
+
+
+def _ms_flip_numbers(doc: Mapping[str, Any]) -> str:
+    """SAC-multiple - control at the end of the schedule: single-scale, MS+flip, and rescaled to the MS scales."""
+    if "eval_last" not in doc["summary"]:
+        return "-"
+    diff = doc["summary"]["eval_last"]["differences_to_control"].get("SAC-multiple", {})
+    at = doc["robustness"]["last"]["differences_to_control"].get("SAC-multiple", {})
+    return (f"SAC-multiple - control: single {paired_stat(diff.get('single'))}, MS+flip {paired_stat(diff.get('ms_flip'))}; "
+            f"x0.75 {paired_stat(at.get('0.75', {}).get('miou'))}, x1.25 {paired_stat(at.get('1.25', {}).get('miou'))}")  # fmt: skip
+
+
+def _beats_control_numbers(doc: Mapping[str, Any]) -> str:
+    control = doc["robustness"]["last"]["differences_to_control"]
+    return "; ".join(f"{t}: {_beyond_noise(control[t])}" for t in ("SAC-single", "SAC-multiple") if t in control) or "-"
+
+
+def _beats_dcn_numbers(doc: Mapping[str, Any]) -> str:
+    rivals = doc["robustness"]["last"]["rivals"]
+    return "; ".join(f"{pair} at x1 {paired_stat(by_factor['1']['miou'])}, beyond noise: {_beyond_noise(by_factor)}"
+                     for pair, by_factor in rivals.items()) or "-"  # fmt: skip
+
+
+def _slopes(prefix: str) -> Callable[[Mapping[str, Any]], str]:
+    """The scale maps' :func:`~studies._study.scale_slope` of the whole-trained rows titled ``prefix...``."""
+
+    def numbers(doc: Mapping[str, Any]) -> str:
+        rows = doc["robustness"]["last"]["rows"]
+        return "; ".join(f"{t}, {name} {number_stat(slope)}" for t, entry in rows.items()
+                         if t.startswith(prefix) and not t.endswith("-only")
+                         for name, slope in entry["scale_slope"].items()) or "-"  # fmt: skip
+
+    return numbers
+
+
+#: Issue 27's claims: the claim, what measures it, and its numbers from a study's JSON (the end of the
+#: schedule). The verdicts are the reading's, written by hand (``reading.md``).
+_CLAIMS: tuple[tuple[str, str, Callable[[Mapping[str, Any]], str]], ...] = (
+    ("SAC-multiple's lead under multi-scale + flip testing (CamVid) is robustness to input scale",
+     "paired to the control: single-scale, MS+flip, and at the MS scales 0.75 and 1.25", _ms_flip_numbers),
+    ("SAC beats the control away from the training scale",
+     "the factors where the paired mIoU difference's 95% interval excludes 0", _beats_control_numbers),
+    ("SAC's scale coefficient follows the rescale (the paper's premise)",
+     "slope of log(scale map's mean) against log(factor): 1 follows, 0 ignores", _slopes("SAC-")),
+    ("SAC beats deformable convolution in the same places",
+     "SAC-x - DCN-x, paired by seed, at x1 and where the 95% interval excludes 0", _beats_dcn_numbers),
+    ("DCN's offsets stretch with the rescale", "the same slope, of DCN's isotropic stretch", _slopes("DCN-")),
+)  # fmt: skip
+
+
+def _claims(scalescenes: Mapping[str, Any] | None, camvid: Mapping[str, Any] | None) -> list[str]:
+    """Issue 27's claims table: each claim, its measure, each study's numbers, and a verdict cell for the reading."""
+    docs = [doc if doc is not None and "robustness" in doc else None for doc in (scalescenes, camvid)]
+    rows = [[claim, measure, *("not run yet" if doc is None else numbers(doc) for doc in docs), "_(reading)_"]
+            for claim, measure, numbers in _CLAIMS]  # fmt: skip
+    return [
+        "### Claims under test: scale robustness and the deformable rival",
+        "",
+        "Generated from the JSON; the verdicts are the reading's. Intervals: the 95% interval of the mean "
+        "paired difference, mean +- t(0.975, n - 1) * std / sqrt(n) over the n seeds' differences (Student's t).",
+        "",
+        format_table(["claim", "measure", "ScaleScenes", "CamVid", "verdict"], rows, markdown=True),
+        "",
+    ]
 
 
 def _scatter_name(doc: Mapping[str, Any]) -> str:
@@ -213,6 +433,8 @@ def _scalescenes(doc: Mapping[str, Any] | None, folder: Path, link: str) -> list
         "",
         *_stage2_curves(doc),
         *_size_scales(doc, folder, link),
+        *_robustness(doc, folder, link),
+        *_costs(doc),
     ]
 
 
@@ -267,6 +489,8 @@ def _camvid(doc: Mapping[str, Any] | None, folder: Path, link: str) -> list[str]
                     f"stage 1's at {s['stage1_iterations']}: {_stage1_last(doc, key)}):", "",
                     camvid_table(doc["summary"][key + "_last"], markdown=True), ""]  # fmt: skip
     out += _stage2_curves(doc)
+    out += _robustness(doc, folder, link)
+    out += _costs(doc)
     if (folder / doc["picture"]).is_file():
         caption = "CamVid images, predictions, ground truth, scale maps" + (
             " (end of the schedule)" if "eval_last" in doc["summary"] else ""
@@ -321,6 +545,7 @@ def render(folder: Path, markdown_dir: Path | None = None) -> str:
     ``folder``'s parent).
     """
     link = Path(os.path.relpath(folder, markdown_dir if markdown_dir is not None else folder.parent)).as_posix()
+    scalescenes, camvid = _load(folder / "scalescenes.json"), _load(folder / "camvid.json")
     lines = [
         "# Results: SAC's claims at CPU scale",
         "",
@@ -337,8 +562,9 @@ def render(folder: Path, markdown_dir: Path | None = None) -> str:
         "the trained baseline. ImageNet weights cannot be had here, so a baseline trained in stage 1 stands in: "
         "stage 2 continues it (the control) and starts every SAC row from its weights, with one schedule.",
         "",
-        *_scalescenes(_load(folder / "scalescenes.json"), folder, link),
-        *_camvid(_load(folder / "camvid.json"), folder, link),
+        *_scalescenes(scalescenes, folder, link),
+        *_camvid(camvid, folder, link),
+        *_claims(scalescenes, camvid),
         "### Reading",
         "",
         *_reading(folder / "reading.md", "_Not written yet: the reading of the two-stage results goes in "

@@ -72,6 +72,19 @@ def tiny_config(tiny_settings: dict[str, Any]) -> Callable[..., TrainConfig]:
     return make
 
 
+@pytest.fixture(scope="session")
+def training_step() -> Callable[[nn.Module, torch.Tensor, torch.Tensor], dict[str, Any]]:
+    """``training_step(model, images [N, 3, H, W], target [N, H, W])``: the model's output in training mode,
+    the cross-entropy's gradients left on its parameters (to compare two models' steps)."""
+
+    def step(model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> dict[str, Any]:
+        out = model.train()(images)
+        F.cross_entropy(out["out"], target).backward()
+        return out
+
+    return step
+
+
 @pytest.fixture(scope="module")
 def single_thread() -> Iterator[None]:
     """One torch thread for a test module: two OpenMP threads on a busy 2-core machine spin against

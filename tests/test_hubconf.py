@@ -1,4 +1,4 @@
-"""torch.hub: hubconf.py at the repository root exposes every paper model and sac_convert."""
+"""torch.hub: hubconf.py at the repository root exposes every paper model, the deformable rivals and sac_convert."""
 
 from __future__ import annotations
 
@@ -44,10 +44,11 @@ def test_hub_builds_each_model(name: str) -> None:
     model = torch.hub.load(str(REPO), name, source="local", num_classes=3, backbone_weights=None, output_stride=16)
     assert isinstance(model, DilatedFCN) and model.backbone.depth == int(name.rpartition("resnet")[2])
     assert model.backbone.output_stride == 16 and model.classifier.out_channels == 3
-    assert (
-        set(model.scale_regressors)
-        == {"fcn": set(), "sac_single": {"classifier"}, "sac_multiple": {"res5", "classifier"}}[name.rpartition("_resnet")[0]]
-    )
+    scheme = name.rpartition("_resnet")[0]
+    regressors = {"fcn": set(), "single": {"classifier"}, "multiple": {"res5", "classifier"}}[scheme.rpartition("_")[2]]
+    # SAC models regress scales, their deformable rivals offsets and masks, in the same places.
+    assert set(model.scale_regressors) == (set() if scheme.startswith("dcn_") else regressors)
+    assert set(getattr(model, "offset_predictors", {})) == (regressors if scheme.startswith("dcn_") else set())
     if model.backbone.depth == 18:  # ResNet-50/101 are only built: their forward is tested elsewhere
         with torch.no_grad():
             out = model.eval()(torch.randn(1, 3, 64, 64))["out"]

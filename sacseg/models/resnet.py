@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torchvision import models as tvm
 
 from sacseg.models._state import check_state_dict
-from sacseg.nn import ScaleAdaptiveConv2d
+from sacseg.nn import GuidedConv2d, ScaleAdaptiveConv2d
 
 __all__ = ["BasicBlock", "Bottleneck", "DilatedResNet", "ResStage", "load_backbone_weights", "stage_geometry"]
 
@@ -51,10 +51,14 @@ def _conv3x3(in_channels: int, out_channels: int, stride: int, dilation: int, sa
 
 
 def _conv(conv: nn.Module, x: Tensor, scale: Tensor | None) -> Tensor:
-    """``conv(x)``, or ``conv(x, scale)`` when ``conv`` is scale-adaptive."""
-    if isinstance(conv, ScaleAdaptiveConv2d):
+    """``conv(x)``, or ``conv(x, scale)`` when ``conv`` takes a guide: a SAC layer's scale map, or a
+    deformable layer's offsets and masks (``sacseg.models.DeformableFCN``), passed where SAC passes its map."""
+    if isinstance(conv, GuidedConv2d):
         if scale is None:
-            raise ValueError("this block has scale-adaptive convolutions: pass a scale map [N, 1, H_out, W_out]")
+            raise ValueError(
+                f"this block has {type(conv).__name__} layers: pass a scale map [N, 1, H_out, W_out] (SAC) "
+                "or their offsets and masks (DCN)"
+            )
         return conv(x, scale)
     return conv(x)
 

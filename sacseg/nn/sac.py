@@ -9,9 +9,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from sacseg.nn.guided import GuidedConv2d
 from sacseg.ops.sac_conv import sac_conv2d
 from sacseg.options import DEFAULT_MAX_SCALE, DEFAULT_MIN_SCALE, ScaleBound
-from sacseg.utils.pair import IntOrPair, pair
 
 __all__ = ["DEFAULT_MAX_SCALE", "DEFAULT_MIN_SCALE", "SCALE_BOUNDS", "ScaleAdaptiveConv2d", "ScaleBound", "ScaleRegressor"]
 
@@ -19,76 +19,20 @@ __all__ = ["DEFAULT_MAX_SCALE", "DEFAULT_MIN_SCALE", "SCALE_BOUNDS", "ScaleAdapt
 SCALE_BOUNDS: tuple[str, ...] = typing.get_args(ScaleBound)
 
 
-class ScaleAdaptiveConv2d(nn.Module):
+class ScaleAdaptiveConv2d(GuidedConv2d):
     """A convolution whose receptive field is resized per output position by a scale map.
 
     Parameters are named and shaped as in ``nn.Conv2d`` (``weight [C_out, C_in, kh, kw]``,
-    ``bias [C_out]``) and initialised the same way, so state dicts move between the two.
+    ``bias [C_out]``) and initialised the same way, so state dicts move between the two
+    (:class:`~sacseg.nn.GuidedConv2d`; ``from_conv`` copies a plain convolution).
 
     Shapes:
         input ``[N, C_in, H, W]``, scale ``[N, 1, H_out, W_out]`` -> ``[N, C_out, H_out, W_out]``,
         with ``H_out, W_out`` as ``nn.Conv2d`` of the same geometry gives.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: IntOrPair,
-        stride: IntOrPair = 1,
-        padding: IntOrPair = 0,
-        dilation: IntOrPair = 1,
-        bias: bool = True,
-    ) -> None:
-        super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = pair(kernel_size, "kernel_size")
-        if self.kernel_size[0] % 2 == 0 or self.kernel_size[1] % 2 == 0:
-            raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
-        self.stride = pair(stride, "stride")
-        self.padding = pair(padding, "padding")
-        self.dilation = pair(dilation, "dilation")
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
-        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        # nn.Conv2d's initialisation, so a SAC layer starts where a plain one would.
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            fan_in = self.weight[0].numel()
-            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
-            nn.init.uniform_(self.bias, -bound, bound)
-
-    @classmethod
-    def from_conv(cls, conv: nn.Conv2d) -> ScaleAdaptiveConv2d:
-        """A SAC layer with ``conv``'s geometry and a copy of its parameters."""
-        if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            raise ValueError(
-                f"only groups=1, zero, numeric padding convolutions convert to SAC, got groups={conv.groups}, "
-                f"padding={conv.padding!r}, padding_mode={conv.padding_mode!r}"
-            )
-        sac = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
-            bias=conv.bias is not None,
-        ).to(device=conv.weight.device, dtype=conv.weight.dtype)
-        sac.load_state_dict(conv.state_dict())
-        return sac
-
     def forward(self, input: Tensor, scale: Tensor) -> Tensor:
         return sac_conv2d(input, scale, self.weight, self.bias, self.stride, self.padding, self.dilation)
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-            f"padding={self.padding}, dilation={self.dilation}, bias={self.bias is not None}"
-        )
 
 
 class ScaleRegressor(nn.Module):

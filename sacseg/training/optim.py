@@ -10,6 +10,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from sacseg.config import TrainConfig
+from sacseg.models.fcn import REGRESSOR_PREFIXES
 from sacseg.training.distributed import unwrap
 
 __all__ = ["build_optimizer", "build_scheduler"]
@@ -18,7 +19,8 @@ __all__ = ["build_optimizer", "build_scheduler"]
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.SGD:
     """SGD with momentum and weight decay over the parameters that require gradients.
 
-    The scale regressors' parameters (``scale_regressors.*``) form a second group with learning
+    The scale regressors' parameters (``scale_regressors.*``; and a deformable model's offset/mask
+    predictors, ``offset_predictors.*``: ``REGRESSOR_PREFIXES``) form a second group with learning
     rate ``lr * scale_lr_mult``, as Deformable ConvNets do for their offset convolutions: they
     read unnormalised res4/res5 features, so their gradient is large for an output that lives in
     ``[min_scale, max_scale]``.
@@ -26,8 +28,8 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.SGD:
     named = [(n, p) for n, p in unwrap(model).named_parameters() if p.requires_grad]
     if not named:
         raise ValueError(f"model {cfg.model!r} has no trainable parameters")
-    scale = [p for n, p in named if n.startswith("scale_regressors.")]
-    rest = [p for n, p in named if not n.startswith("scale_regressors.")]
+    scale = [p for n, p in named if n.startswith(REGRESSOR_PREFIXES)]
+    rest = [p for n, p in named if not n.startswith(REGRESSOR_PREFIXES)]
     groups: list[dict[str, Any]] = [{"params": rest}] if rest else []
     if scale:
         groups.append({"params": scale, "lr": cfg.lr * cfg.scale_lr_mult})

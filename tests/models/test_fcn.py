@@ -210,7 +210,7 @@ def test_classifier_dilation_and_sac_layers():
 
 
 def test_builder_errors():
-    assert len(MODELS) == 9
+    assert len(MODELS) == 15  # fcn, sac_single, sac_multiple, dcn_single, dcn_multiple at depths 18, 50, 101
     with pytest.raises(ValueError, match="unknown model 'fcn_resnet34'; valid: fcn_resnet18, fcn_resnet50"):
         build_model("fcn_resnet34", 3)
     with pytest.raises(TypeError, match=r"unknown options \['colour', 'outputstride'\].*valid: output_stride"):
@@ -233,7 +233,7 @@ def test_scale_bound_option_reaches_every_regressor():
 
 
 @pytest.mark.parametrize("variant", ["sac_single", "sac_multiple"])
-def test_sac_with_maps_held_at_1_trains_as_the_baseline(variant: str):
+def test_sac_with_maps_held_at_1_trains_as_the_baseline(variant: str, training_step: Callable[..., dict]):
     """min_scale == max_scale == 1: the same outputs and the same gradients of every shared weight, in
     training mode (batch statistics), so a study's control row differs from SAC only by learned scales."""
     torch.manual_seed(0)
@@ -244,11 +244,7 @@ def test_sac_with_maps_held_at_1_trains_as_the_baseline(variant: str):
         for regressor in held.scale_regressors.values():
             regressor.conv.weight.normal_(0.0, 0.1)
     images, target = torch.randn(2, 3, 48, 40), torch.randint(0, 5, (2, 48, 40))
-    outputs = {}
-    for name, model in (("baseline", baseline), ("held", held)):
-        out = model.train()(images)
-        nn.functional.cross_entropy(out["out"], target).backward()
-        outputs[name] = out
+    outputs = {name: training_step(model, images, target) for name, model in (("baseline", baseline), ("held", held))}
     assert outputs["held"]["scales"] and all(torch.equal(s, torch.ones_like(s)) for s in outputs["held"]["scales"].values())
     torch.testing.assert_close(outputs["held"]["out"], outputs["baseline"]["out"], rtol=1e-5, atol=1e-5)
     held_params = dict(held.named_parameters())

@@ -1,4 +1,5 @@
-"""The studies' core computations (two-stage plan, resumable runs, paired differences, size buckets, scale vs size) and command lines."""
+"""The studies' core computations (two-stage plan, seeds, resumable runs and evaluations, paired differences and their
+intervals, size buckets, scale vs size, scale robustness, the results page's new parts) and command lines."""
 
 from __future__ import annotations
 
@@ -16,25 +17,36 @@ from benchmarks._report import format_table, write_json
 from sacseg.config import config_from_dict
 from sacseg.evaluation.metrics import ConfusionMatrix
 from sacseg.models import build_model
+from studies import _study
 from studies import camvid as study_camvid
 from studies import scalescenes as study_scalescenes
 from studies._study import (
     ABLATIONS,
+    RESCALE_FACTORS,
     Downscaled,
     Job,
     estimate_wall,
     evaluate_once,
+    factor_difference_table,
+    mean_scale_table,
     mean_std,
     paired_differences,
+    paired_stat,
+    rescale_cost,
+    rescaled_once,
+    robustness_summaries,
+    robustness_tables,
     run_folder,
     run_jobs,
+    scale_slope,
     stage2_plan,
     stage2_settings,
+    t_interval,
     train_once,
     validation_curve,
     work_folder,
 )  # fmt: skip
-from studies.make_results import _stage2_curves, render
+from studies.make_results import _claims, _costs, _robustness, _stage2_curves, render
 from studies.scalescenes import (
     bucket_edges,
     bucket_index,
@@ -239,7 +251,8 @@ def test_camvid_quick_study_evaluates_the_test_root(tmp_path: Path) -> None:
     doc = study_camvid.main(["--data-root", str(data), "--test-root", str(tests), "--quick", "--jobs", "1",
                              "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])  # fmt: skip
     labelled = sum(int((np.array(Image.open(p)) != 11).sum()) for p in (tests / "testannot").iterdir())
-    assert set(doc["runs"]) == {"control", "SAC-single-only", "SAC-multiple-only", "SAC-single", "SAC-multiple"}
+    assert set(doc["runs"]) == {"control", "SAC-single-only", "SAC-multiple-only", "SAC-single", "SAC-multiple",
+                                "DCN-single", "DCN-multiple"}  # fmt: skip
     assert set(doc["runs"]["control"]) == {0, 1} and set(doc["runs"]["SAC-single-only"]) == {0}
     for per_seed in doc["runs"].values():
         for run in per_seed.values():
@@ -248,9 +261,13 @@ def test_camvid_quick_study_evaluates_the_test_root(tmp_path: Path) -> None:
                 assert run["eval_last"] == run["eval"]  # the selection kept the last checkpoint: scored once
             assert 0.0 <= run["eval"]["ms_flip"]["pixel_acc"] <= 1.0
             assert Path(run["train"]["checkpoint"]).is_file()
+            assert list(run["robustness_last"]) == [f"{f:g}" for f in RESCALE_FACTORS]
+            assert run["robustness_last"]["1"]["num_pixels"] == run["eval_last"]["single"]["num_pixels"]
     assert Path(doc["checkpoints"]["stage 1"]).is_file() and doc["estimated_wall_seconds"] > 0
     assert set(doc["summary"]["test"]["differences_to_control"]["SAC-single"]["single"]["per_seed"]) == {0, 1}
     assert set(doc["summary"]) == {"eval", "eval_last", "test", "test_last"}
+    assert set(doc["robustness"]["last"]["rivals"]) == {"SAC-single - DCN-single", "SAC-multiple - DCN-multiple"}
+    assert set(doc["robustness"]["last"]["rows"]["DCN-multiple"]["scale_slope"]) == {"classifier", "res5"}
     # A run whose selection kept an earlier checkpoint has its last one scored apart, at the schedule's end.
     scored_apart = list((tmp_path / "work").rglob("eval_last_scores.json"))
     assert scored_apart  # stage 2 validates at iteration 0 too: some selections keep an earlier checkpoint
@@ -271,21 +288,219 @@ def test_scalescenes_quick_study(tmp_path: Path) -> None:
     assert set(run["spearman"]) == set(run["partial_spearman_given_row"]) == {"classifier", "res5"}
     assert sum(b["num_pixels"] for b in run["buckets"].values()) > 0
     assert doc["runs"]["control"][0]["spearman"] == {}
+    assert set(doc["runs"]["DCN-multiple"][0]["spearman"]) == {"classifier", "res5"}  # DCN's isotropic stretch
+    assert set(doc["robustness"]["selected"]["rows"]["SAC-multiple"]["by_factor"]["0.5"]["scores"]) == {
+        "miou", "pixel_acc", "small miou", "medium miou", "large miou"
+    }  # fmt: skip
     # SAC with its maps held at 1 computes the control's function: the same scores, to rounding.
     assert doc["runs"]["SAC-single held at 1"][0]["miou"] == pytest.approx(doc["runs"]["control"][0]["miou"], abs=0.01)
-    assert "ScaleScenes" in render(tmp_path / "out")
+    page = render(tmp_path / "out")
+    assert "ScaleScenes" in page and "![mIoU against the input rescale factor](out/scalescenes_robustness.png)" in page
+
+
+def _plan_seeds(plan: list) -> dict[str, list[int]]:
+    return {title: sorted(seed for t, _, _, seed, _ in plan if t == title) for title, _, _, _, _ in plan}
 
 
 def test_stage2_plan_rows_seeds_and_ablations() -> None:
     plan = stage2_plan((0, 1, 2), [])
-    seeds = {title: sorted(seed for t, _, _, seed, _ in plan if t == title) for title, _, _, _, _ in plan}
-    assert seeds == {"control": [0, 1, 2], "SAC-single-only": [0], "SAC-multiple-only": [0],
-                     "SAC-single": [0, 1, 2], "SAC-multiple": [0, 1, 2]}  # fmt: skip
+    assert _plan_seeds(plan) == {"control": [0, 1, 2], "SAC-single-only": [0], "SAC-multiple-only": [0],
+                                 "SAC-single": [0, 1, 2], "SAC-multiple": [0, 1, 2], "DCN-single": [0, 1, 2],
+                                 "DCN-multiple": [0, 1, 2]}  # fmt: skip
+    assert {(t, m, k) for t, m, k, _, _ in plan if t.startswith("DCN")} == {
+        ("DCN-single", "dcn_single_resnet18", "whole"), ("DCN-multiple", "dcn_multiple_resnet18", "whole")
+    }  # fmt: skip
     with_ablations = stage2_plan((0, 1, 2), list(ABLATIONS))
     extra = [row for row in with_ablations if row not in plan]
     assert len(extra) == sum(len(v) for v in ABLATIONS.values()) and all(row[3] == 0 for row in extra)
     with pytest.raises(ValueError, match="unknown ablations"):
         stage2_plan((0,), ["bogus"])
+
+
+def test_stage2_plan_adds_seeds_to_the_control_and_the_rows_named() -> None:
+    plan = stage2_plan((0, 1, 2), ["held"], (3, 4, 5), ["SAC-multiple"])
+    seeds = _plan_seeds(plan)
+    assert seeds["control"] == seeds["SAC-multiple"] == [0, 1, 2, 3, 4, 5]  # the control pairs with every seed
+    assert seeds["SAC-single"] == seeds["DCN-multiple"] == [0, 1, 2] and seeds["SAC-single-only"] == [0]
+    assert seeds["SAC-single held at 1"] == [0]
+    assert _plan_seeds(stage2_plan((0, 1, 2), [], (3, 4, 5), [])) == _plan_seeds(stage2_plan((0, 1, 2), []))
+    # Every run of the three-seed plan is in it, under the same title and seed (so the same folder): reused.
+    assert {row[:4] for row in stage2_plan((0, 1, 2), ["held"])} <= {row[:4] for row in plan}
+    with pytest.raises(ValueError, match="more_rows must be rows trained whole"):
+        stage2_plan((0, 1, 2), [], (3,), ["SAC-single-only"])
+    with pytest.raises(ValueError, match="repeat seeds"):
+        stage2_plan((0, 1, 2), [], (2, 3), ["SAC-single"])
+
+
+def test_t_interval_and_paired_stat() -> None:
+    low, high = t_interval([0.01, 0.03])
+    half = 12.7062 * math.sqrt(2e-4) / math.sqrt(2)  # t(0.975, 1) * std / sqrt(n)
+    assert low == pytest.approx(0.02 - half, abs=1e-5) and high == pytest.approx(0.02 + half, abs=1e-5)
+    six = [0.006, 0.003, 0.007, 0.004, 0.008, 0.005]
+    low, high = t_interval(six)
+    assert high - low == pytest.approx(2 * 2.5706 * mean_std(six)["std"] / math.sqrt(6), rel=1e-4)
+    assert t_interval([0.5]) is None and t_interval([0.5, float("nan")]) is None
+    diff = paired_differences({"control": {0: 0.5, 1: 0.4}, "SAC": {0: 0.51, 1: 0.43}}, lambda r: r)["SAC"]
+    assert diff["ci95"] == pytest.approx(t_interval([0.01, 0.03]))
+    assert paired_stat(diff) == "2.0 +- 1.4 [-10.7, +14.7] (+1.0, +3.0)"
+    # An entry written before intervals existed gets one from its seeds; one seed has none.
+    assert paired_stat({k: v for k, v in diff.items() if k != "ci95"}) == paired_stat(diff)
+    assert paired_stat({"per_seed": {0: 0.01}, "mean": 0.01, "std": None}) == "1.0 (+1.0)"
+
+
+def _rescaled(miou: float, scale: float | None, buckets: bool = True) -> dict[str, Any]:
+    """A fake :func:`rescaled_once` result: mIoU ``miou`` at factor 1, falling off by 0.1 per octave away
+    from it; a scale map whose mean is ``scale`` times the factor (none when ``scale`` is None)."""
+    out = {}
+    for factor in (0.5, 1.0, 2.0):
+        value = miou - 0.1 * abs(math.log2(factor))
+        entry: dict[str, Any] = {
+            "miou": value,
+            "pixel_acc": 0.9,
+            "mean_scale": {} if scale is None else {"classifier": scale * factor},
+        }
+        if buckets:
+            entry["buckets"] = {b: {"miou": value - 0.2, "pixel_acc": 0.5} for b in study_scalescenes.BUCKETS}
+        out[f"{factor:g}"] = entry
+    return out
+
+
+def _robustness_runs() -> dict[str, dict[int, dict[str, Any]]]:
+    def run(miou: float, scale: float | None) -> dict[str, Any]:
+        rescaled = _rescaled(miou, scale)
+        return {"robustness": rescaled, "robustness_last": rescaled, "train": {"train_seconds": 80.0, "iterations": 100}}
+
+    return {
+        "control": {0: run(0.50, None), 1: run(0.40, None), 2: run(0.45, None)},
+        "SAC-single": {0: run(0.52, 1.0), 1: run(0.43, 1.2), 2: run(0.46, 0.8)},
+        "DCN-single": {0: run(0.51, 1.0), 1: run(0.41, 1.0), 2: run(0.45, 1.0)},
+    }
+
+
+def test_robustness_summary_rows_differences_rivals_and_slopes() -> None:
+    summary = robustness_summaries(_robustness_runs())["last"]
+    rows, control, rivals = summary["rows"], summary["differences_to_control"], summary["rivals"]
+    assert list(rows) == ["control", "SAC-single", "DCN-single"] and rows["SAC-single"]["seeds"] == [0, 1, 2]
+    assert list(rows["control"]["by_factor"]) == ["0.5", "1", "2"]
+    assert rows["control"]["by_factor"]["2"]["scores"]["miou"]["mean"] == pytest.approx(0.35)
+    assert rows["control"]["by_factor"]["1"]["scores"]["small miou"]["mean"] == pytest.approx(0.25)
+    assert rows["SAC-single"]["by_factor"]["2"]["mean_scale"]["classifier"]["mean"] == pytest.approx(2.0)
+    assert rows["control"]["scale_slope"] == {}
+    assert rows["SAC-single"]["scale_slope"]["classifier"]["mean"] == pytest.approx(1.0)  # follows the rescale
+    diff = control["SAC-single"]["0.5"]["miou"]
+    assert diff["per_seed"] == {0: pytest.approx(0.02), 1: pytest.approx(0.03), 2: pytest.approx(0.01)}
+    assert diff["ci95"] == pytest.approx(t_interval([0.02, 0.03, 0.01]))
+    assert set(control) == {"SAC-single", "DCN-single"} and set(control["SAC-single"]["1"]) == {
+        "miou", "pixel_acc", "small miou", "medium miou", "large miou"
+    }  # fmt: skip
+    assert list(rivals) == ["SAC-single - DCN-single"]
+    assert rivals["SAC-single - DCN-single"]["1"]["miou"]["per_seed"] == {
+        0: pytest.approx(0.01), 1: pytest.approx(0.02), 2: pytest.approx(0.01)
+    }  # fmt: skip
+    # A row without rescaled scores (a study resumed from older runs) is left out, not failed on.
+    partial = {**_robustness_runs(), "SAC-multiple": {0: {"train": {}}}}
+    assert "SAC-multiple" not in robustness_summaries(partial)["selected"]["rows"]
+
+
+def test_scale_slope() -> None:
+    def by_factor(means: list[float]) -> dict[str, Any]:
+        return {f"{f:g}": {"mean_scale": {"m": m}} for f, m in zip((0.5, 1.0, 2.0), means)}
+
+    assert scale_slope(by_factor([0.5, 1.0, 2.0]), "m") == pytest.approx(1.0)
+    assert scale_slope(by_factor([1.1, 1.1, 1.1]), "m") == pytest.approx(0.0)
+    assert scale_slope(by_factor([2.0, 1.0, 0.5]), "m") == pytest.approx(-1.0)
+    assert scale_slope(by_factor([0.0, 1.0, 2.0]), "m") is None
+
+
+def test_robustness_tables() -> None:
+    summary = robustness_summaries(_robustness_runs())["last"]
+    text = "\n".join(robustness_tables(summary, markdown=True))
+    assert "| row (seeds) | x0.5 | x1 | x2 |" in text
+    assert "| control (0, 1, 2) | 35.0 +- 5.0 | 45.0 +- 5.0 | 35.0 +- 5.0 |" in text
+    assert "| row - control | x0.5 | x1 | x2 |" in text and "| SAC - DCN | x0.5 | x1 | x2 |" in text
+    assert "| SAC-single | 2.0 +- 1.0 [-0.5, +4.5] (+2.0, +3.0, +1.0) |" in text
+    small = "\n".join(robustness_tables(summary, "small miou", markdown=True))
+    assert "| control (0, 1, 2) | 15.0 +- 5.0 | 25.0 +- 5.0 | 15.0 +- 5.0 |" in small
+    scales = mean_scale_table(summary, markdown=True)
+    assert "| row, map | x0.5 | x1 | x2 | log-log slope |" in scales
+    assert "| SAC-single, classifier | 0.50 +- 0.10 | 1.00 +- 0.20 | 2.00 +- 0.40 | 1.00 +- 0.00 |" in scales
+    assert "control" not in scales
+    assert factor_difference_table({}, markdown=True).startswith("| row - control |")
+
+
+def test_rescaled_once_scores_each_factor_once_and_loads_only_when_needed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loads: list[str] = []
+    calls: list[tuple[str, float]] = []
+    monkeypatch.setattr(_study, "load_trained", lambda settings, checkpoint: loads.append(checkpoint) or checkpoint)
+
+    def score(model: Any, factor: float) -> dict[str, Any]:
+        calls.append((model, factor))
+        return {"miou": factor}
+
+    settings, key = {"out_dir": str(tmp_path)}, {"split": "val"}
+    result = rescaled_once(settings, {"best_iteration": 2, "iterations": 4}, key, score, (0.5, 1.0))
+    assert result == {"robustness": {"0.5": {"miou": 0.5}, "1": {"miou": 1.0}},
+                      "robustness_last": {"0.5": {"miou": 0.5}, "1": {"miou": 1.0}}}  # fmt: skip
+    assert loads == ["best.pt", "last.pt"] and len(calls) == 4
+    assert json.loads((tmp_path / "robustness_last_x0.5.json").read_text())["key"] == {
+        "split": "val",
+        "iteration": 4,
+        "rescale": 0.5,
+    }
+    # Resumed: nothing is loaded or scored again; a new factor loads the checkpoints once more, for itself only.
+    assert rescaled_once(settings, {"best_iteration": 2, "iterations": 4}, key, score, (0.5, 1.0)) == result
+    assert len(loads) == 2 and len(calls) == 4
+    rescaled_once(settings, {"best_iteration": 2, "iterations": 4}, key, score, (0.5, 1.0, 2.0))
+    assert loads[2:] == ["best.pt", "last.pt"] and calls[4:] == [("best.pt", 2.0), ("last.pt", 2.0)]
+    # The selection kept the last checkpoint: it is scored once.
+    again = rescaled_once({"out_dir": str(tmp_path / "other")}, {"best_iteration": 4, "iterations": 4}, key, score, (1.0,))
+    assert again["robustness_last"] == again["robustness"] and calls[6:] == [("best.pt", 1.0)]
+
+
+def test_rescaled_scores_of_both_studies(tmp_path: Path) -> None:
+    """On a real (untrained) SAC model: both studies score it at a rescale factor, with its scale maps' means."""
+    torch.manual_seed(0)
+    model = build_model("sac_multiple_resnet18", len(study_scalescenes.ScaleScenes.classes)).eval()
+    scenes = study_scalescenes.ScaleScenes(2, size=64, seed=2)
+    result = study_scalescenes.rescaled_scores(model, 0.5, scenes)
+    assert set(result) == {"eval_seconds", "miou", "pixel_acc", "buckets", "mean_scale", "mean_scale_by_bucket"}
+    assert result["mean_scale"] == {"res5": pytest.approx(1.0), "classifier": pytest.approx(1.0)}  # eq. (1): maps start at 1
+    data = _fake_camvid(tmp_path / "camvid", {"val": 2})
+    model = build_model("dcn_single_resnet18", study_camvid.NUM_CLASSES).eval()
+    scores = study_camvid.rescaled_scores(model, 2.0, data, "val", {"factor": 0.5, "limit": None})
+    assert scores["num_pixels"] == sum(int((np.array(Image.open(p)) != 11).sum()) for p in (data / "valannot").iterdir())
+    assert scores["mean_scale"] == {"classifier": pytest.approx(1.0)} and 0.0 <= scores["miou"] <= 1.0
+    assert rescale_cost() == pytest.approx(sum(f * f for f in RESCALE_FACTORS)) and 1.0 in RESCALE_FACTORS
+
+
+def test_camvid_seed_options(tmp_path: Path) -> None:
+    data = _fake_camvid(tmp_path / "camvid", {"train": 1, "val": 1})
+    args = study_camvid.parse_args(["--data-root", str(data)])
+    assert args.more_seeds is None and args.more_rows == ["SAC-multiple"]  # None: the study's default seeds
+    args = study_camvid.parse_args(["--data-root", str(data), "--more-seeds", "--more-rows", "SAC-single", "DCN-single"])
+    assert args.more_seeds == [] and args.more_rows == ["SAC-single", "DCN-single"]
+    assert study_camvid.FULL["more_seeds"] == study_scalescenes.FULL["more_seeds"] == (3, 4, 5)
+    assert study_scalescenes.MORE_SEED_ROWS == ("SAC-single", "SAC-multiple")
+
+
+def test_results_page_robustness_costs_and_claims(tmp_path: Path) -> None:
+    runs = _robustness_runs()
+    doc = {"study": "scalescenes", "runs": runs, "robustness": robustness_summaries(runs), "summary": {},
+           "settings": {"seconds_per_iteration": {"fcn_resnet18 control": 0.93, "dcn_single_resnet18 whole": 0.95}}}  # fmt: skip
+    text = "\n".join(_robustness(doc, tmp_path, "results"))
+    assert (tmp_path / "scalescenes_robustness.png").stat().st_size > 0
+    assert "![mIoU against the input rescale factor](results/scalescenes_robustness.png)" in text
+    assert "small objects' mIoU, the end of the schedule" in text and "| SAC - DCN | x0.5 | x1 | x2 |" in text
+    costs = "\n".join(_costs(doc))
+    assert "| control | 0.80 +- 0.00 | 0.93 |" in costs and "| SAC-single | 0.80 +- 0.00 | - |" in costs
+    claims = "\n".join(_claims(doc, None))
+    assert "| SAC's scale coefficient follows the rescale (the paper's premise) |" in claims
+    assert "SAC-single, classifier 1.00 +- 0.00" in claims and "not run yet" in claims
+    assert "SAC-single - DCN-single at x1 1.3 +- 0.6 [-0.1, +2.8] (+1.0, +2.0, +1.0), beyond noise: none" in claims
+    assert "SAC-single: x0.5 +2.0" not in claims  # its interval [-0.5, +4.5] holds 0
+    assert _robustness({"study": "camvid"}, tmp_path, "results") == []  # a study from before the curves
 
 
 def test_stage2_settings_start_every_row_from_stage_1(tmp_path: Path) -> None:
@@ -372,7 +587,8 @@ def test_camvid_summary_and_table() -> None:
     assert result["rows"]["control"]["single miou"]["mean"] == pytest.approx(0.41)
     assert result["differences_to_control"]["SAC-single"]["ms_flip"]["mean"] == pytest.approx(0.02)
     text = study_camvid.table(result)
-    assert "SAC-single (0, 1)" in text and "2.0 +- 1.4 (+1.0, +3.0)" in text
+    # Two seeds: t(0.975, 1) = 12.706, so the interval is 2.0 +- 12.7 points.
+    assert "SAC-single (0, 1)" in text and "2.0 +- 1.4 [-10.7, +14.7] (+1.0, +3.0)" in text
 
 
 def test_stage2_curves_give_the_selection_and_the_last_validation_paired_to_the_control() -> None:
@@ -387,4 +603,7 @@ def test_stage2_curves_give_the_selection_and_the_last_validation_paired_to_the_
     table = "\n".join(_stage2_curves(doc))
     assert "| row (seeds) | it 0 | it 100 | it 200 | selected iteration | last - control |" in table
     assert "| control (0, 1) | 50.0 +- 0.0 | 41.0 +- 1.4 | 46.0 +- 1.4 | 0, 0 | - |" in table
-    assert "| SAC-single (0, 1) | 50.0 +- 0.0 | 46.5 +- 7.8 | 46.0 +- 0.0 | 100, 0 | 0.0 +- 1.4 (+1.0, -1.0) |" in table
+    assert (
+        "| SAC-single (0, 1) | 50.0 +- 0.0 | 46.5 +- 7.8 | 46.0 +- 0.0 | 100, 0 | 0.0 +- 1.4 [-12.7, +12.7] (+1.0, -1.0) |"
+        in table
+    )
