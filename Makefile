@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: lint format test test-slow test-all test-min-torch demo bench study-scalescenes study-camvid results clean
+.PHONY: lint format test test-slow test-all test-min-torch demo bench study-scalescenes study-camvid results clean \
+	docs docs-serve
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,17 +14,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+PY_PATHS := sacseg tests benchmarks studies hubconf.py docs/hooks
+
 # Checks that change nothing: ruff's lint rules and formatting, mypy's types, clang-format's C++ style.
 lint: $(STAMP)
-	$(BIN)/ruff check sacseg tests benchmarks studies hubconf.py
-	$(BIN)/ruff format --check sacseg tests benchmarks studies hubconf.py
+	$(BIN)/ruff check $(PY_PATHS)
+	$(BIN)/ruff format --check $(PY_PATHS)
 	$(BIN)/mypy sacseg
 	$(BIN)/clang-format --dry-run --Werror sacseg/ops/*.cpp
 
 # Rewrites the code as `make lint` wants it: ruff's safe fixes and formatting, clang-format.
 format: $(STAMP)
-	$(BIN)/ruff check --fix sacseg tests benchmarks studies hubconf.py
-	$(BIN)/ruff format sacseg tests benchmarks studies hubconf.py
+	$(BIN)/ruff check --fix $(PY_PATHS)
+	$(BIN)/ruff format $(PY_PATHS)
 	$(BIN)/clang-format -i sacseg/ops/*.cpp
 
 # The default run: everything but the checks marked slow (inductor compiles, torchrun, whole runs in subprocesses).
@@ -48,6 +51,15 @@ test-min-torch:
 	$(MIN_VENV)/bin/python -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'
 	$(MIN_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/ops tests/nn tests/models
 
+# The documentation site (mkdocs.yml) in site/; --strict: a broken link, anchor or API reference fails the build.
+# NO_MKDOCS_2_WARNING silences mkdocs-material's banner about its successor.
+DOCS_ENV := NO_MKDOCS_2_WARNING=1
+docs: $(STAMP)
+	$(DOCS_ENV) $(BIN)/mkdocs build --strict
+
+docs-serve: $(STAMP)
+	$(DOCS_ENV) $(BIN)/mkdocs serve
+
 demo: $(STAMP)
 	$(BIN)/python -m sacseg demo
 
@@ -64,4 +76,4 @@ results: $(STAMP)
 	$(BIN)/python -m studies.make_results
 
 clean:
-	rm -rf $(VENV) $(MIN_VENV) build *.egg-info
+	rm -rf $(VENV) $(MIN_VENV) build *.egg-info site docs_screenshots
