@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: lint format test test-slow test-all test-min-torch demo bench study-scalescenes study-camvid results clean \
-	docs docs-serve
+	docs docs-serve test-docs docs-outputs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-PY_PATHS := sacseg tests benchmarks studies hubconf.py docs/hooks
+PY_PATHS := sacseg tests benchmarks studies hubconf.py conftest.py docs/hooks
 
 # Checks that change nothing: ruff's lint rules and formatting, mypy's types, clang-format's C++ style.
 lint: $(STAMP)
@@ -29,7 +29,8 @@ format: $(STAMP)
 	$(BIN)/ruff format $(PY_PATHS)
 	$(BIN)/clang-format -i sacseg/ops/*.cpp
 
-# The default run: everything but the checks marked slow (inductor compiles, torchrun, whole runs in subprocesses).
+# The default run: everything but the checks marked slow (inductor compiles, torchrun, whole runs in subprocesses);
+# it includes the examples of README.md and docs/*.md (conftest.py collects them).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
@@ -59,6 +60,14 @@ docs: $(STAMP)
 
 docs-serve: $(STAMP)
 	$(DOCS_ENV) $(BIN)/mkdocs serve
+
+# The examples of README.md and the pages (slow ones left out), and the tests of the docs machinery.
+test-docs: $(STAMP)
+	$(BIN)/python -m pytest -q README.md docs tests/docs
+
+# Every example run (slow ones too), writing what each printed into the output block shown after it.
+docs-outputs: $(STAMP)
+	SACSEG_DOCS_UPDATE=1 $(BIN)/python -m pytest -q -m 'slow or not slow' README.md docs
 
 demo: $(STAMP)
 	$(BIN)/python -m sacseg demo
