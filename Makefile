@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: lint format test test-slow test-all test-min-torch demo bench study-scalescenes study-camvid results clean \
-	docs docs-serve test-docs docs-outputs
+	docs docs-serve test-docs docs-outputs test-browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -68,6 +68,10 @@ test-docs: $(STAMP)
 # Every example run (slow ones too), writing what each printed into the output block shown after it.
 docs-outputs: $(STAMP)
 	SACSEG_DOCS_UPDATE=1 $(BIN)/python -m pytest -q -m 'slow or not slow' README.md docs
+
+# The built site in headless Chromium (the system's chromium and chromedriver); screenshots in docs_screenshots/.
+test-browser: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow tests/docs/test_browser.py
 
 demo: $(STAMP)
 	$(BIN)/python -m sacseg demo
