@@ -100,19 +100,23 @@ def test_home_page(browser: webdriver.Chrome, site_url: str) -> None:
     assert _heading(browser) == "sacseg"
     nav = browser.find_element(By.CSS_SELECTOR, "nav.md-nav--primary").get_attribute("textContent")
     assert all(section in nav for section in ("Getting started", "The operator", "API reference", "Results"))
+    assert _pictures(browser) == 1
     _screenshot(browser, "home", full_page=True)
 
 
-def test_api_reference(browser: webdriver.Chrome, site_url: str) -> None:
-    _open(browser, f"{site_url}/api/ops.html")
-    assert _heading(browser) == "sacseg.ops"
-    entry = browser.find_element(By.ID, "sacseg.ops.sac_conv2d")
-    assert "sac_conv2d" in entry.text
-    # The docstring's sections are rendered (a parameter table), and its Sphinx roles became code or links.
+@pytest.mark.parametrize(
+    ("page", "entry", "section"),
+    [("ops", "sacseg.ops.sac_conv2d", "Parameters:"), ("evaluation", "sacseg.evaluation.segmenter.Segmenter", "Returns:")],
+)
+def test_api_reference(browser: webdriver.Chrome, site_url: str, page: str, entry: str, section: str) -> None:
+    _open(browser, f"{site_url}/api/{page}.html")
+    assert _heading(browser) == f"sacseg.{page}"
+    assert entry.rsplit(".", 1)[1] in browser.find_element(By.ID, entry).text
+    # The docstrings' sections are rendered as tables, and their reStructuredText became Markdown.
     body = browser.find_element(By.CSS_SELECTOR, "article").text
-    assert "Parameters:" in body or "PARAMETER" in body
-    assert ":func:" not in body and ":class:" not in body
-    _screenshot(browser, "api_ops")
+    assert section in body
+    assert not [markup for markup in (":func:", ":class:", ":meth:", "``") if markup in body]
+    _screenshot(browser, f"api_{page}")
 
 
 def test_config_keys_table(browser: webdriver.Chrome, site_url: str) -> None:
@@ -131,19 +135,29 @@ def test_equations_render(browser: webdriver.Chrome, site_url: str) -> None:
     _screenshot(browser, "operator")
 
 
-def test_results_page_and_pictures(browser: webdriver.Chrome, site_url: str) -> None:
-    _open(browser, f"{site_url}/results.html")
-    assert _heading(browser).startswith("Results")
+def _pictures(browser: webdriver.Chrome) -> int:
+    """How many pictures the page shows, each checked to have loaded (a decoded image, not a broken link)."""
     images = browser.find_elements(By.CSS_SELECTOR, "article img")
-    assert len(images) >= 6
     for image in images:
-        browser.execute_script("arguments[0].scrollIntoView()", image)  # lazy pictures load when seen
         WebDriverWait(browser, WAIT_S).until(
             lambda driver, image=image: driver.execute_script("return arguments[0].complete", image)
         )
         assert browser.execute_script("return arguments[0].naturalWidth", image) > 0, image.get_attribute("src")
-    browser.execute_script("window.scrollTo(0, 0)")
+    return len(images)
+
+
+def test_results_page_and_pictures(browser: webdriver.Chrome, site_url: str) -> None:
+    _open(browser, f"{site_url}/results.html")
+    assert _heading(browser).startswith("Results")
+    assert _pictures(browser) >= 6
     _screenshot(browser, "results", full_page=True)
+
+
+def test_demo_picture(browser: webdriver.Chrome, site_url: str) -> None:
+    _open(browser, f"{site_url}/getting-started.html")
+    assert _heading(browser) == "Getting started"
+    assert _pictures(browser) == 1
+    _screenshot(browser, "getting_started", full_page=True)
 
 
 def test_search_finds_the_operator(browser: webdriver.Chrome, site_url: str) -> None:
