@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: lint format test test-slow test-all test-min-torch demo bench study-scalescenes study-camvid results clean
+.PHONY: lint format test test-slow test-all test-min-torch demo bench study-scalescenes study-camvid results clean \
+	docs docs-serve test-docs docs-outputs test-browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,20 +14,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+PY_PATHS := sacseg tests benchmarks studies hubconf.py conftest.py docs/hooks
+
 # Checks that change nothing: ruff's lint rules and formatting, mypy's types, clang-format's C++ style.
 lint: $(STAMP)
-	$(BIN)/ruff check sacseg tests benchmarks studies hubconf.py
-	$(BIN)/ruff format --check sacseg tests benchmarks studies hubconf.py
+	$(BIN)/ruff check $(PY_PATHS)
+	$(BIN)/ruff format --check $(PY_PATHS)
 	$(BIN)/mypy sacseg
 	$(BIN)/clang-format --dry-run --Werror sacseg/ops/*.cpp
 
 # Rewrites the code as `make lint` wants it: ruff's safe fixes and formatting, clang-format.
 format: $(STAMP)
-	$(BIN)/ruff check --fix sacseg tests benchmarks studies hubconf.py
-	$(BIN)/ruff format sacseg tests benchmarks studies hubconf.py
+	$(BIN)/ruff check --fix $(PY_PATHS)
+	$(BIN)/ruff format $(PY_PATHS)
 	$(BIN)/clang-format -i sacseg/ops/*.cpp
 
-# The default run: everything but the checks marked slow (inductor compiles, torchrun, whole runs in subprocesses).
+# The default run: everything but the checks marked slow (inductor compiles, torchrun, whole runs in subprocesses);
+# it includes the examples of README.md and docs/*.md (conftest.py collects them).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
@@ -48,6 +52,27 @@ test-min-torch:
 	$(MIN_VENV)/bin/python -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'
 	$(MIN_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/ops tests/nn tests/models
 
+# The documentation site (mkdocs.yml) in site/; --strict: a broken link, anchor or API reference fails the build.
+# NO_MKDOCS_2_WARNING silences mkdocs-material's banner about its successor.
+DOCS_ENV := NO_MKDOCS_2_WARNING=1
+docs: $(STAMP)
+	$(DOCS_ENV) $(BIN)/mkdocs build --strict
+
+docs-serve: $(STAMP)
+	$(DOCS_ENV) $(BIN)/mkdocs serve
+
+# The examples of README.md and the pages (slow ones left out), and the tests of the docs machinery.
+test-docs: $(STAMP)
+	$(BIN)/python -m pytest -q README.md docs tests/docs
+
+# Every example run (slow ones too), writing what each printed into the output block shown after it.
+docs-outputs: $(STAMP)
+	SACSEG_DOCS_UPDATE=1 $(BIN)/python -m pytest -q -m 'slow or not slow' README.md docs
+
+# The built site in headless Chromium (the system's chromium and chromedriver); screenshots in docs_screenshots/.
+test-browser: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow tests/docs/test_browser.py
+
 demo: $(STAMP)
 	$(BIN)/python -m sacseg demo
 
@@ -64,4 +89,4 @@ results: $(STAMP)
 	$(BIN)/python -m studies.make_results
 
 clean:
-	rm -rf $(VENV) $(MIN_VENV) build *.egg-info
+	rm -rf $(VENV) $(MIN_VENV) build *.egg-info site docs_screenshots
