@@ -257,7 +257,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("demo", help="train baseline and SAC-single on generated ScaleScenes (CPU, minutes)")
     parser.add_argument("--out", default="demo_output", help="report folder")
-    parser.add_argument("--iterations", type=int, default=None, help="training iterations per model (default: the demo's 150)")
+    parser.add_argument("--iterations", type=int, default=None, help="training iterations per model (default: the demo's 300)")
     parser.add_argument("--test-images", type=int, default=24, help="held-out scenes to evaluate on")
     parser.add_argument("--seed", type=int, default=0, help="seed of both training runs")
     parser.set_defaults(func=_cmd_demo)
