@@ -17,9 +17,10 @@ from sacseg.config import TrainConfig
 from sacseg.data import Cityscapes
 from sacseg.data.transforms import eval_transforms
 from sacseg.export.label_png import export_cityscapes_prediction, save_label_png
-from sacseg.factory import dataset_labels
+from sacseg.factory import Labels, dataset_labels
 from sacseg.models.inference import predict_labels
 from sacseg.options import InferenceOptions, PredictionFormat
+from sacseg.utils.device import model_device
 from sacseg.utils.io import IMAGE_SUFFIXES, read_image, save_png
 from sacseg.viz import add_legend, colorize, overlay, save_scale_map
 
@@ -105,6 +106,7 @@ def predict_files(
     options: InferenceOptions = InferenceOptions(),
     progress: bool = False,
     legend: bool = True,
+    class_labels: Labels | None = None,
 ) -> list[Path]:
     """Predict each image file with ``model`` (eval mode) and write the results into ``out_dir``; return them.
 
@@ -118,6 +120,7 @@ def predict_files(
     (Cityscapes configs only) writes
     ``<city>/<city>_<seq>_<frame>_pred_labelIds.png`` with official labelIds for
     ``cityscapesscripts``' evaluator. The labels are predicted under ``options`` (see ``predict``).
+    ``class_labels`` (names, palette) default to the config's data set's; an ONNX file's are in its metadata.
     """
     if fmt not in typing.get_args(PredictionFormat):
         raise ValueError(f"unknown prediction format {fmt!r}; valid: {', '.join(typing.get_args(PredictionFormat))}")
@@ -125,9 +128,9 @@ def predict_files(
         raise ValueError(
             f"--format cityscapes needs a model trained on Cityscapes trainIds; its config says dataset {cfg.dataset!r}"
         )
-    classes, palette = dataset_labels(cfg)
+    classes, palette = dataset_labels(cfg) if class_labels is None else class_labels
     stems = _output_stems(paths)
-    device = next(model.parameters()).device
+    device = model_device(model)
     out_dir = Path(out_dir)
     written: list[Path] = []
     for path, stem in tqdm(list(zip(paths, stems)), desc="predict", unit="image", disable=not progress, dynamic_ncols=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import warnings
@@ -215,7 +216,9 @@ def export_onnx(
         rtol: tolerance of the onnxruntime check.
         seed: seed of the random check inputs.
         metadata: string key-value pairs stored in the file's ``metadata_props`` (``sacseg export``
-            stores the class names, palette and normalisation: :meth:`sacseg.Segmenter.metadata`).
+            stores the class names, palette, normalisation and config: :meth:`sacseg.Segmenter.metadata`),
+            next to the two that export always writes: ``input`` (the input's name, ``"images"``) and
+            ``scales`` (the names of the scale maps output, a JSON list, ``[]`` without ``with_scales``).
         sac_lowering: ``"grid_sample"`` (needs opset >= 16) or ``"gather"``, the reference's
             gathers (the graph of sacseg 0.1.0, several times slower in onnxruntime).
 
@@ -238,7 +241,9 @@ def export_onnx(
     if opset is None:
         opset = _DYNAMO_OPSET if dynamo else DEFAULT_OPSET
     if sac_lowering == "grid_sample" and opset < 16:
-        raise ValueError(f"sac_lowering='grid_sample': GridSample needs opset >= 16, got {opset} ('gather' exports to older opsets)")
+        raise ValueError(
+            f"sac_lowering='grid_sample': GridSample needs opset >= 16, got {opset} ('gather' exports to older opsets)"
+        )
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     # A batch of 2 for dynamic exports: torch.export specialises a size-1 dimension to 1.
     example_shape = (2 if dynamic else 1, 3, height, width)
@@ -260,8 +265,7 @@ def export_onnx(
         output_names = ["out", *(f"scale_{name}" for name in scale_names)]
         with onnx_lowering(sac_lowering):
             _export_graph(module, example, tmp, output_names, dynamic, opset, dynamo)
-        if metadata:
-            _add_metadata(tmp, metadata)
+        _add_metadata(tmp, {**(metadata or {}), "input": _INPUT_NAME, "scales": json.dumps(list(scale_names))})
         written_opset = _check_graph(tmp)
         session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         errors = {}
