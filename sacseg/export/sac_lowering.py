@@ -69,8 +69,9 @@ def sac_grid_sample(
 
     Returns:
         ``[N, C_out, H_out, W_out]``. Unlike the reference, a NaN or Inf in ``input`` also reaches
-        the outputs whose taps give it a zero weight (the corners one pixel right of and below an
-        integer position): ``GridSample`` multiplies all four corners by their weights.
+        outputs whose taps give it a zero weight, those with a tap within one pixel of it:
+        ``GridSample`` multiplies all four corners by their weights, and the rounding above may put
+        an integer position on either side of its pixel.
     """
     n, c_in, h, w = input.shape
     c_out, _, kh, kw = weight.shape
