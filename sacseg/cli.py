@@ -74,10 +74,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _trained_model(args: argparse.Namespace, overrides: list[str]) -> tuple[nn.Module, TrainConfig]:
-    """The checkpoint's model and the run's config: ``--config`` (else the checkpoint's) with ``overrides``."""
+    """The checkpoint's (or ``--onnx`` file's) model and the run's config: ``--config`` (else the
+    model's) with ``overrides``."""
     import torch
 
-    from sacseg.evaluation.segmenter import load_model_and_config
+    from sacseg.evaluation.segmenter import load_model_and_config, load_onnx_and_config
     from sacseg.utils.device import resolve_device
 
     device = resolve_device(args.device, f"--device {args.device}")
@@ -85,10 +86,16 @@ def _trained_model(args: argparse.Namespace, overrides: list[str]) -> tuple[nn.M
     def report(note: str) -> None:
         print(f"sacseg {args.command}: {note}", file=sys.stderr)
 
-    model, cfg = load_model_and_config(args.checkpoint, device, args.config, overrides, report=report)
+    load, source = (load_onnx_and_config, args.onnx) if _onnx_file(args) else (load_model_and_config, args.checkpoint)
+    model, cfg = load(source, device, args.config, overrides, report=report)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     return model, cfg
+
+
+def _onnx_file(args: argparse.Namespace) -> str | None:
+    """``--onnx`` where the command has it and it was given."""
+    return getattr(args, "onnx", None)
 
 
 def _size(values: list[int] | None, flag: str) -> int | tuple[int, int] | None:
@@ -136,10 +143,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     model, cfg = _trained_model(args, overrides)
     options = _inference_options(args, cfg)
     split = args.split if args.split is not None else cfg.val_split
-    checkpoint = Path(args.checkpoint)
-    out = Path(args.out) if args.out is not None else checkpoint.parent / f"eval_{checkpoint.stem}_{split}_{options.tag()}.json"
-    # Found now, not after minutes of evaluation.
-    if out.is_dir():
+    source = Path(_onnx_file(args) or args.checkpoint)
+    out = Path(args.out) if args.out is not None else source.parent / f"eval_{source.stem}_{split}_{options.tag()}.json"
+    if out.is_dir():  # found now, not after minutes of evaluation
         raise ValueError(f"--out {out} is a folder; give the results file to write")
     _refuse_existing(out, args.overwrite, "results file")
     dataset = build_eval_dataset(cfg, split)
@@ -147,7 +153,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     loader = DataLoader(torch_dataset(dataset), batch_size=1, num_workers=min(cfg.workers, 2))  # images may differ in size
     results = evaluate(model, loader, cfg.num_classes, options=options, progress=True).compute()
     meta = {
-        "checkpoint": str(args.checkpoint), "model": cfg.model, "dataset": cfg.dataset, "data_root": cfg.data_root,
+        "onnx" if _onnx_file(args) else "checkpoint": str(source), "model": cfg.model, "dataset": cfg.dataset,
+        "data_root": cfg.data_root,
         "split": split, "images": count, **dataclasses.asdict(options),
     }  # fmt: skip
     # The table first: a results file that cannot be written must not lose the scores.
@@ -161,6 +168,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from sacseg.evaluation.onnx_model import OnnxModel
     from sacseg.evaluation.predict_files import find_image_files, predict_files
 
     images = find_image_files(args.inputs, out_dir=args.out)
@@ -182,6 +190,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         legend=not args.no_legend,
         on_unreadable=skip,
         scale_format=args.scale_format,
+        class_labels=(model.classes, model.palette) if isinstance(model, OnnxModel) else None,
     )
     print(f"{len(written)} files for {len(images) - len(unreadable)} images in {args.out}")
     if unreadable:
@@ -263,8 +272,17 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_cmd_demo)
 
 
-def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by sacseg train (best.pt, last.pt)")
+def _add_model_args(parser: argparse.ArgumentParser, onnx: bool = False) -> None:
+    """``--checkpoint``, ``--config`` and ``--device``; with ``onnx``, ``--onnx`` as the alternative to ``--checkpoint``."""
+    source = parser.add_mutually_exclusive_group(required=True) if onnx else parser
+    either = "; no default: give it or --onnx" if onnx else ""
+    source.add_argument(
+        "--checkpoint", required=not onnx, help=f"a checkpoint written by sacseg train (best.pt, last.pt){either}"
+    )
+    if onnx:
+        source.add_argument("--onnx", metavar="FILE",
+                            help="a file written by sacseg export, run by onnxruntime (classes, palette, normalisation "
+                                 "and config from its metadata); no default: give it or --checkpoint")  # fmt: skip
     parser.add_argument("--config", default=None,
                         help="YAML config for the data and inference keys (default: the one stored in the checkpoint)")  # fmt: skip
     from sacseg.utils.device import DeviceName
@@ -290,15 +308,17 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("eval", help="evaluate a checkpoint on a dataset split: per-class IoU, mIoU, accuracies")
-    _add_model_args(parser)
+    parser = sub.add_parser(
+        "eval", help="evaluate a checkpoint (or ONNX file) on a dataset split: per-class IoU, mIoU, accuracies"
+    )
+    _add_model_args(parser, onnx=True)
     parser.add_argument("--split", default=None, help="default: config key val_split")
     parser.add_argument("--data-root", default=None, help="the dataset's folder (default: config key data_root)")
     _add_set_arg(parser)
     _add_inference_args(parser)
     parser.add_argument("--out", default=None,
-                        help="results JSON (default: CHECKPOINT_DIR/eval_CHECKPOINT_SPLIT_OPTIONS.json, e.g. "
-                             "eval_best_val_slide-512-341_ms0.75-1.0-1.25_flip.json)")  # fmt: skip
+                        help="results JSON (default: beside the checkpoint or ONNX file, eval_NAME_SPLIT_OPTIONS.json, "
+                             "e.g. eval_best_val_slide-512-341_ms0.75-1.0-1.25_flip.json)")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace the results file if it exists (else refused)")
     parser.set_defaults(func=_cmd_eval)
 
@@ -308,7 +328,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                                             "class-index PNGs or Cityscapes labelIds")  # fmt: skip
     from sacseg.options import PredictionFormat, ScaleFormat
 
-    _add_model_args(parser)
+    _add_model_args(parser, onnx=True)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched for images")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--format", choices=typing.get_args(PredictionFormat), default="color",

@@ -19,8 +19,10 @@ from sacseg.data import Cityscapes
 from sacseg.data.transforms import eval_transforms
 from sacseg.export.label_png import cityscapes_result_path, export_cityscapes_prediction, save_label_png
 from sacseg.factory import dataset_labels
+from sacseg.labels import Labels
 from sacseg.models.inference import predict_labels
 from sacseg.options import InferenceOptions, PredictionFormat, ScaleFormat
+from sacseg.utils.device import model_device
 from sacseg.utils.io import IMAGE_SUFFIXES, read_image, save_float_map, save_png
 from sacseg.viz import add_legend, colorize, overlay, save_scale_map
 
@@ -177,6 +179,7 @@ def predict_files(
     legend: bool = True,
     on_unreadable: Callable[[Path, ValueError], None] | None = None,
     scale_format: ScaleFormat = "png",
+    class_labels: Labels | None = None,
 ) -> list[Path]:
     """Predict each image file with ``model`` (eval mode) and write the results into ``out_dir``; return them.
 
@@ -200,6 +203,7 @@ def predict_files(
     (Cityscapes configs only) writes
     ``<city>/<city>_<seq>_<frame>_pred_labelIds.png`` with official labelIds for
     ``cityscapesscripts``' evaluator. The labels are predicted under ``options`` (see ``predict``).
+    ``class_labels`` (names, palette) default to the config's data set's; an ONNX file's are in its metadata.
     """
     if fmt not in typing.get_args(PredictionFormat):
         raise ValueError(f"unknown prediction format {fmt!r}; valid: {', '.join(typing.get_args(PredictionFormat))}")
@@ -209,12 +213,12 @@ def predict_files(
         raise ValueError(
             f"--format cityscapes needs a model trained on Cityscapes trainIds; its config says dataset {cfg.dataset!r}"
         )
-    classes, palette = dataset_labels(cfg)
+    classes, palette = dataset_labels(cfg) if class_labels is None else class_labels
     out_dir = Path(out_dir)
     images = [p if isinstance(p, ImageFile) else ImageFile(Path(p), Path()) for p in paths]
     prefixes = _output_prefixes(images, out_dir, fmt)
     _mark(out_dir, images)
-    device = next(model.parameters()).device
+    device = model_device(model)
     written: list[Path] = []
     for (path, _), prefix in tqdm(
         list(zip(images, prefixes)), desc="predict", unit="image", disable=not progress, dynamic_ncols=True

@@ -16,14 +16,15 @@ from torch import Tensor, nn
 from sacseg import __version__
 from sacseg.config import TrainConfig, apply_overrides, load_config
 from sacseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from sacseg.evaluation.onnx_model import OnnxModel
 from sacseg.evaluation.predict_files import find_images, load_image, to_model_input
 from sacseg.factory import load_trained_model
 from sacseg.labels import dataset_labels, ignored_mask_value
 from sacseg.models.inference import predict_labels
 from sacseg.options import InferenceOptions
-from sacseg.utils.device import resolve_device
+from sacseg.utils.device import model_device, resolve_device
 
-__all__ = ["ImageInput", "Segmenter", "load_model_and_config"]
+__all__ = ["ImageInput", "Segmenter", "load_model_and_config", "load_onnx_and_config"]
 
 #: What :meth:`Segmenter.predict` takes: an image file, a PIL image, or the RGB pixels of one image or a
 #: batch as a tensor (``[3, H, W]`` / ``[N, 3, H, W]``, as torchvision's ``read_image`` and ``to_tensor``
@@ -54,18 +55,47 @@ def load_model_and_config(
     """
     given = load_config(config) if isinstance(config, (str, os.PathLike)) else config
     model, model_cfg = load_trained_model(checkpoint, resolve_device(device), default_config=given)
+    return model, _run_config(given, model_cfg, overrides, (checkpoint, "checkpoint"), report)
+
+
+def load_onnx_and_config(
+    path: str | os.PathLike[str],
+    device: str | torch.device = "auto",
+    config: str | os.PathLike[str] | TrainConfig | None = None,
+    overrides: Iterable[str] = (),
+    report: Callable[[str], None] | None = None,
+) -> tuple[OnnxModel, TrainConfig]:
+    """:func:`load_model_and_config` for a file written by ``sacseg export``: an :class:`OnnxModel`
+    (onnxruntime with the config's ``threads``, if any) and the config, the file's unless ``config``."""
+    given = load_config(config) if isinstance(config, (str, os.PathLike)) else config
+    model = OnnxModel(path, device)
+    cfg = _run_config(given, model.config, overrides, (path, "ONNX file"), report)
+    # The threads are known once the config is: onnxruntime takes them when a session starts.
+    return (OnnxModel(path, device, cfg.threads) if cfg.threads else model), cfg
+
+
+def _run_config(
+    given: TrainConfig | None,
+    model_cfg: TrainConfig,
+    overrides: Iterable[str],
+    source: tuple[str | os.PathLike[str], str],
+    report: Callable[[str], None] | None,
+) -> TrainConfig:
+    """``given`` (else the model's config) with ``overrides``, its model keys replaced by the model's;
+    ``source`` is the model's file and what it is, for messages."""
+    path, kind = source
     cfg = apply_overrides(given if given is not None else model_cfg, overrides)
     if cfg.num_classes != model_cfg.num_classes:
         raise ValueError(
-            f"config key 'num_classes' is {cfg.num_classes} but the model in {checkpoint} has {model_cfg.num_classes} classes"
+            f"config key 'num_classes' is {cfg.num_classes} but the model in {path} has {model_cfg.num_classes} classes"
         )
     replaced = {key: getattr(cfg, key) for key in _MODEL_KEYS if getattr(cfg, key) != getattr(model_cfg, key)}
     if replaced:
         cfg = dataclasses.replace(cfg, **{key: getattr(model_cfg, key) for key in replaced})
         if report is not None:
             changes = ", ".join(f"{key}={getattr(cfg, key)} (not {value})" for key, value in replaced.items())
-            report(f"the checkpoint's model keys replace the config's: {changes}")
-    return model, cfg
+            report(f"the {kind}'s model keys replace the config's: {changes}")
+    return cfg
 
 
 def _model_batch(image: ImageInput) -> tuple[Tensor, bool]:
@@ -120,6 +150,7 @@ class Segmenter:
     Example::
 
         segmenter = sacseg.Segmenter.from_checkpoint("runs/camvid/best.pt", device="cpu")
+        segmenter = sacseg.Segmenter.from_onnx("model.onnx")          # the same, run by onnxruntime
         labels, scales = segmenter.predict("street.png")   # [H, W] long, {"classifier": [H, W]}
         labels, scales = segmenter.predict(torchvision.io.read_image("street.png"))  # uint8 [3, H, W]: the same
         labels, scales = segmenter.predict(batch)          # [N, 3, H, W] in [0, 1] -> [N, H, W], {"classifier": [N, H, W]}
@@ -132,10 +163,11 @@ class Segmenter:
         config: TrainConfig,
         options: InferenceOptions | None = None,
     ) -> None:
+        #: The torch model or an :class:`OnnxModel`: what every prediction calls.
         self.model = model
         self.config = config
-        #: Class names and their colours (uint8 ``[K, 3]``), those of the config's dataset.
-        self.classes, self.palette = dataset_labels(config)
+        #: Class names and their colours (uint8 ``[K, 3]``): an ONNX file's metadata's, else the config's dataset's.
+        self.classes, self.palette = (model.classes, model.palette) if isinstance(model, OnnxModel) else dataset_labels(config)
         #: The inference options of every prediction.
         self.options = InferenceOptions.from_config(config) if options is None else options
 
@@ -155,9 +187,24 @@ class Segmenter:
         model, cfg = load_model_and_config(checkpoint, device, config, overrides)
         return cls(model, cfg, options)
 
+    @classmethod
+    def from_onnx(
+        cls,
+        path: str | os.PathLike[str],
+        device: str | torch.device = "auto",
+        config: str | os.PathLike[str] | TrainConfig | None = None,
+        overrides: Iterable[str] = (),
+        options: InferenceOptions | None = None,
+    ) -> Segmenter:
+        """The segmenter of a file written by ``sacseg export``, run by onnxruntime
+        (:class:`~sacseg.evaluation.onnx_model.OnnxModel`); classes, palette, normalisation and
+        config from its metadata (see :func:`load_onnx_and_config`). Predictions are on the CPU."""
+        model, cfg = load_onnx_and_config(path, device, config, overrides)
+        return cls(model, cfg, options)
+
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return model_device(self.model)
 
     def predict(self, image: ImageInput) -> tuple[Tensor, dict[str, Tensor]]:
         """Class labels and scale maps for one image, or for each image of a batch.
@@ -198,7 +245,8 @@ class Segmenter:
         ``classes`` (names in index order), ``palette`` (``[[r, g, b], ...]``), ``mean`` and ``std``
         (RGB, of images scaled to ``[0, 1]``: the input is ``(image / 255 - mean) / std``),
         ``ignore_index`` (the mask value scoring leaves out: a folder data set's ``folder_ignore_index``,
-        else 255), ``model``, ``dataset`` and ``sacseg_version``.
+        else 255), ``model``, ``dataset``, ``sacseg_version`` and ``config`` (the config's keys, a JSON
+        object: what :meth:`from_onnx` and ``sacseg eval --onnx`` read the data set from).
         """
         return {
             "classes": json.dumps(list(self.classes)),
@@ -209,4 +257,5 @@ class Segmenter:
             "model": self.config.model,
             "dataset": self.config.dataset,
             "sacseg_version": __version__,
+            "config": json.dumps(dataclasses.asdict(self.config)),
         }

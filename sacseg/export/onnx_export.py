@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import warnings
@@ -13,15 +14,29 @@ from types import ModuleType
 import torch
 from torch import Tensor, nn
 
+from sacseg.export.sac_lowering import SacLowering, onnx_lowering
 from sacseg.utils.optional import import_optional
 
-__all__ = ["DEFAULT_OPSET", "OnnxExport", "export_onnx"]
+__all__ = ["DEFAULT_OPSET", "GPU_PORTABLE_OPS", "OnnxExport", "export_onnx"]
 
 #: ONNX opset of the TorchScript-based exporter's graphs (onnxruntime >= 1.14 runs it). The
 #: dynamo-based exporter builds opset 18 natively (a lower request goes through onnx's converter).
 DEFAULT_OPSET = 17
 _DYNAMO_OPSET = 18
 _INPUT_NAME = "images"
+#: The operator types an exported model is made of (either exporter, ``sac_lowering="grid_sample"``,
+#: every model option). Each is supported by TensorRT's ONNX parser from TensorRT 8.6
+#: (onnx-tensorrt's docs/operators.md; GridSample from 8.5, IsInf from 8.6) and by onnxruntime's
+#: CUDA execution provider (its docs/OperatorKernels.md; GridSample of the ONNX domain from 1.18):
+#: the README's Deployment section lists them.
+GPU_PORTABLE_OPS = frozenset(
+    {
+        "Add", "And", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "ConstantOfShape", "Conv",
+        "ConvTranspose", "Div", "Equal", "Expand", "Flatten", "Gather", "Greater", "GridSample", "Identity", "IsInf",
+        "IsNaN", "Less", "MaxPool", "Mul", "Range", "ReduceSum", "Relu", "Reshape", "Resize", "Shape", "Sigmoid",
+        "Slice", "Squeeze", "Sub", "Transpose", "Unsqueeze", "Where",
+    }
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -170,6 +185,7 @@ def export_onnx(
     rtol: float = 1e-4,
     seed: int = 0,
     metadata: Mapping[str, str] | None = None,
+    sac_lowering: SacLowering = "grid_sample",
 ) -> OnnxExport:
     """Export ``model`` to ONNX at ``path`` and check it in onnxruntime before keeping the file.
 
@@ -177,7 +193,9 @@ def export_onnx(
     (logits) and, with ``with_scales``, ``"scale_<name>" [N, 1, h, w]`` for each of the model's
     scale maps in its order (``scale_classifier``, ``scale_res5``). ``model`` may also return a
     plain tensor, exported as ``"out"``. Only default-domain ONNX operators are used: under
-    export, ``sac_conv2d`` runs its reference implementation (gather, floor, arithmetic, matmul).
+    export, ``sac_conv2d`` records ``sac_lowering`` (:mod:`sacseg.export.sac_lowering`): by
+    default bilinear ``GridSample`` and 1x1 ``Conv`` in the fast path's order, whose operators
+    (:data:`GPU_PORTABLE_OPS`) TensorRT and onnxruntime's CUDA provider run.
 
     The check runs onnxruntime (CPU) and PyTorch on a random input of the export size and, with
     ``dynamic``, also on a batch of 2 at ``(H + H // 2 + 1, W + W // 4 + 1)`` (another aspect ratio,
@@ -198,10 +216,15 @@ def export_onnx(
         rtol: tolerance of the onnxruntime check.
         seed: seed of the random check inputs.
         metadata: string key-value pairs stored in the file's ``metadata_props`` (``sacseg export``
-            stores the class names, palette and normalisation: :meth:`sacseg.Segmenter.metadata`).
+            stores the class names, palette, normalisation and config: :meth:`sacseg.Segmenter.metadata`),
+            next to the two that export always writes: ``input`` (the input's name, ``"images"``) and
+            ``scales`` (the names of the scale maps output, a JSON list, ``[]`` without ``with_scales``).
+        sac_lowering: ``"grid_sample"`` (needs opset >= 16) or ``"gather"``, the reference's
+            gathers (the graph of sacseg 0.1.0, several times slower in onnxruntime).
 
     Raises:
-        ValueError: bad sizes, or ``with_scales`` for a model without scale maps.
+        ValueError: bad sizes, ``with_scales`` for a model without scale maps, an unknown
+            ``sac_lowering``, or ``"grid_sample"`` below opset 16.
         RuntimeError: the graph uses a non-default domain, or onnxruntime differs by more than
             ``rtol`` (the message gives the error and the input shape).
     """
@@ -217,6 +240,10 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     if opset is None:
         opset = _DYNAMO_OPSET if dynamo else DEFAULT_OPSET
+    if sac_lowering == "grid_sample" and opset < 16:
+        raise ValueError(
+            f"sac_lowering='grid_sample': GridSample needs opset >= 16, got {opset} ('gather' exports to older opsets)"
+        )
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     # A batch of 2 for dynamic exports: torch.export specialises a size-1 dimension to 1.
     example_shape = (2 if dynamic else 1, 3, height, width)
@@ -236,9 +263,9 @@ def export_onnx(
         # eval() on the wrapper too: the exporters restore the exported module's own mode afterwards.
         module = _TupleOutputs(model, scale_names).eval()
         output_names = ["out", *(f"scale_{name}" for name in scale_names)]
-        _export_graph(module, example, tmp, output_names, dynamic, opset, dynamo)
-        if metadata:
-            _add_metadata(tmp, metadata)
+        with onnx_lowering(sac_lowering):
+            _export_graph(module, example, tmp, output_names, dynamic, opset, dynamo)
+        _add_metadata(tmp, {**(metadata or {}), "input": _INPUT_NAME, "scales": json.dumps(list(scale_names))})
         written_opset = _check_graph(tmp)
         session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         errors = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Literal
 
 import torch
@@ -79,6 +80,9 @@ def _check_args(
 SacImpl = Callable[[Tensor, Tensor, Tensor, "Tensor | None", tuple[int, int], tuple[int, int], tuple[int, int]], Tensor]
 #: Implementations by name; ``"auto"`` in :func:`sac_conv2d` picks the fastest for the call.
 SAC_IMPLEMENTATIONS: dict[str, SacImpl] = {"reference": sac_reference, "fast": sac_conv2d_op}
+#: What ``impl="auto"`` records while an ONNX graph is made: standard operators only.
+#: :func:`sacseg.export.sac_lowering.onnx_lowering` sets it for an export; otherwise the reference.
+ONNX_IMPL: ContextVar[SacImpl] = ContextVar("sacseg_onnx_impl", default=sac_reference)
 
 
 def _exporting_onnx() -> bool:
@@ -87,10 +91,10 @@ def _exporting_onnx() -> bool:
 
 
 def _choose_impl() -> SacImpl:
-    # An ONNX graph may hold default-domain operators only: the reference is made of them (floor,
-    # gather, arithmetic, matmul). torch.compile and torch.export keep the fast path's operator.
+    # An ONNX graph may hold default-domain operators only: ONNX_IMPL is made of them.
+    # torch.compile and torch.export keep the fast path's operator.
     if _exporting_onnx():
-        return sac_reference
+        return ONNX_IMPL.get()
     # The fast path wins at every measured shape (benchmarks/bench_sac_conv.py); where it has no
     # compiled kernels it samples with torch ops itself.
     return sac_conv2d_op
@@ -125,7 +129,8 @@ def sac_conv2d(
         bias: ``[C_out]`` or ``None``.
         stride, padding, dilation: an int or a ``(h, w)`` pair, as in ``F.conv2d``.
         impl: ``"auto"`` (``"fast"``, also under ``torch.compile`` and ``torch.export``;
-            ``"reference"`` during ONNX export and ``torch.jit.trace``) or a key of
+            :data:`ONNX_IMPL` during ONNX export and ``torch.jit.trace``: the reference unless
+            :func:`sacseg.export.sac_lowering.onnx_lowering` says otherwise) or a key of
             :data:`SAC_IMPLEMENTATIONS`: ``"reference"`` is the direct transcription of the paper
             (autograd through the whole sampled tensor, standard ops only); ``"fast"`` is the
             operator ``torch.ops.sacseg.sac_conv2d`` (:mod:`sacseg.ops._library`), a chunked
@@ -159,10 +164,10 @@ def sac_conv2d(
         raise ValueError(f"unknown impl {impl!r}; valid: 'auto', " + ", ".join(repr(k) for k in SAC_IMPLEMENTATIONS))
     device_type = input.device.type
     # Autocast may hand over a half input next to a float32 weight: the operator's autocast rule
-    # casts them; the reference, recorded op by op, is cast to float32 here.
+    # casts them; an implementation recorded op by op is cast to float32 here.
     autocast = torch.is_autocast_enabled(device_type)
     stride_, padding_, dilation_ = _check_args(input, scale, weight, bias, stride, padding, dilation, one_dtype=not autocast)
-    if autocast and fn is sac_reference:
+    if autocast and fn is not sac_conv2d_op:
         dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
         input, scale, weight = input.to(dtype), scale.to(dtype), weight.to(dtype)
         bias = None if bias is None else bias.to(dtype)

@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
-__all__ = ["DeviceName", "resolve_device"]
+__all__ = ["DeviceName", "model_device", "resolve_device"]
 
 #: The devices a config (key ``device``) or a command line (``--device``) may name.
 DeviceName = Literal["auto", "cpu", "cuda"]
@@ -33,3 +34,12 @@ def resolve_device(device: str | torch.device, what: str = "device") -> torch.de
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"{what}: CUDA is not available here; use cpu (or auto)")
     return resolved
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter; the CPU for a model without any (an ONNX file's
+    :class:`~sacseg.evaluation.onnx_model.OnnxModel` takes and returns CPU tensors)."""
+    import torch
+
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from sacseg.export.onnx_export import export_onnx
+from sacseg.export.onnx_export import GPU_PORTABLE_OPS, export_onnx
 from sacseg.models import build_model
 
 onnx = pytest.importorskip("onnx")
@@ -91,6 +91,7 @@ def test_dynamo_exporter_gives_the_same_graph_outputs(tmp_path: Path) -> None:
     model = _sac_model("sac_multiple_resnet18")
     result = export_onnx(model, tmp_path / "dynamo.onnx", 64, 64, dynamic=True, with_scales=True, dynamo=True)
     assert result.opset == 18 and _domains(result.path) <= {""}
+    assert {node.op_type for node in onnx.load(str(result.path)).graph.node} <= GPU_PORTABLE_OPS
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     _assert_matches(session, model, torch.randn(3, 3, 75, 51), ("res5", "classifier"))
 
