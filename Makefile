@@ -21,25 +21,25 @@ lint: $(STAMP)
 	$(BIN)/ruff check $(PY_PATHS)
 	$(BIN)/ruff format --check $(PY_PATHS)
 	$(BIN)/mypy sacseg
-	$(BIN)/clang-format --dry-run --Werror sacseg/ops/*.cpp
+	$(BIN)/clang-format --dry-run --Werror sacseg/ops/sampling/*.cpp
 
 # Rewrites the code as `make lint` wants it: ruff's safe fixes and formatting, clang-format.
 format: $(STAMP)
 	$(BIN)/ruff check --fix $(PY_PATHS)
 	$(BIN)/ruff format $(PY_PATHS)
-	$(BIN)/clang-format -i sacseg/ops/*.cpp
+	$(BIN)/clang-format -i sacseg/ops/sampling/*.cpp
 
-# The default run: everything but the checks marked slow (inductor compiles, torchrun, whole runs in subprocesses);
-# it includes the examples of README.md and docs/*.md (conftest.py collects them).
+# The quick run, tests/ only: everything but the checks marked slow (inductor compiles, torchrun, whole
+# runs in subprocesses). The examples of README.md and the pages run in test-docs.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
-# Every test, slow ones included (what .ci/run runs).
+# Every test and every example, slow ones included.
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -m 'slow or not slow'
+	$(BIN)/python -m pytest -q -m 'slow or not slow' tests README.md docs
 
 # The operator and model tests on the oldest PyTorch that pyproject admits (the GPU machines' 2.11),
 # in a venv of its own: not part of `make test`.

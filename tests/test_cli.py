@@ -75,6 +75,7 @@ def test_bad_config_file_names_file_and_key(tmp_path: Path, capsys: pytest.Captu
     assert "bad.yaml: config key 'lr' must be float" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the demo trains two models
 def test_demo_writes_report_and_picture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--iterations", "2", "--test-images", "2", "--out", str(tmp_path / "demo")]) == 0
     printed = capsys.readouterr().out

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from sacseg.checkpoint import atomic_torch_save
 from sacseg.cli import _build_parser
 from sacseg.config import TrainConfig, config_from_dict, save_config
@@ -210,6 +212,7 @@ def test_a_whole_eval_run_loads_neither_the_training_loop_nor_tensorboard(
     assert sorted(m for m in modules if m.split(".")[0] in extras) == []
 
 
+@pytest.mark.slow  # a training run in a fresh interpreter
 def test_a_training_run_does_load_them(two_step_settings: dict[str, Any], tmp_path: Path) -> None:
     """The other side of the two tests above: the check sees the training stack where it is used."""
     save_config(config_from_dict(dict(two_step_settings, iterations=1, val_every=1)), tmp_path / "tiny.yaml")

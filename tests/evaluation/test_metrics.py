@@ -110,6 +110,7 @@ def _reduce_worker(rank: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two processes start and join a gloo group
 def test_reduce_sums_over_two_gloo_processes(tmp_path: Path) -> None:
     mp.spawn(_reduce_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     expected = torch.tensor([[1, 0, 0], [0, 0, 0], [0, 2, 0]])

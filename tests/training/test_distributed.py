@@ -36,6 +36,7 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess[str]:
     return result
 
 
+@pytest.mark.slow  # torchrun starts two training processes
 def test_two_process_cli_run_trains_and_only_rank0_writes(tiny_config: Callable[..., TrainConfig], tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path / "run", model="sac_single_resnet18", iterations=2, val_every=2)
     save_config(cfg, tmp_path / "cfg.yaml")
@@ -49,6 +50,7 @@ def test_two_process_cli_run_trains_and_only_rank0_writes(tiny_config: Callable[
     assert len(list((tmp_path / "run" / "tb").iterdir())) == 1
 
 
+@pytest.mark.slow  # torchrun starts two training processes
 def test_two_process_first_step_gradients_equal_one_process(tiny_config: Callable[..., TrainConfig], tmp_path: Path) -> None:
     # Frozen batch norm makes each sample's gradient independent of the others in its batch, so
     # DDP's mean over 2 processes of 1 image each must equal 1 process with both images.

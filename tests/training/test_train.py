@@ -90,7 +90,7 @@ def _interrupt_at(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
     [
         {},
         {"precision": "bf16"},
-        {"precision": "fp16", "channels_last": True},
+        pytest.param({"precision": "fp16", "channels_last": True}, marks=pytest.mark.slow),  # CPU float16 is slow
         pytest.param({"compile": True}, marks=pytest.mark.slow),  # inductor compiles forward and backward
     ],
     ids=["fp32", "bf16", "fp16-channels_last", "compile"],
