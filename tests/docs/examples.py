@@ -13,9 +13,11 @@ past the tests by its fence. The HTML comment right before an example says how i
 
 A ``text`` block right after a run example is the output it shows: the test compares it with what
 the example printed (stdout), reading every decimal number (and nan) as equal to any other, since
-the last digits of a score may differ from machine to machine. ``SACSEG_DOCS_UPDATE=1`` writes what the
-examples printed into the pages instead (``make docs-outputs``). Only examples that run as written
-(no marker, or ``run slow``) may show an output.
+the last digits of a score may differ from machine to machine; ``...`` in a shown line stands for any
+text there (a path under the user's home, a hash of a temporary folder). ``SACSEG_DOCS_UPDATE=1``
+writes what the examples printed into the pages instead (``make docs-outputs``), keeping each shown
+line with ``...`` that still agrees. Only examples that run as written (no marker, or ``run slow``)
+may show an output.
 
 The examples of a page run in order in one namespace and one working folder (``workspace.create``:
 the repository's configs and tiny generated data sets where the pages expect real ones), on one
@@ -53,6 +55,8 @@ _FENCES = RawFencedCodeBlockLexer(
 _MARKER = re.compile(r"\s*(?:not run:\s*(?P<reason>\S.*?)|run(?P<slow> slow)?(?: with:\s*(?P<args>\S.*?))?)\s*", re.DOTALL)
 # A score: a decimal number (an error 1.6e-06 too), or nan where a class is absent (a near-empty class may flip between the two).
 _SCORE = re.compile(r"-?\d+\.\d+(?:e[-+]?\d+)?|\bnan\b")
+# In a shown line: any text (a path that differs from machine to machine).
+_ELLIPSIS = "..."
 _STATE = "__sacseg_docs__"
 
 
@@ -186,13 +190,32 @@ def _run_bash(block: Block, work: Path) -> str:
     return done.stdout
 
 
+def _normalised(line: str) -> str:
+    return " ".join(_SCORE.sub("#.#", line).split())
+
+
+def _line_agrees(shown: str, printed: str) -> bool:
+    """Whether a shown line agrees with a printed one: blanks aside, every score equal to any other,
+    ``...`` in the shown line standing for any text."""
+    parts = [re.escape(_normalised(part)) for part in shown.split(_ELLIPSIS)]
+    return re.fullmatch(".*".join(parts), _normalised(printed)) is not None
+
+
 def same_output(shown: str, printed: str) -> bool:
-    """Whether two outputs agree line by line, blanks aside, reading every score as equal to any other."""
+    """Whether two outputs agree line by line, blanks aside, reading every score as equal to any other
+    and ``...`` in a shown line as any text."""
+    shown_lines, printed_lines = shown.strip("\n").splitlines(), printed.strip("\n").splitlines()
+    return len(shown_lines) == len(printed_lines) and all(map(_line_agrees, shown_lines, printed_lines))
 
-    def normalised(text: str) -> list[str]:
-        return [" ".join(_SCORE.sub("#.#", line).split()) for line in text.strip("\n").splitlines()]
 
-    return normalised(shown) == normalised(printed)
+def updated_output(shown: str, printed: str) -> str:
+    """What ``SACSEG_DOCS_UPDATE=1`` writes for an example: the printed output, except that a shown
+    line with ``...`` stays where the printed line agrees with it (same line count only)."""
+    shown_lines, printed_lines = shown.strip("\n").splitlines(), printed.strip("\n").splitlines()
+    if len(shown_lines) != len(printed_lines):
+        return printed.strip("\n")
+    kept = (s if _ELLIPSIS in s and _line_agrees(s, p) else p for s, p in zip(shown_lines, printed_lines))
+    return "\n".join(kept)
 
 
 def evaluate(example: Example) -> None:
@@ -205,8 +228,9 @@ def evaluate(example: Example) -> None:
     if block.shown is None:
         return
     if UPDATE:  # every difference, scores too: the page then shows what this run printed
-        if block.shown.text.strip("\n") != printed.strip("\n"):
-            state.updates.append((block.shown, printed))
+        updated = updated_output(block.shown.text, printed)
+        if block.shown.text.strip("\n") != updated:
+            state.updates.append((block.shown, updated))
         return
     if same_output(block.shown.text, printed):
         return

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sybil import Document
 
-from tests.docs.examples import Block, parse, same_output, with_train_args
+from tests.docs.examples import Block, parse, same_output, updated_output, with_train_args
 
 
 def _blocks(tmp_path: Path, text: str) -> list[Block]:
@@ -62,3 +62,14 @@ def test_outputs_agree_up_to_scores_and_blanks() -> None:
     assert not same_output(shown, shown.replace("7680", "7681"))
     assert not same_output(shown, shown.replace("road", "sky"))
     assert not same_output(shown, shown + "one more line\n")
+
+
+def test_an_ellipsis_in_a_shown_line_stands_for_any_text() -> None:
+    shown = "data check: 12 files, 12 decoded now, 0 remembered in ...\nmean 33.47\n"
+    printed = "data check: 12 files, 12 decoded now, 0 remembered in /home/a/.cache/sacseg/data_check/0a1b.json\nmean 2.50\n"
+    assert same_output(shown, printed)
+    assert not same_output(shown, printed.replace("12 decoded", "0 decoded"))
+    assert not same_output("a ... b\n", "a x c\n")
+    # The update keeps the shown line with "..." and takes every other printed line, scores included.
+    assert updated_output(shown, printed) == "data check: 12 files, 12 decoded now, 0 remembered in ...\nmean 2.50"
+    assert updated_output(shown, printed + "one more line\n") == printed + "one more line"
