@@ -30,16 +30,20 @@ format: $(STAMP)
 	$(BIN)/clang-format -i sacseg/ops/sampling/*.cpp
 
 # The quick run, tests/ only: everything but the checks marked slow (inductor compiles, torchrun, whole
-# runs in subprocesses). The examples of README.md and the pages run in test-docs.
+# runs in subprocesses), on one pytest-xdist worker per core (TEST_WORKERS=0: one process).
+# The examples of README.md and the pages run in test-docs.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m slow
 
-# Every test and every example, slow ones included.
+# Every test and every example, slow ones included; the examples run in order, in one process, as a
+# reader runs a page.
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -m 'slow or not slow' tests README.md docs
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m 'slow or not slow' tests
+	$(BIN)/python -m pytest -q -m 'slow or not slow' README.md docs
 
 # The operator and model tests on the oldest PyTorch that pyproject admits (the GPU machines' 2.11),
 # in a venv of its own: not part of `make test`.

@@ -190,8 +190,9 @@ def train_once(settings: Mapping[str, Any]) -> dict[str, Any]:
     refused (ValueError naming the folder and the keys that differ): nothing is overwritten silently.
 
     Summary: ``{"iterations", "best_val_miou", "best_iteration", "checkpoint" (the selected one,
-    ``best.pt``), "validations" ([iteration, val mIoU] pairs), "train_seconds" (of the last call that
-    trained), "final_loss"}``.
+    ``best.pt``), "validations" ([iteration, val mIoU] pairs), "train_seconds" and "trained_iterations"
+    (of the last call that trained: a resumed run's cost is that call's seconds over its iterations),
+    "final_loss"}``.
     """
     cfg = config_from_dict(settings, source="study")
     out = Path(cfg.out_dir)
@@ -201,10 +202,11 @@ def train_once(settings: Mapping[str, Any]) -> dict[str, Any]:
         saved = _read_json(done)
         _check_same(out, saved["settings"], wanted)
         return saved["summary"]
-    resume = None
+    resume, first = None, 0
     if (out / "last.pt").is_file():
-        _check_same(out, load_checkpoint(out / "last.pt")["config"], wanted)
-        resume = "auto"
+        last = load_checkpoint(out / "last.pt")
+        _check_same(out, last["config"], wanted)
+        resume, first = "auto", last["iteration"]
     start = time.perf_counter()
     summary = train(cfg, resume=resume, overwrite=resume is None)
     best = out / "best.pt"
@@ -215,6 +217,7 @@ def train_once(settings: Mapping[str, Any]) -> dict[str, Any]:
         "checkpoint": str(best),
         "validations": validation_curve(out),
         "train_seconds": time.perf_counter() - start,
+        "trained_iterations": summary.iteration - first,
         "final_loss": summary.losses[-1] if summary.losses else None,
     }
     write_json({"settings": wanted, "summary": result}, done)

@@ -272,14 +272,14 @@ def _scores(doc: Mapping[str, Any]) -> list[str]:
 
 def _costs(doc: Mapping[str, Any]) -> list[str]:
     """Seconds per training iteration of every stage-2 row: measured (each run's training time over its
-    iterations, validations included, mean +- std over the seeds; a resumed run counts only its last
-    invocation's time) and the study's estimate of it."""
+    iterations, validations included, mean +- std over the seeds; a resumed run counts its last
+    invocation's time over that invocation's iterations) and the study's estimate of it."""
     estimates = doc["settings"].get("seconds_per_iteration", {})
     models = {title: f"{model} {kind}" for title, model, kind in ROWS}
     models |= {title: f"{model} {kind}" for rows in ABLATIONS.values() for title, model, kind, _ in rows}
     rows = []
     for title, per_seed in doc["runs"].items():
-        measured = mean_std([r["train"]["train_seconds"] / r["train"]["iterations"] for r in per_seed.values()])
+        measured = mean_std([_seconds_per_iteration(r["train"]) for r in per_seed.values()])
         estimate = estimates.get(models.get(title, ""))
         rows.append([title, number_stat(measured), "-" if estimate is None else f"{estimate:.2f}"])
     return [
@@ -288,6 +288,12 @@ def _costs(doc: Mapping[str, Any]) -> list[str]:
         format_table(["row", "measured", "the study's estimate"], rows, markdown=True),
         "",
     ]
+
+
+def _seconds_per_iteration(train: Mapping[str, Any]) -> float:
+    """A run's training seconds over the iterations they trained (a summary without
+    ``trained_iterations`` counts all of the run's)."""
+    return train["train_seconds"] / max(1, train.get("trained_iterations", train["iterations"]))
 
 
 def _beyond_noise(by_factor: Mapping[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from sacseg.config import TrainConfig, config_from_dict
+
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread in each pytest-xdist worker (and the processes it starts): the workers already
+    fill the cores, and OpenMP threads spinning against another worker's slow both down."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 

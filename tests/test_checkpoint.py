@@ -141,6 +141,7 @@ _KILLED_WRITER = textwrap.dedent(
 
 
 @pytest.mark.integration  # a second process, killed
+@pytest.mark.slow  # the process imports torch and writes a model's checkpoint
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 def test_kill_during_write_keeps_previous_checkpoint(tmp_path: Path) -> None:
     script = tmp_path / "writer.py"

@@ -195,6 +195,7 @@ def test_eval_help_loads_no_training_module() -> None:
     assert _training_stack(modules) == []
 
 
+@pytest.mark.slow  # a whole evaluation in a fresh interpreter
 def test_a_whole_eval_run_loads_neither_the_training_loop_nor_tensorboard(
     tiny_config: Callable[..., TrainConfig], tmp_path: Path
 ) -> None:

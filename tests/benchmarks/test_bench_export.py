@@ -9,6 +9,7 @@ from benchmarks import bench_export as bench
 pytest.importorskip("onnxruntime")
 
 
+@pytest.mark.slow  # exports and times every model
 def test_the_table_has_a_row_per_model_and_thread_count(capsys: pytest.CaptureFixture[str]) -> None:
     bench.main(["--models", "sac_single", "fcn", "--depths", "18", "--size", "32", "32", "--threads", "1", "--rounds", "1"])
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]

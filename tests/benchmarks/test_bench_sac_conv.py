@@ -35,6 +35,7 @@ def test_table_of_a_tiny_shape(monkeypatch, capsys):
     assert all(float(values[0]) > 0 and float(values[2]) > 0 for values in rows.values())  # fwd, f+b ms
 
 
+@pytest.mark.slow  # the benchmark in a fresh interpreter
 def test_no_profiler_noise_between_the_lines():
     # The CPU peak memory comes from torch.profiler; its engine would log every start and stop.
     script = (

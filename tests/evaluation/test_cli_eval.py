@@ -101,6 +101,7 @@ def _camvid_copy(shared: Path, root: Path, split: str, count: int) -> None:
             shutil.copy(shared / "camvid" / f"val{suffix}" / image.name, root / sub / image.name)
 
 
+@pytest.mark.slow  # a whole evaluation of the real CamVid samples
 def test_eval_camvid_folder_from_the_cli(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     train_root, eval_root = tmp_path / "camvid_train", tmp_path / "camvid_eval"
     _camvid_copy(shared_data, train_root, "train", 2)

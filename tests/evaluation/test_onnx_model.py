@@ -155,6 +155,7 @@ def test_bad_files_are_one_line_each(run: dict[str, Path], tmp_path: Path, capsy
     )
 
 
+@pytest.mark.slow  # a whole evaluation of the real CamVid samples, twice
 def test_eval_onnx_on_camvid_gives_the_checkpoint_s_miou(
     shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -109,9 +109,9 @@ def test_timm_anti_aliased_blocks_are_refused() -> None:
     ("builder", "stages", "converted"),
     [
         ("deeplabv3_resnet50", ("layer4",), ["backbone.layer4"]),
-        ("deeplabv3_resnet101", ("layer4",), ["backbone.layer4"]),
+        pytest.param("deeplabv3_resnet101", ("layer4",), ["backbone.layer4"], marks=pytest.mark.slow),
         ("fcn_resnet50", ("layer3", "layer4"), ["backbone.layer3", "backbone.layer4"]),
-        ("fcn_resnet101", ("backbone.layer4",), ["backbone.layer4"]),
+        pytest.param("fcn_resnet101", ("backbone.layer4",), ["backbone.layer4"], marks=pytest.mark.slow),
     ],
 )
 def test_torchvision_segmentation(builder: str, stages: tuple[str, ...], converted: list[str]) -> None:

@@ -58,6 +58,7 @@ def _check_compiled_forward(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
         _assert_close(got["scales"][key], scale)
 
 
+@pytest.mark.slow  # inductor compiles forward and backward of a whole model
 def test_compiled_model_has_no_graph_break_and_matches_eager(monkeypatch: pytest.MonkeyPatch) -> None:
     _check_compiled_forward(DEFAULT, monkeypatch)
 

@@ -259,9 +259,15 @@ def test_available_in_the_interpreter_only_where_asked(kernels):
 
 
 PROJECT = pytest.mark.parametrize("project", [False, True], ids=["sample-then-multiply", "multiply-then-sample"])
+# The interpreter runs a kernel launch in seconds: the default run takes one order, `make test-slow` the other.
+PROJECT_ONE_QUICK = pytest.mark.parametrize(
+    "project",
+    [False, pytest.param(True, marks=pytest.mark.slow)],
+    ids=["sample-then-multiply", "multiply-then-sample"],
+)
 
 
-@PROJECT
+@PROJECT_ONE_QUICK
 def test_fast_sac_through_the_kernels_matches_reference(kernels, project, monkeypatch):
     # The fast path's own calls (chunk buffers as out, grad_out's permuted rows as grad, per-image
     # tables) reach the kernels on CPU here as they do on CUDA.
@@ -269,7 +275,7 @@ def test_fast_sac_through_the_kernels_matches_reference(kernels, project, monkey
     _check_fast_sac(kernels, project, "cpu", monkeypatch)
 
 
-@PROJECT
+@PROJECT_ONE_QUICK
 def test_fast_sac_in_bfloat16_through_the_kernels_matches_the_torch_path(kernels, project, monkeypatch):
     # Half-precision data with float32 positions, and (backward) a float32 gradient of the table:
     # the fast path's own dtype contract, as CUDA autocast runs it.
@@ -406,7 +412,7 @@ def _layer_run(project: bool, monkeypatch, backend_name: str = "auto"):
         return (out, *torch.autograd.grad(out, leaves, torch.ones_like(out)))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.slow)])
 def test_selfcheck_passes_with_the_kernels(kernels, dtype):
     assert selfcheck.run_selfcheck(torch.device("cpu"), dtype) is None
 
@@ -490,7 +496,7 @@ def test_without_triton_the_gpu_path_warns_once_and_samples_with_torch(monkeypat
         assert backend.kernels_for(torch.zeros(1)) == "torch"
 
 
-@PROJECT
+@PROJECT_ONE_QUICK
 def test_the_gpu_path_makes_no_host_sync(gpu_path, project, monkeypatch):
     # No .item(), bool(), int(), float() or .tolist() of a tensor anywhere in forward and backward (on a
     # GPU each would wait for the device). The self-check, which syncs by design, runs before.

@@ -172,6 +172,7 @@ def test_run_jobs_order_and_errors() -> None:
         run_jobs([Job("x", mean_std, ([1.0],), after=("y",)), Job("y", mean_std, ([1.0],), after=("x",))], 2)
 
 
+@pytest.mark.slow  # worker processes that import torch
 def test_run_jobs_in_worker_processes() -> None:
     jobs = [Job("a", mean_std, ([1.0, 3.0],)), Job("b", mean_std, ([2.0, 4.0],), after=("a",))]
     assert {k: v["mean"] for k, v in run_jobs(jobs, 2).items()} == {"a": 2.0, "b": 3.0}
@@ -559,6 +560,11 @@ def test_train_once_reuses_a_finished_run_and_refuses_other_settings(tmp_path: P
     stamp = (tmp_path / "run" / "last.pt").stat().st_mtime_ns
     assert train_once(settings) == first  # nothing trained again
     assert (tmp_path / "run" / "last.pt").stat().st_mtime_ns == stamp
+    assert first["trained_iterations"] == 2
+    # A run resumed from its last.pt counts what that call trained (here nothing: it had ended).
+    (tmp_path / "run" / "train_summary.json").unlink()
+    resumed = train_once(settings)
+    assert resumed["iterations"] == 2 and resumed["trained_iterations"] == 0
     with pytest.raises(ValueError, match=r"other settings \(lr differ\)"):
         train_once({**settings, "lr": 0.02})
     # An interrupted run (a last.pt, no summary) with other settings is refused too, not resumed.

@@ -234,6 +234,7 @@ def _small_disk() -> None:
 
 
 @pytest.mark.integration  # a second process, killed
+@pytest.mark.slow  # a whole training run in it
 @pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file size limits")
 def test_disk_full_while_saving_keeps_the_checkpoint_and_names_the_file(run_copy: Path, finished_run: tuple[Path, Path]) -> None:
     before = {name: (run_copy / name).read_bytes() for name in ("last.pt", "best.pt")}

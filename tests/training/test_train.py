@@ -89,7 +89,7 @@ def _interrupt_at(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
     "steps",
     [
         {},
-        {"precision": "bf16"},
+        pytest.param({"precision": "bf16"}, marks=pytest.mark.slow),  # CPU bfloat16 autocast is slow too
         pytest.param({"precision": "fp16", "channels_last": True}, marks=pytest.mark.slow),  # CPU float16 is slow
         pytest.param({"compile": True}, marks=pytest.mark.slow),  # inductor compiles forward and backward
     ],
