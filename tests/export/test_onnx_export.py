@@ -99,9 +99,21 @@ def test_dynamo_exporter_gives_the_same_graph_outputs(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["fcn_resnet50", "sac_single_resnet50", "sac_multiple_resnet50", "sac_multiple_resnet101"])
 def test_larger_models_export(name: str, tmp_path: Path) -> None:
-    # Deep SAC models amplify float32 rounding through the sample positions (see export_onnx):
-    # at std 0.02 PyTorch and onnxruntime differ by up to ~5e-4 on a random ResNet-50, each
-    # about as far from float64; gentler scales keep the comparison about the graph.
+    # Deep SAC models amplify float32 rounding through the sample positions (see export_onnx): in
+    # ResNet-101's depth PyTorch's float32 result and onnxruntime's each drift from the exact one by
+    # up to ~1e-3 of the output's range. So the graph is held to the exact (float64) result, as close
+    # as PyTorch's own float32 path gets, and the export's float32-to-float32 check only to 1e-2.
     model = build_model(name, 19) if name.startswith("fcn") else _sac_model(name, std=0.002)
-    result = export_onnx(model, tmp_path / f"{name}.onnx", 96, 96, dynamic=True)
-    assert max(result.errors.values()) <= 1e-4 and _domains(result.path) <= {""}
+    result = export_onnx(model, tmp_path / f"{name}.onnx", 96, 96, dynamic=True, rtol=1e-2)
+    assert _domains(result.path) <= {""}
+    images = torch.randn(2, 3, 80, 112, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        exact = model.double()(images.double())["out"]
+        pytorch = model.float()(images)["out"].double()
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    exported = torch.from_numpy(session.run(None, {"images": images.numpy()})[0]).double()
+
+    def error(t: Tensor) -> float:
+        return float((t - exact).abs().max() / exact.abs().max())
+
+    assert error(exported) <= max(1e-4, 1.5 * error(pytorch)), (error(exported), error(pytorch))
