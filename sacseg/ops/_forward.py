@@ -9,7 +9,7 @@ from torch import Tensor
 import sacseg.ops._plan as _plan
 from sacseg.ops._compat import linear
 from sacseg.ops._geometry import rows_span, tap_positions
-from sacseg.ops.sampling import Kernels, sample_rows, transpose
+from sacseg.ops.sampling import Grid, Kernels, sample_rows, transpose
 
 
 def forward(
@@ -72,10 +72,10 @@ def forward(
             span = rows_span(p0, p1, w_out, taps)
             y, x = ys[i, span], xs[i, span]
             if project:
-                res = sample_rows(tables[i], h, w, taps, y, x, sum_taps=True, kernels=kernels, out=buffer[:length]).t()
+                res = sample_rows(Grid(tables[i], h, w, taps, y, x), sum_taps=True, kernels=kernels, out=buffer[:length]).t()
             else:
                 z = buffer[:length].view(length * taps, c_in)
-                z = sample_rows(tables[i], h, w, 1, y, x, run=taps, kernels=kernels, out=z)
+                z = sample_rows(Grid(tables[i], h, w, 1, y, x), run=taps, kernels=kernels, out=z)
                 res = linear(matrix, z.view(length, taps * c_in))  # [C_out, length]: NCHW without a transpose
             out[i, :, p0:p1] = res.view(c_out, p1 - p0, w_out)
     if bias is not None:
