@@ -10,7 +10,7 @@ from torch import Tensor
 
 import sacseg.ops._plan as _plan
 from sacseg.ops._compat import linear
-from sacseg.ops._geometry import rows_span, tap_positions
+from sacseg.ops._geometry import rows_span, sample_positions, tap_positions
 from sacseg.ops.sampling import Grid, Kernels, position_dtype, sample_rows, sample_rows_backward, transpose
 
 #: ``(i, p0, p1) -> (y, x, grad_out [length, C_out])`` of output rows ``p0:p1`` of image ``i``.
@@ -50,7 +50,7 @@ def backward(
     taps = kh * kw
     h_out, w_out = scale.shape[-2:]
     row_bytes = w_out * taps * c_in * weight.element_size()  # of sampled columns, when sampling first
-    ys, xs = tap_positions(scale, (kh, kw), stride, padding, dilation)
+    ys, xs = tap_positions(*sample_positions(scale, (kh, kw), stride, padding, dilation))
     grad_out_cl = grad_out.permute(0, 2, 3, 1)
 
     def chunk(i: int, p0: int, p1: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -8,7 +8,7 @@ from torch import Tensor
 
 import sacseg.ops._plan as _plan
 from sacseg.ops._compat import linear
-from sacseg.ops._geometry import rows_span, tap_positions
+from sacseg.ops._geometry import rows_span, sample_positions, tap_positions
 from sacseg.ops.sampling import Grid, Kernels, sample_rows, transpose
 
 
@@ -64,7 +64,7 @@ def forward(
     chunks = _plan.row_chunks(h_out, w_out * channels * input.element_size(), _plan.CHUNK_BYTES)
     buffer = _plan.chunk_buffer(chunks, w_out, channels, input)
     # Once per call, not per chunk: a dozen small ops whose overhead would add up.
-    ys, xs = tap_positions(scale, (kh, kw), stride, padding, dilation)
+    ys, xs = tap_positions(*sample_positions(scale, (kh, kw), stride, padding, dilation))
     out = input.new_empty(n, c_out, h_out, w_out)
     for i in range(n):
         for p0, p1 in chunks:
