@@ -15,7 +15,6 @@ from torch.nn import functional as F
 from sacseg.config import TrainConfig, config_from_dict
 
 
-
 def pytest_configure(config: pytest.Config) -> None:
     """One torch thread in each pytest-xdist worker (and the processes it starts): the workers already
     fill the cores, and OpenMP threads spinning against another worker's slow both down."""

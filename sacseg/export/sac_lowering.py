@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from sacseg.ops._args import SacArgs
 from sacseg.ops._geometry import sample_positions
 from sacseg.ops._plan import project_first
 from sacseg.ops._reference import sac_reference
@@ -73,6 +74,12 @@ def sac_grid_sample(
         ``GridSample`` multiplies all four corners by their weights, and the rounding above may put
         an integer position on either side of its pixel.
     """
+    return _grid_sample(SacArgs(input, scale, weight, bias, stride, padding, dilation))
+
+
+def _grid_sample(args: SacArgs) -> Tensor:
+    """:func:`sac_grid_sample` of the checked arguments: the implementation that :func:`onnx_lowering` selects."""
+    input, scale, weight, bias, stride, padding, dilation = args
     n, c_in, h, w = input.shape
     c_out, _, kh, kw = weight.shape
     taps = kh * kw
@@ -91,7 +98,7 @@ def sac_grid_sample(
     return F.conv2d(sampled.reshape(n, c_in * taps, h_out, w_out), weight.flatten(1)[:, :, None, None], bias)
 
 
-_LOWERINGS: dict[str, SacImpl] = {"grid_sample": sac_grid_sample, "gather": sac_reference}
+_LOWERINGS: dict[str, SacImpl] = {"grid_sample": _grid_sample, "gather": sac_reference}
 
 
 @contextlib.contextmanager

@@ -10,8 +10,8 @@ from torch import Tensor
 
 import sacseg.ops._plan as _plan
 from sacseg.ops._compat import linear
-from sacseg.ops._geometry import rows_span, tap_positions
-from sacseg.ops.sampling import Kernels, position_dtype, sample_rows, sample_rows_backward, transpose
+from sacseg.ops._geometry import rows_span, sample_positions, tap_positions
+from sacseg.ops.sampling import Grid, Kernels, position_dtype, sample_rows, sample_rows_backward, transpose
 
 #: ``(i, p0, p1) -> (y, x, grad_out [length, C_out])`` of output rows ``p0:p1`` of image ``i``.
 Chunk = Callable[[int, int, int], tuple[Tensor, Tensor, Tensor]]
@@ -50,7 +50,7 @@ def backward(
     taps = kh * kw
     h_out, w_out = scale.shape[-2:]
     row_bytes = w_out * taps * c_in * weight.element_size()  # of sampled columns, when sampling first
-    ys, xs = tap_positions(scale, (kh, kw), stride, padding, dilation)
+    ys, xs = tap_positions(*sample_positions(scale, (kh, kw), stride, padding, dilation))
     grad_out_cl = grad_out.permute(0, 2, 3, 1)
 
     def chunk(i: int, p0: int, p1: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -85,9 +85,8 @@ def backward(
                 grad_z = g if matrix_t is None else linear(g, matrix_t).view(length * taps, c_in)
                 grad_table = None if grad_tables is None else grad_tables[i]
                 tap_blocks, run = (taps, 1) if project else (1, taps)
-                positions = sample_rows_backward(
-                    tables[i], h, w, tap_blocks, y, x, grad_z, grad_table, need_scale, run=run, kernels=kernels
-                )
+                grid = Grid(tables[i], h, w, tap_blocks, y, x)
+                positions = sample_rows_backward(grid, grad_z, grad_table, need_scale, run=run, kernels=kernels)
                 if grad_scale is not None and positions is not None:
                     gy, gx = positions
                     ds = gy.view(length, taps) @ oy + gx.view(length, taps) @ ox
@@ -169,7 +168,7 @@ def _weight_gradient(
             y, x, g = chunk(i, p0, p1)
             length = g.shape[0]
             z = buffer[:length].view(length * taps, c_in)
-            z = sample_rows(tables[i], h, w_in, 1, y, x, run=taps, kernels=kernels, out=z)
+            z = sample_rows(Grid(tables[i], h, w_in, 1, y, x), run=taps, kernels=kernels, out=z)
             # oneDNN reads the transposes as they are (faster here than MKL's addmm_).
             part = linear(g.t(), z.view(length, taps * c_in).t())
             # Summed in float32 for half precision (a no-op otherwise).

@@ -8,8 +8,8 @@ from torch import Tensor
 
 import sacseg.ops._plan as _plan
 from sacseg.ops._compat import linear
-from sacseg.ops._geometry import rows_span, tap_positions
-from sacseg.ops.sampling import Kernels, sample_rows, transpose
+from sacseg.ops._geometry import rows_span, sample_positions, tap_positions
+from sacseg.ops.sampling import Grid, Kernels, sample_rows, transpose
 
 
 def forward(
@@ -64,7 +64,7 @@ def forward(
     chunks = _plan.row_chunks(h_out, w_out * channels * input.element_size(), _plan.CHUNK_BYTES)
     buffer = _plan.chunk_buffer(chunks, w_out, channels, input)
     # Once per call, not per chunk: a dozen small ops whose overhead would add up.
-    ys, xs = tap_positions(scale, (kh, kw), stride, padding, dilation)
+    ys, xs = tap_positions(*sample_positions(scale, (kh, kw), stride, padding, dilation))
     out = input.new_empty(n, c_out, h_out, w_out)
     for i in range(n):
         for p0, p1 in chunks:
@@ -72,10 +72,10 @@ def forward(
             span = rows_span(p0, p1, w_out, taps)
             y, x = ys[i, span], xs[i, span]
             if project:
-                res = sample_rows(tables[i], h, w, taps, y, x, sum_taps=True, kernels=kernels, out=buffer[:length]).t()
+                res = sample_rows(Grid(tables[i], h, w, taps, y, x), sum_taps=True, kernels=kernels, out=buffer[:length]).t()
             else:
                 z = buffer[:length].view(length * taps, c_in)
-                z = sample_rows(tables[i], h, w, 1, y, x, run=taps, kernels=kernels, out=z)
+                z = sample_rows(Grid(tables[i], h, w, 1, y, x), run=taps, kernels=kernels, out=z)
                 res = linear(matrix, z.view(length, taps * c_in))  # [C_out, length]: NCHW without a transpose
             out[i, :, p0:p1] = res.view(c_out, p1 - p0, w_out)
     if bias is not None:

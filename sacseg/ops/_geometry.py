@@ -56,22 +56,16 @@ def sample_positions(
     return y.expand(-1, kh, kw, h_out, w_out), x.expand(-1, kh, kw, h_out, w_out)
 
 
-def tap_positions(
-    scale: Tensor,
-    kernel_size: tuple[int, int],
-    stride: Sequence[int],
-    padding: Sequence[int],
-    dilation: Sequence[int],
-) -> tuple[Tensor, Tensor]:
-    """Every tap's position, ``[N, H_out * W_out * kh * kw]`` each, tap fastest: output rows
-    ``p0:p1`` of image ``i`` are the contiguous slice ``[i, rows_span(p0, p1, W_out, kh * kw)]``.
+def tap_positions(y: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`sample_positions`' ``(y, x)`` as every tap's position, ``[N, H_out * W_out * kh * kw]``
+    each, tap fastest: output rows ``p0:p1`` of image ``i`` are the contiguous slice
+    ``[i, rows_span(p0, p1, W_out, kh * kw)]``.
 
     Args:
-        scale: ``[N, 1, H_out, W_out]``.
+        y, x: ``[N, kh, kw, H_out, W_out]`` each.
     """
-    y, x = sample_positions(scale, kernel_size, stride, padding, dilation)
-    n, taps = scale.shape[0], kernel_size[0] * kernel_size[1]
-    shape = (n, scale.shape[2] * scale.shape[3] * taps)
+    n, kh, kw, h_out, w_out = y.shape
+    shape = (n, h_out * w_out * kh * kw)  # not -1: no image (N = 0) has no size to infer
     return y.permute(0, 3, 4, 1, 2).reshape(shape), x.permute(0, 3, 4, 1, 2).reshape(shape)
 
 

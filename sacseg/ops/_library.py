@@ -24,6 +24,7 @@ import sacseg.ops._backward as _backward
 import sacseg.ops._forward as _forward
 import sacseg.ops._plan as _plan
 import sacseg.ops.backend as backend
+from sacseg.ops._args import SacArgs
 from sacseg.ops._compat import below_autograd
 
 _SCHEMA = (
@@ -113,17 +114,11 @@ class _SacConv2d(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any,
-        input: Tensor,
-        scale: Tensor,
-        weight: Tensor,
-        bias: Tensor | None,
-        stride: list[int],
-        padding: list[int],
-        dilation: list[int],
+        ctx: Any, input: Tensor, scale: Tensor, weight: Tensor, bias: Tensor | None, *geometry: list[int]
     ) -> tuple[Tensor, Tensor]:
-        out, tables = torch.ops.sacseg._sac_conv2d_forward(input, scale, weight, bias, stride, padding, dilation)
-        ctx.geometry = (list(input.shape[2:]), stride, padding, dilation)
+        """``geometry`` is ``(stride, padding, dilation)``, as the operator's other kernels take it."""
+        out, tables = torch.ops.sacseg._sac_conv2d_forward(input, scale, weight, bias, *geometry)
+        ctx.geometry = (list(input.shape[2:]), *geometry)
         ctx.set_materialize_grads(False)
         # Only multiplying first needs the input itself again (for the weight's gradient). The
         # tables are an output, so that a second derivative through them reaches
@@ -191,18 +186,11 @@ for _device_type, _key in (("cpu", "AutocastCPU"), ("cuda", "AutocastCUDA")):
 torch.library.register_fake("sacseg::sac_conv2d", _fake_kernel, lib=_LIBRARY)
 
 
-def sac_conv2d_op(
-    input: Tensor,
-    scale: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    dilation: tuple[int, int],
-) -> Tensor:
+def sac_conv2d_op(args: SacArgs) -> Tensor:
     """``torch.ops.sacseg.sac_conv2d``, the fast path, for :func:`~sacseg.ops.sac_conv2d`'s checked arguments.
 
     Returns:
         ``[N, C_out, H_out, W_out]``.
     """
+    input, scale, weight, bias, stride, padding, dilation = args
     return torch.ops.sacseg.sac_conv2d(input, scale, weight, bias, list(stride), list(padding), list(dilation))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from sacseg.ops._args import SacArgs
 from sacseg.ops._geometry import sample_positions
 from sacseg.ops.backend import refuse_non_finite
 
@@ -51,20 +52,13 @@ def bilinear_gather(input: Tensor, y: Tensor, x: Tensor) -> Tensor:
     return out.to(input.dtype)
 
 
-def sac_reference(
-    input: Tensor,
-    scale: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    dilation: tuple[int, int],
-) -> Tensor:
+def sac_reference(args: SacArgs) -> Tensor:
     """Equations (7)-(9) as written, for :func:`~sacseg.ops.sac_conv2d`'s checked arguments.
 
     Returns:
         ``[N, C_out, H_out, W_out]``.
     """
+    input, scale, weight, bias, stride, padding, dilation = args
     if not capturing():  # a recorded graph cannot raise on data: see sac_conv2d's docstring
         refuse_non_finite(scale)
     n, c_in = input.shape[:2]

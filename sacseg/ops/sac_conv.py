@@ -9,75 +9,17 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from sacseg.ops._args import SacArgs, check_args
 from sacseg.ops._geometry import sac_output_size
 from sacseg.ops._library import sac_conv2d_op
 from sacseg.ops._reference import sac_reference
-from sacseg.utils.pair import IntOrPair, pair
+from sacseg.utils.pair import IntOrPair
 
 __all__ = ["SAC_IMPLEMENTATIONS", "sac_conv2d", "sac_output_size"]
 
 
-def _check_args(
-    input: Tensor,
-    scale: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    stride: IntOrPair,
-    padding: IntOrPair,
-    dilation: IntOrPair,
-    one_dtype: bool = True,
-) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-    stride_, padding_, dilation_ = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
-    if min(stride_) < 1:
-        raise ValueError(f"stride must be >= 1, got {stride_}")
-    if min(padding_) < 0:
-        raise ValueError(f"padding must be >= 0, got {padding_}")
-    if min(dilation_) < 1:
-        raise ValueError(f"dilation must be >= 1, got {dilation_}")
-    if input.dim() != 4:
-        raise ValueError(f"input must be a 4-D tensor [N, C_in, H, W], got shape {tuple(input.shape)}")
-    if weight.dim() != 4:
-        raise ValueError(f"weight must be a 4-D tensor [C_out, C_in, kh, kw], got shape {tuple(weight.shape)}")
-    n, c_in, h, w = input.shape
-    c_out, w_in, kh, kw = weight.shape
-    if kh % 2 == 0 or kw % 2 == 0:
-        raise ValueError(
-            f"weight kernel size must be odd (the taps are placed around a centre), got {kh}x{kw} "
-            f"from weight shape {tuple(weight.shape)}"
-        )
-    if w_in != c_in:
-        raise ValueError(
-            f"channel mismatch: input has C_in={c_in} (shape {tuple(input.shape)}) but weight expects "
-            f"{w_in} (shape {tuple(weight.shape)})"
-        )
-    if bias is not None and (bias.dim() != 1 or bias.shape[0] != c_out):
-        raise ValueError(f"bias must have shape [{c_out}] (C_out), got {tuple(bias.shape)}")
-    h_out, w_out = sac_output_size((h, w), (kh, kw), stride_, padding_, dilation_)
-    if h_out < 1 or w_out < 1:
-        raise ValueError(
-            f"input of shape {tuple(input.shape)} is too small for a {kh}x{kw} kernel with stride {stride_}, "
-            f"padding {padding_}, dilation {dilation_}: the output would be {h_out}x{w_out}"
-        )
-    if scale.dim() != 4 or tuple(scale.shape) != (n, 1, h_out, w_out):
-        raise ValueError(
-            f"scale must have shape [N, 1, H_out, W_out] = [{n}, 1, {h_out}, {w_out}] (the output grid of "
-            f"F.conv2d for this input, stride, padding and dilation), got {tuple(scale.shape)}"
-        )
-    tensors = {"input": input, "scale": scale, "weight": weight}
-    if bias is not None:
-        tensors["bias"] = bias
-    devices = {name: t.device for name, t in tensors.items()}
-    if len(set(devices.values())) > 1:
-        raise RuntimeError(f"all tensors must be on one device, got {devices}")
-    dtypes = {name: t.dtype for name, t in tensors.items()}
-    if one_dtype and len(set(dtypes.values())) > 1:
-        raise RuntimeError(f"all tensors must have one dtype, got {dtypes}")
-    if not all(dtype.is_floating_point for dtype in dtypes.values()):
-        raise RuntimeError(f"sac_conv2d needs floating-point tensors, got {dtypes}")
-    return stride_, padding_, dilation_
-
-
-SacImpl = Callable[[Tensor, Tensor, Tensor, "Tensor | None", tuple[int, int], tuple[int, int], tuple[int, int]], Tensor]
+#: An implementation: the checked arguments to the output ``[N, C_out, H_out, W_out]``.
+SacImpl = Callable[[SacArgs], Tensor]
 #: Implementations by name; ``"auto"`` in :func:`sac_conv2d` picks the fastest for the call.
 SAC_IMPLEMENTATIONS: dict[str, SacImpl] = {"reference": sac_reference, "fast": sac_conv2d_op}
 #: What ``impl="auto"`` records while an ONNX graph is made: standard operators only.
@@ -166,11 +108,11 @@ def sac_conv2d(
     # Autocast may hand over a half input next to a float32 weight: the operator's autocast rule
     # casts them; an implementation recorded op by op is cast to float32 here.
     autocast = torch.is_autocast_enabled(device_type)
-    stride_, padding_, dilation_ = _check_args(input, scale, weight, bias, stride, padding, dilation, one_dtype=not autocast)
+    args = check_args(input, scale, weight, bias, stride, padding, dilation, one_dtype=not autocast)
     if autocast and fn is not sac_conv2d_op:
         dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
-        input, scale, weight = input.to(dtype), scale.to(dtype), weight.to(dtype)
         bias = None if bias is None else bias.to(dtype)
+        args = args._replace(input=input.to(dtype), scale=scale.to(dtype), weight=weight.to(dtype), bias=bias)
         with torch.autocast(device_type, enabled=False):
-            return fn(input, scale, weight, bias, stride_, padding_, dilation_)
-    return fn(input, scale, weight, bias, stride_, padding_, dilation_)
+            return fn(args)
+    return fn(args)

@@ -10,11 +10,13 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from sacseg.export import sac_lowering
 from sacseg.export.onnx_export import GPU_PORTABLE_OPS, export_onnx
 from sacseg.export.sac_lowering import multiplies_first, onnx_lowering, sac_grid_sample
 from sacseg.models import build_model
 from sacseg.nn import ScaleAdaptiveConv2d
 from sacseg.ops import _plan, sac_conv2d
+from sacseg.ops._args import SacArgs
 from sacseg.ops._reference import sac_reference
 
 onnx = pytest.importorskip("onnx")
@@ -57,7 +59,7 @@ def test_grid_sample_matches_the_reference_in_pytorch(c_in: int, c_out: int) -> 
     x, scale = torch.randn(2, c_in, 7, 9), 0.25 + 3.75 * torch.rand(2, 1, 4, 5)
     weight, bias = torch.randn(c_out, c_in, 3, 3), torch.randn(c_out)
     args = ((2, 2), (1, 2), (2, 1))  # stride, padding, dilation
-    expected = sac_reference(x.double(), scale.double(), weight.double(), bias.double(), *args).float()
+    expected = sac_reference(SacArgs(x.double(), scale.double(), weight.double(), bias.double(), *args)).float()
     got = sac_grid_sample(x, scale, weight, bias, *args)
     assert got.shape == expected.shape
     assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
@@ -95,11 +97,12 @@ def test_the_gather_lowering_stays_available(tmp_path: Path) -> None:
 def test_the_lowering_is_chosen_only_for_the_block() -> None:
     from sacseg.ops.sac_conv import ONNX_IMPL
 
+    grid_sample = sac_lowering._LOWERINGS["grid_sample"]
     with onnx_lowering("grid_sample"):
-        assert ONNX_IMPL.get() is sac_grid_sample
+        assert ONNX_IMPL.get() is grid_sample
         with onnx_lowering("gather"):
             assert ONNX_IMPL.get() is sac_reference
-        assert ONNX_IMPL.get() is sac_grid_sample
+        assert ONNX_IMPL.get() is grid_sample
     assert ONNX_IMPL.get() is sac_reference
 
 

@@ -14,6 +14,7 @@ import sacseg.ops.sac_conv as sac_module
 import sacseg.ops.sampling as sampling
 import sacseg.ops.sampling.native as native
 from sacseg.ops import sac_conv2d, sampling_backend
+from sacseg.ops.sampling import Grid
 
 #: The fast path with each sampling backend (the compiled CPU kernels, or torch ops only).
 FAST = ["auto", "torch"]
@@ -157,21 +158,25 @@ def test_summed_taps_and_their_adjoint(kernels):
     table = torch.randn(h * w * taps, c, generator=g, dtype=torch.float64)
     y = torch.rand(pixels * taps, generator=g, dtype=torch.float64) * (h + 2) - 1  # some taps outside
     x = torch.rand(pixels * taps, generator=g, dtype=torch.float64) * (w + 2) - 1
-    each = sampling.sample_rows(table, h, w, taps, y, x, kernels=kernels)
-    summed = sampling.sample_rows(table, h, w, taps, y, x, sum_taps=True, kernels=kernels)
+    each = sampling.sample_rows(Grid(table, h, w, taps, y, x), kernels=kernels)
+    summed = sampling.sample_rows(Grid(table, h, w, taps, y, x), sum_taps=True, kernels=kernels)
     torch.testing.assert_close(summed, each.view(pixels, taps, c).sum(1))
     grad = torch.randn(pixels, c, generator=g, dtype=torch.float64)
     shared, full = torch.zeros_like(table), torch.zeros_like(table)
-    positions = sampling.sample_rows_backward(table, h, w, taps, y, x, grad, shared, True, kernels=kernels)
+    positions = sampling.sample_rows_backward(Grid(table, h, w, taps, y, x), grad, shared, True, kernels=kernels)
     expanded = grad.repeat_interleave(taps, 0)
-    expected = sampling.sample_rows_backward(table, h, w, taps, y, x, expanded, full, True, kernels=kernels)
+    expected = sampling.sample_rows_backward(Grid(table, h, w, taps, y, x), expanded, full, True, kernels=kernels)
     torch.testing.assert_close(shared, full)
     for got, want in zip(positions, expected):
         torch.testing.assert_close(got, want)
     with pytest.raises(ValueError, match="runs of 4 taps"):
-        sampling.sample_rows_backward(table, h, w, taps, y, x, grad[:-1], None, True, kernels=kernels)
+        sampling.sample_rows_backward(Grid(table, h, w, taps, y, x), grad[:-1], None, True, kernels=kernels)
     with pytest.raises(ValueError, match="runs of 4 taps"):
-        sampling.sample_rows(table, h, w, taps, y[:-1], x[:-1], sum_taps=True, kernels=kernels)
+        sampling.sample_rows(Grid(table, h, w, taps, y[:-1], x[:-1]), sum_taps=True, kernels=kernels)
+    with pytest.raises(ValueError, match=r"h \* w \* taps"):  # the kernel would read past the table's end
+        sampling.sample_rows(Grid(table[taps:], h, w, taps, y, x), kernels=kernels)
+    with pytest.raises(ValueError, match="grad_table must have the table's shape"):
+        sampling.sample_rows_backward(Grid(table, h, w, taps, y, x), grad, shared[taps:], True, kernels=kernels)
 
 
 @pytest.mark.parametrize("kernels", ["native", "torch"])
@@ -195,23 +200,23 @@ def test_sample_rows_into_a_buffer_in_any_visiting_order(kernels):
     table = torch.randn(h * w, c, generator=g, dtype=torch.float64)
     y = torch.rand(pixels * run, generator=g, dtype=torch.float64) * (h + 2) - 1  # some taps outside
     x = torch.rand(pixels * run, generator=g, dtype=torch.float64) * (w + 2) - 1
-    expected = sampling.sample_rows(table, h, w, 1, y, x, kernels="torch")
+    expected = sampling.sample_rows(Grid(table, h, w, 1, y, x), kernels="torch")
     buffer = torch.full((pixels * run + 5, c), float("nan"), dtype=torch.float64)
-    got = sampling.sample_rows(table, h, w, 1, y, x, run=run, kernels=kernels, out=buffer[: pixels * run])
+    got = sampling.sample_rows(Grid(table, h, w, 1, y, x), run=run, kernels=kernels, out=buffer[: pixels * run])
     assert got.data_ptr() == buffer.data_ptr()
     torch.testing.assert_close(got, expected)
     assert buffer[pixels * run :].isnan().all()  # nothing written past the samples
     grad = torch.randn(pixels * run, c, generator=g, dtype=torch.float64)
     in_order, by_tap = torch.zeros_like(table), torch.zeros_like(table)
-    positions = sampling.sample_rows_backward(table, h, w, 1, y, x, grad, in_order, True, kernels=kernels)
-    tap_major = sampling.sample_rows_backward(table, h, w, 1, y, x, grad, by_tap, True, run=run, kernels=kernels)
+    positions = sampling.sample_rows_backward(Grid(table, h, w, 1, y, x), grad, in_order, True, kernels=kernels)
+    tap_major = sampling.sample_rows_backward(Grid(table, h, w, 1, y, x), grad, by_tap, True, run=run, kernels=kernels)
     torch.testing.assert_close(by_tap, in_order)
     for a, b in zip(tap_major, positions):
         torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match=r"out must be a contiguous torch.float64 tensor of shape \[90, 33\]"):
-        sampling.sample_rows(table, h, w, 1, y, x, kernels=kernels, out=buffer[:10])
+        sampling.sample_rows(Grid(table, h, w, 1, y, x), kernels=kernels, out=buffer[:10])
     with pytest.raises(ValueError, match="runs of 4 taps"):
-        sampling.sample_rows(table, h, w, 1, y, x, run=4, kernels=kernels)
+        sampling.sample_rows(Grid(table, h, w, 1, y, x), run=4, kernels=kernels)
 
 
 @pytest.mark.parametrize("backend", FAST)
@@ -240,7 +245,7 @@ def test_adjoint_kernel_under_any_thread_count(threads, taps, monkeypatch):
     results = []
     for kernels in ("native", "torch"):
         grad_table = torch.zeros_like(table)
-        positions = sampling.sample_rows_backward(table, h, w, taps, y, x, grad, grad_table, True, kernels=kernels)
+        positions = sampling.sample_rows_backward(Grid(table, h, w, taps, y, x), grad, grad_table, True, kernels=kernels)
         results.append((grad_table, *positions))
     for got, want in zip(*results):
         torch.testing.assert_close(got, want)

@@ -21,6 +21,7 @@ import sacseg.ops.sampling.torch_ops as torch_ops
 import sacseg.ops.sampling.triton_kernels as triton_kernels
 import sacseg.ops.selfcheck as selfcheck
 from sacseg.ops import sac_conv2d, sampling_backend
+from sacseg.ops.sampling import Grid
 
 H, W = 5, 6
 # (taps, run, sum_taps): sampled columns as the fast path reads them (taps=1, run=kernel taps),
@@ -99,9 +100,9 @@ def _backward_pair(kernels, table, taps, y, x, grad, run, reference_table=None, 
     start = torch.randn(table.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     got_table = start.to(device=table.device, dtype=table.dtype)
     ref_table = got_table.to(reference_table.dtype)
-    got = kernels.sample_rows_backward(table, H, W, taps, y, x, grad, got_table, True, run=run)
+    got = kernels.sample_rows_backward(Grid(table, H, W, taps, y, x), grad, got_table, True, run=run)
     ref = sampling.sample_rows_backward(
-        reference_table, H, W, taps, y, x, reference_grad, ref_table, True, run=run, kernels="torch"
+        Grid(reference_table, H, W, taps, y, x), reference_grad, ref_table, True, run=run, kernels="torch"
     )
     return (got_table, *got), (ref_table, *ref)
 
@@ -110,8 +111,8 @@ def _backward_pair(kernels, table, taps, y, x, grad, run, reference_table=None, 
 @pytest.mark.parametrize("taps,run,sum_taps", LAYOUTS, ids=LAYOUT_IDS)
 def test_sample_rows_matches_torch_float32(kernels, taps, run, sum_taps, c):
     table, (y, x) = _table(taps, c, 0), _positions(M, 0)
-    got = kernels.sample_rows(table, H, W, taps, y, x, sum_taps=sum_taps, run=run)
-    expected = sampling.sample_rows(table, H, W, taps, y, x, sum_taps=sum_taps, run=run, kernels="torch")
+    got = kernels.sample_rows(Grid(table, H, W, taps, y, x), sum_taps=sum_taps, run=run)
+    expected = sampling.sample_rows(Grid(table, H, W, taps, y, x), sum_taps=sum_taps, run=run, kernels="torch")
     assert got.dtype == torch.float32
     _assert_close(got, expected, 1e-5)
 
@@ -130,9 +131,9 @@ def test_sample_rows_backward_matches_torch_float32(kernels, taps, run, sum_taps
 @pytest.mark.parametrize("taps,run,sum_taps", [(3, 1, False), (3, 1, True)], ids=["row-blocks", "sum-taps"])
 def test_float64_agrees_tightly(kernels, taps, run, sum_taps):
     table, (y, x) = _table(taps, 5, 2, torch.float64), _positions(M, 2, torch.float64)
-    got = kernels.sample_rows(table, H, W, taps, y, x, sum_taps=sum_taps, run=run)
+    got = kernels.sample_rows(Grid(table, H, W, taps, y, x), sum_taps=sum_taps, run=run)
     assert got.dtype == torch.float64
-    _assert_close(got, sampling.sample_rows(table, H, W, taps, y, x, sum_taps=sum_taps, run=run, kernels="torch"), 1e-12)
+    _assert_close(got, sampling.sample_rows(Grid(table, H, W, taps, y, x), sum_taps=sum_taps, run=run, kernels="torch"), 1e-12)
     got, expected = _backward_pair(kernels, table, taps, y, x, _grad(taps, sum_taps, M, 5, 2, torch.float64), run)
     for name, g, e in zip(("grad_table", "grad_y", "grad_x"), got, expected):
         assert g.dtype == torch.float64, name
@@ -147,9 +148,9 @@ def test_half_tables_blend_in_float32(kernels, dtype, taps, run, sum_taps):
     table, (y, x) = _table(taps, 20, 3, dtype), _positions(48, 3)
     grad = _grad(taps, sum_taps, 48, 20, 3, dtype)
     eps = torch.finfo(dtype).eps
-    got = kernels.sample_rows(table, H, W, taps, y, x, sum_taps=sum_taps, run=run)
+    got = kernels.sample_rows(Grid(table, H, W, taps, y, x), sum_taps=sum_taps, run=run)
     assert got.dtype == dtype
-    expected = sampling.sample_rows(table.float(), H, W, taps, y, x, sum_taps=sum_taps, run=run, kernels="torch")
+    expected = sampling.sample_rows(Grid(table.float(), H, W, taps, y, x), sum_taps=sum_taps, run=run, kernels="torch")
     _assert_close(got, expected, eps)
     got, expected = _backward_pair(kernels, table, taps, y, x, grad, run, table.float(), grad.float())
     assert got[0].dtype == dtype and got[1].dtype == got[2].dtype == torch.float32  # as torch promotes
@@ -165,17 +166,17 @@ def test_strided_inputs_and_outputs(kernels):
     column_major = table.t().contiguous().t()  # a row stride of 1
     y, x = (p.repeat_interleave(2)[::2] for p in _positions(m, 4))
     assert not (table.is_contiguous() or column_major.is_contiguous() or y.is_contiguous())
-    expected = sampling.sample_rows(table.contiguous(), H, W, taps, y.contiguous(), x.contiguous(), kernels="torch")
+    expected = sampling.sample_rows(Grid(table.contiguous(), H, W, taps, y.contiguous(), x.contiguous()), kernels="torch")
     for t in (table, column_major):
         out = torch.full((m, c), math.nan)
-        assert kernels.sample_rows(t, H, W, taps, y, x, out=out) is out
+        assert kernels.sample_rows(Grid(t, H, W, taps, y, x), out=out) is out
         _assert_close(out, expected, 1e-5)
     grad = torch.randn(c, m).t()  # channels strided, as grad_out's permuted view arrives
     grad_table = torch.zeros(c, H * W * taps).t()  # not contiguous: summed apart, then added
-    got = kernels.sample_rows_backward(column_major, H, W, taps, y, x, grad, grad_table, True)
+    got = kernels.sample_rows_backward(Grid(column_major, H, W, taps, y, x), grad, grad_table, True)
     ref_table = torch.zeros(H * W * taps, c)
     ref = sampling.sample_rows_backward(
-        table.contiguous(), H, W, taps, y.contiguous(), x.contiguous(), grad.contiguous(), ref_table, True, kernels="torch"
+        Grid(table.contiguous(), H, W, taps, y.contiguous(), x.contiguous()), grad.contiguous(), ref_table, True, kernels="torch"
     )
     for name, g, e in zip(("grad_table", "grad_y", "grad_x"), (grad_table, *got), (ref_table, *ref)):
         _assert_close(g, e, 1e-5, name)
@@ -184,10 +185,10 @@ def test_strided_inputs_and_outputs(kernels):
 @pytest.mark.parametrize("sum_taps", [False, True])
 def test_no_samples(kernels, sum_taps):
     table, empty = _table(3, 5, 5), torch.empty(0)
-    out = kernels.sample_rows(table, H, W, 3, empty, empty, sum_taps=sum_taps)
+    out = kernels.sample_rows(Grid(table, H, W, 3, empty, empty), sum_taps=sum_taps)
     assert out.shape == (0, 5)
     grad_table = torch.ones_like(table)
-    grad_y, grad_x = kernels.sample_rows_backward(table, H, W, 3, empty, empty, torch.empty(0, 5), grad_table, True)
+    grad_y, grad_x = kernels.sample_rows_backward(Grid(table, H, W, 3, empty, empty), torch.empty(0, 5), grad_table, True)
     assert grad_y.shape == grad_x.shape == (0,) and torch.equal(grad_table, torch.ones_like(table))
 
 
@@ -203,12 +204,12 @@ def test_nan_in_unweighted_pixels_does_not_leak(kernels):
     table = table.view(H * W * taps, c)
     y = torch.tensor([2.0, 2.0, 2.0, 2.0, -3.0, 2.0, H + 2.0, 2.0])
     x = torch.tensor([3.0, 3.0, 3.0, 3.0, 3.0, -7.0, 3.0, W + 0.5])
-    out = kernels.sample_rows(table, H, W, taps, y, x)
+    out = kernels.sample_rows(Grid(table, H, W, taps, y, x))
     assert torch.equal(out[:4], clean[[0, 1, 0, 1]]) and torch.equal(out[4:], torch.zeros(4, c))
-    sums = kernels.sample_rows(table, H, W, taps, y, x, sum_taps=True)
+    sums = kernels.sample_rows(Grid(table, H, W, taps, y, x), sum_taps=True)
     assert torch.equal(sums, torch.stack([clean.sum(0), clean.sum(0), torch.zeros(c), torch.zeros(c)]))
     grad_table = torch.zeros_like(table)
-    kernels.sample_rows_backward(table, H, W, taps, y, x, torch.ones(8, c), grad_table, False)
+    kernels.sample_rows_backward(Grid(table, H, W, taps, y, x), torch.ones(8, c), grad_table, False)
     assert torch.equal(grad_table.view(H, W, taps, c)[2, 3], torch.full((taps, c), 2.0))
     assert grad_table.abs().sum() == 4 * c  # nothing but the four weighted samples, and no NaN
 
@@ -220,7 +221,7 @@ def test_deterministic_mode_sums_the_table_gradient_without_atomics(kernels, dty
     grad = _grad(taps, True, M, c, 8, dtype)
     torch_path, table_only = torch_ops.sample_rows_backward, []
     # The reference asks for positions too; the dispatcher's fallback asks for the table's gradient only.
-    monkeypatch.setattr(torch_ops, "sample_rows_backward", lambda *a: table_only.append(not a[8]) or torch_path(*a))
+    monkeypatch.setattr(torch_ops, "sample_rows_backward", lambda *a: table_only.append(not a[3]) or torch_path(*a))
     dispatched = SimpleNamespace(sample_rows_backward=functools.partial(sampling.sample_rows_backward, kernels="triton"))
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
@@ -240,17 +241,17 @@ def test_deterministic_mode_sums_the_table_gradient_without_atomics(kernels, dty
 def test_bad_arguments_raise(kernels):
     table, (y, x) = _table(3, 5, 9), _positions(12, 9)
     with pytest.raises(ValueError, match="h \\* w \\* taps"):
-        kernels.sample_rows(table[1:], H, W, 3, y, x)  # would read past the table's end
+        kernels.sample_rows(Grid(table[1:], H, W, 3, y, x))  # would read past the table's end
     with pytest.raises(ValueError, match="runs of 5"):
-        kernels.sample_rows(table, H, W, 3, y, x, run=5)
+        kernels.sample_rows(Grid(table, H, W, 3, y, x), run=5)
     with pytest.raises(ValueError, match="out must be"):
-        kernels.sample_rows(table, H, W, 3, y, x, out=torch.empty(12, 4))
+        kernels.sample_rows(Grid(table, H, W, 3, y, x), out=torch.empty(12, 4))
     with pytest.raises(ValueError, match="positions"):
-        kernels.sample_rows(table, H, W, 3, y, x[:-1])
+        kernels.sample_rows(Grid(table, H, W, 3, y, x[:-1]))
     with pytest.raises(ValueError, match="grad of shape"):
-        kernels.sample_rows_backward(table, H, W, 3, y, x, torch.zeros(5, 5), None, True)
+        kernels.sample_rows_backward(Grid(table, H, W, 3, y, x), torch.zeros(5, 5), None, True)
     with pytest.raises(ValueError, match="grad_table"):
-        kernels.sample_rows_backward(table, H, W, 3, y, x, torch.zeros(12, 5), table[1:], True)
+        kernels.sample_rows_backward(Grid(table, H, W, 3, y, x), torch.zeros(12, 5), table[1:], True)
 
 
 def test_available_in_the_interpreter_only_where_asked(kernels):
@@ -325,8 +326,8 @@ def test_interpreter_sweep(kernels, taps, run, sum_taps, seed):
     g = torch.Generator().manual_seed(300 + seed)
     c, m = int(torch.randint(129, 160, (1,), generator=g)), 12 * int(torch.randint(12, 24, (1,), generator=g))
     table, (y, x) = _table(taps, c, seed), _positions(m, seed)
-    expected = sampling.sample_rows(table, H, W, taps, y, x, sum_taps=sum_taps, run=run, kernels="torch")
-    _assert_close(kernels.sample_rows(table, H, W, taps, y, x, sum_taps=sum_taps, run=run), expected, 1e-5)
+    expected = sampling.sample_rows(Grid(table, H, W, taps, y, x), sum_taps=sum_taps, run=run, kernels="torch")
+    _assert_close(kernels.sample_rows(Grid(table, H, W, taps, y, x), sum_taps=sum_taps, run=run), expected, 1e-5)
     got, expected = _backward_pair(kernels, table, taps, y, x, _grad(taps, sum_taps, m, c, seed), run)
     for name, g_, e in zip(("grad_table", "grad_y", "grad_x"), got, expected):
         _assert_close(g_, e, 1e-5, name)
@@ -371,9 +372,9 @@ def test_cuda_kernels_match_torch(taps, run, sum_taps, dtype):
     grad = _grad(taps, sum_taps, M, 70, 11, dtype).cuda()
     reference = table if exact else table.float()
     rel = {torch.float32: 1e-5, torch.float64: 1e-12}.get(dtype, torch.finfo(dtype).eps)
-    got = module.sample_rows(table, H, W, taps, y, x, sum_taps=sum_taps, run=run)
+    got = module.sample_rows(Grid(table, H, W, taps, y, x), sum_taps=sum_taps, run=run)
     assert got.dtype == dtype and got.is_cuda
-    _assert_close(got, sampling.sample_rows(reference, H, W, taps, y, x, sum_taps=sum_taps, run=run, kernels="torch"), rel)
+    _assert_close(got, sampling.sample_rows(Grid(reference, H, W, taps, y, x), sum_taps=sum_taps, run=run, kernels="torch"), rel)
     got, expected = _backward_pair(module, table, taps, y, x, grad, run, reference, grad if exact else grad.float())
     _assert_close(got[0], expected[0], rel, "grad_table")
     _assert_close(got[1], expected[1], 1e-5 if dtype != torch.float64 else 1e-12, "grad_y")

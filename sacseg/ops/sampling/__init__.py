@@ -2,7 +2,8 @@
 operation, dispatched to the torch ops, the compiled CPU kernels or the Triton kernels.
 
 The fast SAC path reads its input (or its projection) as a channels-last "table", ``[H*W*P, C]``,
-so that the four corners of a tap are contiguous rows. Which leaf runs is the caller's ``kernels``:
+so that the four corners of a tap are contiguous rows; a :class:`~sacseg.ops.sampling.common.Grid`
+names the table and the positions sampled in it. Which leaf runs is the caller's ``kernels``:
 
 - ``"native"``: the compiled C++ kernels (:mod:`.native`) for CPU float32/float64 tables where a
   compiler built them, the torch ops otherwise (half precision, other devices, no compiler);
@@ -22,9 +23,9 @@ import torch
 from torch import Tensor
 
 from sacseg.ops.sampling import native, torch_ops
-from sacseg.ops.sampling.common import check_out, check_positions, check_runs, position_dtype
+from sacseg.ops.sampling.common import Grid, check_adjoint, check_out, check_samples, position_dtype
 
-__all__ = ["Kernels", "load_triton", "position_dtype", "sample_rows", "sample_rows_backward", "transpose"]
+__all__ = ["Grid", "Kernels", "load_triton", "position_dtype", "sample_rows", "sample_rows_backward", "transpose"]
 
 #: Which leaf samples: see the module docstring.
 Kernels = Literal["native", "triton", "torch"]
@@ -58,12 +59,7 @@ def transpose(src: Tensor, *, kernels: Kernels = "native", out: Tensor | None = 
 
 
 def sample_rows(
-    table: Tensor,
-    h: int,
-    w: int,
-    taps: int,
-    y: Tensor,
-    x: Tensor,
+    grid: Grid,
     *,
     sum_taps: bool = False,
     run: int = 1,
@@ -73,10 +69,8 @@ def sample_rows(
     """Bilinear samples of a channels-last table, zeros outside.
 
     Args:
-        table: ``[h * w * taps, C]`` contiguous; with ``taps > 1`` pixel ``i`` owns rows
-            ``i * taps .. i * taps + taps - 1`` and sample ``r`` reads row block ``r % taps``.
-        y, x: ``[M]`` contiguous positions in pixels, in :func:`position_dtype` of the table's
-            dtype (float32, or float64 for a float64 table).
+        grid: the table and the ``[M]`` positions (:class:`~sacseg.ops.sampling.common.Grid`);
+            the table contiguous, the positions too.
         sum_taps: return the sum of each run of ``taps`` consecutive samples instead.
         run: the samples are runs of ``run`` taps of one output pixel, tap fastest. It changes
             nothing but the order in which the compiled CPU kernel visits them (see its source).
@@ -88,27 +82,17 @@ def sample_rows(
     Returns:
         ``[M, C]``, or ``[M / taps, C]`` with ``sum_taps`` (``out`` when given), in the table's dtype.
     """
-    m, c = y.numel(), table.shape[1]
-    check_positions(table, y, x)
-    if sum_taps:
-        check_runs(m, taps)
-    check_runs(m, run)
-    check_out(out, (m // taps if sum_taps else m, c), table.dtype)
+    check_samples(grid, sum_taps, run, out)
     if kernels == "triton":
-        return _triton().sample_rows(table, h, w, taps, y, x, sum_taps=sum_taps, run=run, out=out)
-    lib = native.available(table) if kernels == "native" else None
+        return _triton().sample_rows(grid, sum_taps=sum_taps, run=run, out=out)
+    lib = native.available(grid.table) if kernels == "native" else None
     if lib is not None:
-        return native.sample_rows(lib, table, h, w, taps, y, x, sum_taps, run, out)
-    return torch_ops.sample_rows(table, h, w, taps, y, x, sum_taps, out)
+        return native.sample_rows(lib, grid, sum_taps, run, out)
+    return torch_ops.sample_rows(grid, sum_taps, out)
 
 
 def sample_rows_backward(
-    table: Tensor,
-    h: int,
-    w: int,
-    taps: int,
-    y: Tensor,
-    x: Tensor,
+    grid: Grid,
     grad: Tensor,
     grad_table: Tensor | None,
     want_positions: bool,
@@ -118,32 +102,29 @@ def sample_rows_backward(
 ) -> tuple[Tensor, Tensor] | None:
     """The adjoint of :func:`sample_rows`.
 
-    Adds the gradient of the table for ``grad`` into ``grad_table`` (same shape as ``table``,
+    Adds the gradient of the table for ``grad`` into ``grad_table`` (same shape as the table,
     contiguous; in the table's dtype, or float32 for a half table, to accumulate in) unless it is
     ``None``, and returns the gradients of the positions ``(grad_y, grad_x)``, each ``[M]`` in the
     positions' dtype, if ``want_positions`` (the right-hand derivative at integer positions, as the
     reference path and ``grid_sample`` take it). ``grad`` is ``[M, C]`` in the table's dtype, or
-    ``[M / taps, C]`` for the adjoint of ``sample_rows(..., sum_taps=True)``. ``y``, ``x``, ``run``
+    ``[M / taps, C]`` for the adjoint of ``sample_rows(..., sum_taps=True)``. ``grid``, ``run``
     and ``kernels`` are :func:`sample_rows`'s.
 
     Under ``torch.use_deterministic_algorithms(True)`` the table's gradient is summed by the torch
     ops (whose ``index_add_`` is deterministic there) rather than by the Triton kernel's atomic adds.
     """
-    m, c = y.numel(), table.shape[1]
-    check_positions(table, y, x)
-    if grad.shape not in ((m, c), (m // taps, c)) or (grad.shape[0] != m and m % taps):
-        raise ValueError(f"grad of shape {tuple(grad.shape)} fits neither {m} samples nor their runs of {taps} taps")
-    check_runs(m, run)
+    check_adjoint(grid, grad, grad_table, run)
     if kernels == "triton":
         if grad_table is not None and torch.are_deterministic_algorithms_enabled():
             # Summed in the positions' dtype (float32 for half tables) and rounded once, as the kernel sums.
+            table, y = grid.table, grid.y
             summed = grad_table if grad_table.dtype == y.dtype else torch.zeros(table.shape, dtype=y.dtype, device=table.device)
-            torch_ops.sample_rows_backward(table, h, w, taps, y, x, grad, summed, False)
+            torch_ops.sample_rows_backward(grid, grad, summed, False)
             if summed is not grad_table:
                 grad_table.add_(summed)
             grad_table = None
-        return _triton().sample_rows_backward(table, h, w, taps, y, x, grad, grad_table, want_positions, run=run)
-    lib = native.available(table) if kernels == "native" else None
+        return _triton().sample_rows_backward(grid, grad, grad_table, want_positions, run=run)
+    lib = native.available(grid.table) if kernels == "native" else None
     if lib is not None:
-        return native.sample_rows_backward(lib, table, h, w, taps, y, x, grad, grad_table, want_positions, run)
-    return torch_ops.sample_rows_backward(table, h, w, taps, y, x, grad, grad_table, want_positions)
+        return native.sample_rows_backward(lib, grid, grad, grad_table, want_positions, run)
+    return torch_ops.sample_rows_backward(grid, grad, grad_table, want_positions)

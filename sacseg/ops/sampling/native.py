@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from sacseg.ops.sampling.common import Grid
 from sacseg.utils.cache import cache_dir
 
 _SOURCE = Path(__file__).with_name("_sac_kernels.cpp")
@@ -119,19 +120,9 @@ def transpose(lib: ctypes.CDLL, src: Tensor, out: Tensor | None) -> Tensor:
     return out
 
 
-def sample_rows(
-    lib: ctypes.CDLL,
-    table: Tensor,
-    h: int,
-    w: int,
-    taps: int,
-    y: Tensor,
-    x: Tensor,
-    sum_taps: bool,
-    run: int,
-    out: Tensor | None,
-) -> Tensor:
+def sample_rows(lib: ctypes.CDLL, grid: Grid, sum_taps: bool, run: int, out: Tensor | None) -> Tensor:
     """:func:`sacseg.ops.sampling.sample_rows` by ``lib`` (arguments checked there)."""
+    table, h, w, taps, y, x = grid
     m, c = y.numel(), table.shape[1]
     table, y, x = table.contiguous(), y.contiguous(), x.contiguous()
     out = table.new_empty(m // taps if sum_taps else m, c) if out is None else out
@@ -144,20 +135,11 @@ def sample_rows(
 
 
 def sample_rows_backward(
-    lib: ctypes.CDLL,
-    table: Tensor,
-    h: int,
-    w: int,
-    taps: int,
-    y: Tensor,
-    x: Tensor,
-    grad: Tensor,
-    grad_table: Tensor | None,
-    want_positions: bool,
-    run: int,
+    lib: ctypes.CDLL, grid: Grid, grad: Tensor, grad_table: Tensor | None, want_positions: bool, run: int
 ) -> tuple[Tensor, Tensor] | None:
     """:func:`sacseg.ops.sampling.sample_rows_backward` by ``lib`` (arguments checked there);
     ``grad_table`` must be contiguous."""
+    table, h, w, taps, y, x = grid
     m, c = y.numel(), table.shape[1]
     if grad_table is not None and not grad_table.is_contiguous():
         raise ValueError("grad_table must be contiguous for the native kernel")

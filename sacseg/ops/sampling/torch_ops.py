@@ -5,10 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from sacseg.ops.sampling.common import Grid
 
-def _corners(y: Tensor, x: Tensor, h: int, w: int, taps: int) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-    """Table rows (int64), bilinear weights (``y``'s dtype, zero outside) and inside masks of
-    the four corners of each sample."""
+
+def _corners(grid: Grid) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """Table rows (int64), bilinear weights (the positions' dtype, zero outside) and inside masks
+    of the four corners of each sample, ``[M]`` each."""
+    _, h, w, taps, y, x = grid
     y0, x0 = torch.floor(y), torch.floor(x)
     fy, fx = y - y0, x - x0
     block = torch.arange(y.numel(), device=y.device) % taps if taps > 1 else 0
@@ -41,11 +44,12 @@ def transpose(src: Tensor, out: Tensor | None) -> Tensor:
     return out.copy_(src.transpose(1, 2))
 
 
-def sample_rows(table: Tensor, h: int, w: int, taps: int, y: Tensor, x: Tensor, sum_taps: bool, out: Tensor | None) -> Tensor:
+def sample_rows(grid: Grid, sum_taps: bool, out: Tensor | None) -> Tensor:
     """:func:`sacseg.ops.sampling.sample_rows` (arguments checked there), blended in the weights'
     dtype (float32 for half tables) and rounded to the table's at the end."""
+    table, taps, y = grid.table, grid.taps, grid.y
     c = table.shape[1]
-    rows, weights, _ = _corners(y, x, h, w, taps)
+    rows, weights, _ = _corners(grid)
     samples = _weighted(table.index_select(0, rows[0]), weights[0])
     for row, weight in zip(rows[1:], weights[1:]):
         samples.add_(_weighted(table.index_select(0, row), weight))
@@ -55,15 +59,16 @@ def sample_rows(table: Tensor, h: int, w: int, taps: int, y: Tensor, x: Tensor, 
 
 
 def sample_rows_backward(
-    table: Tensor, h: int, w: int, taps: int, y: Tensor, x: Tensor, grad: Tensor, grad_table: Tensor | None, want_positions: bool
+    grid: Grid, grad: Tensor, grad_table: Tensor | None, want_positions: bool
 ) -> tuple[Tensor, Tensor] | None:
     """:func:`sacseg.ops.sampling.sample_rows_backward` (arguments checked there); ``grad_table``
     may have any strides and float dtype. ``index_add_`` is deterministic on CUDA under
     ``torch.use_deterministic_algorithms(True)``."""
+    table, _, _, taps, y, x = grid
     m, c = y.numel(), table.shape[1]
     if grad.shape[0] != m:  # the adjoint of summed taps: every tap gets its pixel's gradient
         grad = grad[:, None].expand(m // taps, taps, c).reshape(m, c)
-    rows, weights, insides = _corners(y, x, h, w, taps)
+    rows, weights, insides = _corners(grid)
     if grad_table is not None:
         for row, weight in zip(rows, weights):
             grad_table.index_add_(0, row, _weighted(grad, weight).to(grad_table.dtype))

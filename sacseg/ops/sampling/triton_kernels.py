@@ -7,9 +7,10 @@ are computed once and reused across its channel block, and the rows of the chann
 read channel-contiguous (vectorised when the channel stride is 1). A corner outside the input, or
 one of zero weight, is never read (masked loads): NaN/Inf there cannot leak into a sample.
 
-Dtypes: the table (and ``grad``) may be float16, bfloat16, float32 or float64, positions float32 or
-float64. Positions, weights and sums are float64 when the table or the positions are, else float32;
-results take the table's dtype (position gradients torch's promotion of ``grad``'s and the positions').
+Dtypes: the table (and ``grad``) may be float16, bfloat16, float32 or float64, the positions are
+in :func:`~sacseg.ops.sampling.common.position_dtype` of the table's: weights and sums are float64
+for a float64 table, else float32; results take the table's dtype (position gradients torch's
+promotion of ``grad``'s and the positions').
 
 ``TRITON_INTERPRET=1`` in the environment before this module is imported runs the kernels on CPU
 tensors through Triton's interpreter (how the tests check them without a GPU).
@@ -22,7 +23,7 @@ import os
 import torch
 from torch import Tensor
 
-from sacseg.ops.sampling.common import check_out, check_runs
+from sacseg.ops.sampling.common import Grid, check_adjoint, check_samples
 
 try:
     import triton
@@ -179,76 +180,38 @@ def _blocks(rows: int, c: int, compute: torch.dtype) -> tuple[int, int]:
     return max(1, min(128, elements // block_c, triton.next_power_of_2(max(rows, 1)))), block_c
 
 
-def _compute_dtype(table: Tensor, y: Tensor) -> tuple[torch.dtype, tl.dtype]:
-    """The dtype of positions, weights and sums, for torch and for Triton: float64 if either is."""
-    wide = torch.float64 in (table.dtype, y.dtype)
-    return (torch.float64, tl.float64) if wide else (torch.float32, tl.float32)
+def _compute_dtype(y: Tensor) -> tuple[torch.dtype, tl.dtype]:
+    """The dtype of weights and sums, for torch and for Triton: the positions' ``y``, float32 or float64."""
+    return (torch.float64, tl.float64) if y.dtype == torch.float64 else (torch.float32, tl.float32)
 
 
-def _check_inputs(table: Tensor, h: int, w: int, taps: int, y: Tensor, x: Tensor) -> None:
-    # The kernels read wherever the positions point inside h x w: a table of another size would be
-    # read out of bounds rather than raise, as torch's index_select does.
-    if table.dim() != 2 or table.shape[0] != h * w * taps:
-        raise ValueError(f"table must be [h * w * taps, C] = [{h * w * taps}, C], got {tuple(table.shape)}")
-    if y.shape != x.shape or not (y.is_floating_point() and x.is_floating_point()):
-        raise ValueError(
-            f"positions y and x must be floating tensors of one shape, got {y.dtype} {tuple(y.shape)} and {x.dtype} {tuple(x.shape)}"
-        )
-
-
-def sample_rows(
-    table: Tensor,
-    h: int,
-    w: int,
-    taps: int,
-    y: Tensor,
-    x: Tensor,
-    *,
-    sum_taps: bool = False,
-    run: int = 1,
-    out: Tensor | None = None,
-) -> Tensor:
+def sample_rows(grid: Grid, *, sum_taps: bool = False, run: int = 1, out: Tensor | None = None) -> Tensor:
     """:func:`sacseg.ops.sampling.sample_rows` as a Triton kernel (on CUDA, or in the interpreter).
 
     Args:
-        table: ``[h * w * taps, C]``, any strides (contiguous channels load fastest).
-        y, x: ``[M]`` positions in pixels, any strides.
+        grid: as in :func:`sacseg.ops.sampling.sample_rows`, its tensors of any strides
+            (contiguous channels load fastest).
         sum_taps, out: as in :func:`sacseg.ops.sampling.sample_rows`.
         run: checked, otherwise unused: it only orders the CPU kernel's visits.
 
     Returns:
         ``[M, C]``, or ``[M / taps, C]`` with ``sum_taps``, in ``table``'s dtype (``out`` when given).
     """
-    _check_inputs(table, h, w, taps, y, x)
-    y, x = y.reshape(-1), x.reshape(-1)
-    m, c = y.numel(), table.shape[1]
-    group = taps if sum_taps else 1
-    check_runs(m, group)
-    check_runs(m, run)
-    shape = (m // group, c)
-    check_out(out, shape, table.dtype)
+    shape = check_samples(grid, sum_taps, run, out)
+    table, h, w, taps, y, x = grid
+    y, x, c, group = y.reshape(-1), x.reshape(-1), shape[1], taps if sum_taps else 1
     out = table.new_empty(shape) if out is None else out
     if out.numel():
-        compute, compute_tl = _compute_dtype(table, y)
+        compute, compute_tl = _compute_dtype(y)
         block_m, block_c = _blocks(shape[0], c, compute)
-        grid = (triton.cdiv(shape[0], block_m), triton.cdiv(c, block_c))
+        blocks = (triton.cdiv(shape[0], block_m), triton.cdiv(c, block_c))
         strides = (*table.stride(), y.stride(0), x.stride(0))
-        _sample_kernel[grid](table, y, x, out, shape[0], c, h, w, taps, *strides, group, compute_tl, block_m, block_c)
+        _sample_kernel[blocks](table, y, x, out, shape[0], c, h, w, taps, *strides, group, compute_tl, block_m, block_c)
     return out
 
 
 def sample_rows_backward(
-    table: Tensor,
-    h: int,
-    w: int,
-    taps: int,
-    y: Tensor,
-    x: Tensor,
-    grad: Tensor,
-    grad_table: Tensor | None,
-    want_positions: bool,
-    *,
-    run: int = 1,
+    grid: Grid, grad: Tensor, grad_table: Tensor | None, want_positions: bool, *, run: int = 1
 ) -> tuple[Tensor, Tensor] | None:
     """:func:`sacseg.ops.sampling.sample_rows_backward` as a Triton kernel (on CUDA, or in the interpreter).
 
@@ -262,29 +225,24 @@ def sample_rows_backward(
     gradients are summed in float32), by atomic adds: not deterministic. The position gradients are
     per-sample sums over channel blocks, reduced in a fixed order: deterministic.
     """
-    _check_inputs(table, h, w, taps, y, x)
+    share = check_adjoint(grid, grad, grad_table, run)
+    table, h, w, taps, y, x = grid
     y, x = y.reshape(-1), x.reshape(-1)
     m, c = y.numel(), table.shape[1]
-    share = 1 if grad.shape[0] == m else taps
-    if tuple(grad.shape) != (m // share, c) or m % share:
-        raise ValueError(f"grad of shape {tuple(grad.shape)} fits neither {m} samples nor their runs of {taps} taps")
-    check_runs(m, run)
-    if grad_table is not None and grad_table.shape != table.shape:
-        raise ValueError(f"grad_table must have the table's shape {tuple(table.shape)}, got {tuple(grad_table.shape)}")
-    compute, compute_tl = _compute_dtype(table, y)
+    compute, compute_tl = _compute_dtype(y)
     target = grad_table
     if grad_table is not None and not (grad_table.is_contiguous() and grad_table.dtype == compute):
         target = torch.zeros(table.shape, dtype=compute, device=table.device)
     atomics = target is not None
     block_m, block_c = _blocks(m // share, c, compute)
-    grid = (triton.cdiv(m // share, block_m), triton.cdiv(c, block_c))
-    parts = torch.empty(2, grid[1], m, dtype=compute, device=table.device) if want_positions else None
-    if grid[0] and grid[1] and (atomics or want_positions):
+    blocks = (triton.cdiv(m // share, block_m), triton.cdiv(c, block_c))
+    parts = torch.empty(2, blocks[1], m, dtype=compute, device=table.device) if want_positions else None
+    if blocks[0] and blocks[1] and (atomics or want_positions):
         # Pointers that the kernel does not touch without ACCUMULATE or POSITIONS: the table.
         pointers = (table, y, x, grad, target if atomics else table, *((table, table) if parts is None else parts))
         sizes = (m // share, m, c, h, w, taps)
         strides = (*table.stride(), y.stride(0), x.stride(0), *grad.stride())
-        _sample_backward_kernel[grid](*pointers, *sizes, *strides, share, compute_tl, atomics, want_positions, block_m, block_c)
+        _sample_backward_kernel[blocks](*pointers, *sizes, *strides, share, compute_tl, atomics, want_positions, block_m, block_c)
     if grad_table is not None and target is not None and target is not grad_table:
         grad_table.add_(target)
     if parts is None:
