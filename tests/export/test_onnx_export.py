@@ -103,7 +103,7 @@ def test_larger_models_export(name: str, tmp_path: Path) -> None:
     # ResNet-101's depth PyTorch's float32 result and onnxruntime's each drift from the exact one by
     # up to ~1e-3 of the output's range. So the graph is held to the exact (float64) result, as close
     # as PyTorch's own float32 path gets, and the export's float32-to-float32 check only to 1e-2.
-    model = build_model(name, 19) if name.startswith("fcn") else _sac_model(name, std=0.002)
+    model = build_model(name, 19).eval() if name.startswith("fcn") else _sac_model(name, std=0.002)
     result = export_onnx(model, tmp_path / f"{name}.onnx", 96, 96, dynamic=True, rtol=1e-2)
     assert _domains(result.path) <= {""}
     images = torch.randn(2, 3, 80, 112, generator=torch.Generator().manual_seed(3))
