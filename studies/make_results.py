@@ -68,12 +68,13 @@ def _load(path: Path) -> dict[str, Any] | None:
 
 
 def _training_seconds(doc: Mapping[str, Any]) -> float | None:
-    """Seconds of training summed over a two-stage study's runs (each as long as the invocation that
-    trained it took), or None for a study of another kind."""
+    """Seconds of training summed over a two-stage study's runs, each its iterations at the cost per
+    iteration of the call that finished it (a study resumed across sessions trained in several), or
+    None for a study of another kind."""
     if doc.get("protocol") != "two-stage":
         return None
-    runs = [r for per_seed in doc["runs"].values() for r in per_seed.values()]
-    return doc["stage1"]["train"]["train_seconds"] + sum(r["train"]["train_seconds"] for r in runs)
+    runs = [doc["stage1"]["train"]] + [r["train"] for per_seed in doc["runs"].values() for r in per_seed.values()]
+    return sum(_seconds_per_iteration(train) * train["iterations"] for train in runs)
 
 
 def _threads(doc: Mapping[str, Any]) -> str:
@@ -100,8 +101,8 @@ def _provenance(doc: Mapping[str, Any]) -> str:
         # A resumed study reuses the runs an earlier invocation finished: its wall time alone would
         # understate what the results cost.
         lines.insert(2, f"- the wall time is that of the invocation that wrote the JSON, which reuses the runs already "
-                        f"finished in the work folder; training summed over every run, whichever invocation trained "
-                        f"it: {training / 60:.0f} min (of one process each; two ran at once in stage 2)")  # fmt: skip
+                        f"finished in the work folder; training summed over every run, each at the cost per iteration "
+                        f"of the invocation that finished it: {training / 60:.0f} min (of one process each; two ran at once in stage 2)")  # fmt: skip
     if doc["quick"]:
         lines.insert(0, "> **SMOKE TEST (`--quick`)**: a few iterations on tiny data to check that the script runs. "
                         "These numbers say nothing about SAC; run the command without `--quick`.\n")  # fmt: skip

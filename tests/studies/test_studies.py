@@ -46,7 +46,7 @@ from studies._study import (
     validation_curve,
     work_folder,
 )  # fmt: skip
-from studies.make_results import _claims, _costs, _robustness, _stage2_curves, render
+from studies.make_results import _claims, _costs, _robustness, _stage2_curves, _training_seconds, render
 from studies.scalescenes import (
     bucket_edges,
     bucket_index,
@@ -613,3 +613,12 @@ def test_stage2_curves_give_the_selection_and_the_last_validation_paired_to_the_
         "| SAC-single (0, 1) | 50.0 +- 0.0 | 46.5 +- 7.8 | 46.0 +- 0.0 | 100, 0 | 0.0 +- 1.4 [-12.7, +12.7] (+1.0, -1.0) |"
         in table
     )
+
+
+def test_a_resumed_run_costs_its_last_calls_seconds_per_iteration() -> None:
+    # Trained 10 of its 100 iterations in 30 s after a resume: 3 s per iteration, 300 s for the run.
+    resumed = {"train_seconds": 30.0, "iterations": 100, "trained_iterations": 10}
+    doc = {"protocol": "two-stage", "stage1": {"train": {"train_seconds": 50.0, "iterations": 100}},
+           "runs": {"control": {0: {"train": resumed}}}, "settings": {}}  # fmt: skip
+    assert _training_seconds(doc) == pytest.approx(350.0)
+    assert "3.00" in "\n".join(_costs(doc))
