@@ -30,11 +30,12 @@ format: $(STAMP)
 	$(BIN)/clang-format -i sacseg/ops/sampling/*.cpp
 
 # The quick run, tests/ only: everything but the checks marked slow (inductor compiles, torchrun, whole
-# runs in subprocesses), on one pytest-xdist worker per core (TEST_WORKERS=0: one process).
+# runs in subprocesses), on one pytest-xdist worker per core (TEST_WORKERS=0: one process), a test
+# file per worker at a time so that a module's fixtures (tiny trained runs) are made once.
 # The examples of README.md and the pages run in test-docs.
 TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m slow
