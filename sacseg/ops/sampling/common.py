@@ -39,8 +39,8 @@ def position_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _check_grid(grid: Grid) -> None:
-    # The kernels read wherever the positions point inside h x w: a table of another size would be
-    # read out of bounds rather than raise, as torch's index_select does.
+    # The compiled kernels read wherever the positions point inside h x w: a table of another size
+    # would be read out of bounds, where torch's index_select would raise.
     table, h, w, taps, y, x = grid
     if table.dim() != 2 or table.shape[0] != h * w * taps:
         raise ValueError(f"table must be [h * w * taps, C] = [{h * w * taps}, C], got {tuple(table.shape)}")
@@ -55,8 +55,8 @@ def _check_grid(grid: Grid) -> None:
 def check_samples(grid: Grid, sum_taps: bool, run: int, out: Tensor | None) -> tuple[int, int]:
     """The shape of :func:`sacseg.ops.sampling.sample_rows`' result, ``[M, C]`` or ``[M / taps, C]``
     with ``sum_taps``; ValueError unless its arguments are as it says."""
-    m, c = grid.y.numel(), grid.table.shape[1]
     _check_grid(grid)
+    m, c = grid.y.numel(), grid.table.shape[1]
     check_runs(m, grid.taps if sum_taps else 1)
     check_runs(m, run)
     shape = (m // grid.taps if sum_taps else m, c)
@@ -68,8 +68,8 @@ def check_adjoint(grid: Grid, grad: Tensor, grad_table: Tensor | None, run: int)
     """How many samples share a row of ``grad``: 1 for ``[M, C]``, ``taps`` for ``[M / taps, C]``
     (the adjoint of summed taps); ValueError unless the arguments are as
     :func:`sacseg.ops.sampling.sample_rows_backward` says."""
-    m, c = grid.y.numel(), grid.table.shape[1]
     _check_grid(grid)
+    m, c = grid.y.numel(), grid.table.shape[1]
     share = 1 if grad.shape[0] == m else grid.taps
     if tuple(grad.shape) != (m // share, c) or m % share:
         raise ValueError(f"grad of shape {tuple(grad.shape)} fits neither {m} samples nor their runs of {grid.taps} taps")
