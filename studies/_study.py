@@ -590,7 +590,7 @@ class Downscaled(nn.Module):
         return {"out": logits, "scales": out["scales"]}
 
 
-def mean_std(values: Sequence[float]) -> dict[str, float | None]:
+def mean_std(values: Sequence[float | None]) -> dict[str, float | None]:
     """``{"mean", "std"}`` over the finite values (sample std, ``ddof=1``; None when undefined)."""
     kept = [float(v) for v in values if v is not None and math.isfinite(v)]
     if not kept:

@@ -73,8 +73,19 @@ def _training_seconds(doc: Mapping[str, Any]) -> float | None:
     None for a study of another kind."""
     if doc.get("protocol") != "two-stage":
         return None
-    runs = [doc["stage1"]["train"]] + [r["train"] for per_seed in doc["runs"].values() for r in per_seed.values()]
-    return sum(_seconds_per_iteration(train) * train["iterations"] for train in runs)
+    groups = [[doc["stage1"]["train"]]] + [[r["train"] for r in per_seed.values()] for per_seed in doc["runs"].values()]
+    total = 0.0
+    for trains in groups:
+        # A run whose last call trained nothing (stopped between its last checkpoint and its summary)
+        # costs its row's mean over the runs that measured one.
+        row_cost = mean_std([_seconds_per_iteration(train) for train in trains])["mean"]
+        for train in trains:
+            cost = _seconds_per_iteration(train)
+            cost = row_cost if cost is None else cost
+            if cost is None:
+                raise ValueError(f"no run of a row measured its cost per iteration: {trains}")
+            total += cost * train["iterations"]
+    return total
 
 
 def _threads(doc: Mapping[str, Any]) -> str:
@@ -291,10 +302,12 @@ def _costs(doc: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def _seconds_per_iteration(train: Mapping[str, Any]) -> float:
+def _seconds_per_iteration(train: Mapping[str, Any]) -> float | None:
     """A run's training seconds over the iterations they trained (a summary without
-    ``trained_iterations`` counts all of the run's)."""
-    return train["train_seconds"] / max(1, train.get("trained_iterations", train["iterations"]))
+    ``trained_iterations`` counts all of the run's); None when its last call trained none (its seconds
+    were evaluation and saving only)."""
+    trained = train.get("trained_iterations", train["iterations"])
+    return train["train_seconds"] / trained if trained > 0 else None
 
 
 def _beyond_noise(by_factor: Mapping[str, Any]) -> str:

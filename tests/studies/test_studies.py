@@ -622,3 +622,16 @@ def test_a_resumed_run_costs_its_last_calls_seconds_per_iteration() -> None:
            "runs": {"control": {0: {"train": resumed}}}, "settings": {}}  # fmt: skip
     assert _training_seconds(doc) == pytest.approx(350.0)
     assert "3.00" in "\n".join(_costs(doc))
+
+
+def test_a_run_whose_last_call_trained_nothing_costs_its_rows_mean() -> None:
+    # Seed 1 was stopped between its last checkpoint and its summary: its last call's 40 s were
+    # evaluation and saving, not 40 s per iteration.
+    runs = {
+        0: {"train": {"train_seconds": 200.0, "iterations": 100, "trained_iterations": 100}},
+        1: {"train": {"train_seconds": 40.0, "iterations": 100, "trained_iterations": 0}},
+    }
+    doc = {"protocol": "two-stage", "stage1": {"train": {"train_seconds": 50.0, "iterations": 100}},
+           "runs": {"control": runs}, "settings": {}}  # fmt: skip
+    assert _training_seconds(doc) == pytest.approx(50.0 + 200.0 + 200.0)
+    assert "| control | 2.00 | - |" in "\n".join(_costs(doc))
