@@ -119,7 +119,7 @@ FULL: dict[str, Any] = {
     "batch": 8,
     "seeds": (0, 1, 2),
     # Six seeds in all for the control and MORE_SEED_ROWS (issue 27: SAC-multiple's lead under
-    # multi-scale + flip, +0.6 +- 0.3 in three seeds); the first three are the earlier study's runs, reused.
+    # multi-scale + flip, +0.6 +- 0.3 in three seeds); a finished run of the first three is reused.
     "more_seeds": (3, 4, 5),
     "stage1_iterations": 1000,
     "stage1_lr": 0.02,

@@ -116,7 +116,7 @@ EVAL_SECONDS = 6.0
 FULL: dict[str, Any] = {
     "seeds": (0, 1, 2),
     # Six seeds in all for the control and MORE_SEED_ROWS (issue 27: three could not tell their
-    # differences from noise); the first three are the earlier study's runs, reused.
+    # differences from noise); a finished run of the first three is reused.
     "more_seeds": (3, 4, 5),
     "stage1_iterations": 1000,
     "stage1_lr": 0.02,
