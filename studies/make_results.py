@@ -423,6 +423,15 @@ def _size_scales(doc: Mapping[str, Any], folder: Path, link: str) -> list[str]:
     return out
 
 
+def _seeds(settings: Mapping[str, Any]) -> str:
+    """Which seeds each stage-2 row ran, as the study's settings say."""
+    seeds = ", ".join(str(x) for x in settings["seeds"])
+    more = settings.get("more_seeds") or []
+    rows = ", ".join(["the control", *settings.get("more_rows", [])])
+    extra = f"; {rows} also {', '.join(str(x) for x in more)}" if more else ""
+    return f'seeds {seeds}{extra} ("-only" rows and ablations: seed {settings["seeds"][0]})'
+
+
 def _scalescenes(doc: Mapping[str, Any] | None, folder: Path, link: str) -> list[str]:
     out = ["### ScaleScenes: what SAC adds to a trained baseline, by object size", ""]
     if doc is None:
@@ -438,8 +447,7 @@ def _scalescenes(doc: Mapping[str, Any] | None, folder: Path, link: str) -> list
         + ", ".join(f"{it}: {100 * v:.1f}" for it, v in stage1["train"]["validations"])
         + f"; selected: iteration {stage1['train']['best_iteration']}, held-out mIoU {pct(stage1['miou'])}.",
         f"- stage 2, every row from stage 1's weights: {s['stage2_iterations']} iterations, lr {s['stage2_lr']} (poly), "
-        f"regressors at {s2['scale_lr_mult']} of it, validated at iteration 0 too; seeds {', '.join(str(x) for x in s['seeds'])} "
-        f'("-only" rows and ablations: seed {s["seeds"][0]}); evaluated on {s["test_images"]} held-out scenes '
+        f"regressors at {s2['scale_lr_mult']} of it, validated at iteration 0 too; {_seeds(s)}; evaluated on {s['test_images']} held-out scenes "
         f"(generator seed {s['test_seed']}).",
         "",
         *_size_intro(doc),
@@ -494,8 +502,7 @@ def _camvid(doc: Mapping[str, Any] | None, folder: Path, link: str) -> list[str]
         f"(at {s['factor']}x resolution) by iteration: {curve}; selected: iteration {stage1['train']['best_iteration']}, "
         f"`{s['eval_split']}` mIoU {pct(stage1['eval']['single']['miou'])} (MS+flip {pct(stage1['eval']['ms_flip']['miou'])}).",
         f"- stage 2, every row from stage 1's weights: {s['stage2_iterations']} iterations, lr {s['stage2_lr']} (poly), "
-        f"regressors at {s2['scale_lr_mult']} of it, validated at iteration 0 too; seeds {', '.join(str(x) for x in s['seeds'])} "
-        f'("-only" rows and ablations: seed {s["seeds"][0]}). Evaluated against full-resolution labels; '
+        f"regressors at {s2['scale_lr_mult']} of it, validated at iteration 0 too; {_seeds(s)}. Evaluated against full-resolution labels; "
         f"multi-scale = scales {', '.join(str(x) for x in s['ms_scales'])} of the reduced input and their mirror images.",
         "",
     ]

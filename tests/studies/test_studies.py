@@ -46,7 +46,7 @@ from studies._study import (
     validation_curve,
     work_folder,
 )  # fmt: skip
-from studies.make_results import _claims, _costs, _robustness, _stage2_curves, _training_seconds, render
+from studies.make_results import _claims, _costs, _robustness, _seeds, _stage2_curves, _training_seconds, render
 from studies.scalescenes import (
     bucket_edges,
     bucket_index,
@@ -635,3 +635,9 @@ def test_a_run_whose_last_call_trained_nothing_costs_its_rows_mean() -> None:
            "runs": {"control": runs}, "settings": {}}  # fmt: skip
     assert _training_seconds(doc) == pytest.approx(50.0 + 200.0 + 200.0)
     assert "| control | 2.00 | - |" in "\n".join(_costs(doc))
+
+
+def test_the_stage2_line_names_the_seeds_of_every_row() -> None:
+    settings = {"seeds": [0, 1, 2], "more_seeds": [3, 4, 5], "more_rows": ["SAC-multiple"]}
+    assert _seeds(settings) == 'seeds 0, 1, 2; the control, SAC-multiple also 3, 4, 5 ("-only" rows and ablations: seed 0)'
+    assert _seeds(settings | {"more_seeds": []}) == 'seeds 0, 1, 2 ("-only" rows and ablations: seed 0)'
