@@ -100,17 +100,15 @@ TEST_SEED = 2  # train/val/test scenes come from seeds 0/1/2 (sacseg.training.tr
 
 # Seconds per training iteration of each model, one thread, batch 8 of 96x96 crops of 128x128 scenes,
 # validations included, and seconds to score one model on the 64 test scenes: measured in the full
-# two-stage study (docs/results/scalescenes.json, train_seconds / iterations of its stage-2 runs, two
-# at once: control 0.93, SAC-single 0.87, SAC-multiple 1.18, SAC-single-only 0.28, SAC-multiple-only
-# 0.69; stage 1, alone, 0.81). Two single-threaded workers: stage 1 alone, then stage 2's runs
-# longest first. The DCN rows' are estimates, to re-measure from their first full run: SAC's times the
-# ratio of one training step (batch 8 of 96x96, one thread, the models side by side on a loaded 2-core
-# machine) of DCN-single to SAC-single (1.0) and of DCN-multiple to SAC-multiple (1.3).
+# two-stage study of issue 27 (docs/results/scalescenes.json, "Cost of a training iteration": each
+# stage-2 run's seconds over the iterations it trained, two runs at once, mean over the seeds; stage 1,
+# alone, 716 s for its 1000). Two single-threaded workers: stage 1 alone, then stage 2's runs
+# longest first.
 SECONDS_PER_ITERATION: dict[tuple[str, str], float] = {
-    ("fcn_resnet18", "control"): 0.93, ("sac_single_resnet18", "whole"): 0.87,
-    ("sac_multiple_resnet18", "whole"): 1.18, ("sac_single_resnet18", "only"): 0.28,
-    ("sac_multiple_resnet18", "only"): 0.69, ("dcn_single_resnet18", "whole"): 0.9,
-    ("dcn_multiple_resnet18", "whole"): 1.55,
+    ("fcn_resnet18", "control"): 0.83, ("sac_single_resnet18", "whole"): 0.86,
+    ("sac_multiple_resnet18", "whole"): 1.30, ("sac_single_resnet18", "only"): 0.32,
+    ("sac_multiple_resnet18", "only"): 0.82, ("dcn_single_resnet18", "whole"): 0.96,
+    ("dcn_multiple_resnet18", "whole"): 1.47,
 }  # fmt: skip
 EVAL_SECONDS = 6.0
 FULL: dict[str, Any] = {
