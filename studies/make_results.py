@@ -78,9 +78,9 @@ def _training_seconds(doc: Mapping[str, Any]) -> float | None:
     for trains in groups:
         # A run whose last call trained nothing (stopped between its last checkpoint and its summary)
         # costs its row's mean over the runs that measured one.
-        row_cost = mean_std([_seconds_per_iteration(train) for train in trains])["mean"]
-        for train in trains:
-            cost = _seconds_per_iteration(train)
+        costs = [_seconds_per_iteration(train) for train in trains]
+        row_cost = mean_std(costs)["mean"]
+        for train, cost in zip(trains, costs):
             cost = row_cost if cost is None else cost
             if cost is None:
                 raise ValueError(f"no run of a row measured its cost per iteration: {trains}")
