@@ -73,9 +73,10 @@ def _training_seconds(doc: Mapping[str, Any]) -> float | None:
     None for a study of another kind."""
     if doc.get("protocol") != "two-stage":
         return None
-    groups = [[doc["stage1"]["train"]]] + [[r["train"] for r in per_seed.values()] for per_seed in doc["runs"].values()]
+    groups = {"stage 1": [doc["stage1"]["train"]]}
+    groups |= {title: [r["train"] for r in per_seed.values()] for title, per_seed in doc["runs"].items()}
     total = 0.0
-    for trains in groups:
+    for title, trains in groups.items():
         # A run whose last call trained nothing (stopped between its last checkpoint and its summary)
         # costs its row's mean over the runs that measured one.
         costs = [_seconds_per_iteration(train) for train in trains]
@@ -83,7 +84,7 @@ def _training_seconds(doc: Mapping[str, Any]) -> float | None:
         for train, cost in zip(trains, costs):
             cost = row_cost if cost is None else cost
             if cost is None:
-                raise ValueError(f"no run of a row measured its cost per iteration: {trains}")
+                raise ValueError(f"{title}: no run measured its cost per iteration (every last call trained 0 iterations)")
             total += cost * train["iterations"]
     return total
 

@@ -641,3 +641,11 @@ def test_the_stage2_line_names_the_seeds_of_every_row() -> None:
     settings = {"seeds": [0, 1, 2], "more_seeds": [3, 4, 5], "more_rows": ["SAC-multiple"]}
     assert _seeds(settings) == 'seeds 0, 1, 2; the control, SAC-multiple also 3, 4, 5 ("-only" rows and ablations: seed 0)'
     assert _seeds(settings | {"more_seeds": []}) == 'seeds 0, 1, 2 ("-only" rows and ablations: seed 0)'
+
+
+def test_a_row_with_no_measured_cost_is_named() -> None:
+    run = {"train": {"train_seconds": 40.0, "iterations": 100, "trained_iterations": 0}}
+    doc = {"protocol": "two-stage", "stage1": {"train": {"train_seconds": 50.0, "iterations": 100}},
+           "runs": {"SAC-single": {0: run}}, "settings": {}}  # fmt: skip
+    with pytest.raises(ValueError, match="SAC-single: no run measured its cost"):
+        _training_seconds(doc)
