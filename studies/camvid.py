@@ -93,25 +93,22 @@ NUM_CLASSES = len(CLASSES)
 MS_SCALES: tuple[float, ...] = (0.75, 1.0, 1.25)
 
 # Seconds per training iteration, one thread, batch 8 of 176x176 crops of the half-resolution copy,
-# validations included, two runs at once: the full two-stage run's stage 2 (docs/results/camvid.json,
-# train_seconds / iterations: control 2.35, SAC-single 2.37, SAC-multiple 3.05, SAC-single-only 1.06,
-# SAC-multiple-only 1.99). Stage 1 runs alone on ``stage1_threads`` threads: two make a training step
-# of the baseline 1.85 times faster (2.77 s -> 1.47 s, one step of batch 8 at 176x176; that run's
-# stage 1 took 1.19 s per iteration, the estimate 1.27). Seconds to score one checkpoint on val,
-# single + multi-scale + flip: 100-120 in that run (two at once); 2.3 times that on the 233 test
-# images. Two workers: stage 1 (~25 min), then stage 2's 11 runs of 200 iterations, each scored at its
-# selected and its last checkpoint (~70 min). The DCN rows' are estimates, to re-measure from their
-# first full run: SAC's times the ratio of one training step (batch 8 of 176x176, one thread, the models
-# side by side on a loaded 2-core machine) of DCN-single to SAC-single (1.0) and of DCN-multiple to
-# SAC-multiple (1.65).
+# validations included, two runs at once: measured in the full two-stage study of issue 27
+# (docs/results/camvid.json, "Cost of a training iteration": each stage-2 run's seconds over the
+# iterations it trained, mean over the seeds; the partner run varies, hence a spread of about 10%).
+# Stage 1 runs alone on ``stage1_threads`` threads: two make a training step of the baseline 1.85
+# times faster (2.77 s -> 1.47 s, one step of batch 8 at 176x176). Seconds to score one checkpoint on
+# val, single + multi-scale + flip: 106-181 in that run, mean 143 (two at once); 2.3 times that on the
+# 233 test images. Two workers: stage 1, then stage 2's runs longest first, each scored at its
+# selected and its last checkpoint, single-scale, multi-scale + flip and at every rescale factor.
 SECONDS_PER_ITERATION: dict[tuple[str, str], float] = {
-    ("fcn_resnet18", "control"): 2.35, ("sac_single_resnet18", "whole"): 2.4,
-    ("sac_multiple_resnet18", "whole"): 3.05, ("sac_single_resnet18", "only"): 1.06,
-    ("sac_multiple_resnet18", "only"): 2.0, ("dcn_single_resnet18", "whole"): 2.45,
-    ("dcn_multiple_resnet18", "whole"): 5.0,
+    ("fcn_resnet18", "control"): 2.95, ("sac_single_resnet18", "whole"): 3.56,
+    ("sac_multiple_resnet18", "whole"): 3.84, ("sac_single_resnet18", "only"): 1.41,
+    ("sac_multiple_resnet18", "only"): 2.33, ("dcn_single_resnet18", "whole"): 3.52,
+    ("dcn_multiple_resnet18", "whole"): 6.38,
 }  # fmt: skip
 STAGE1_SPEEDUP: dict[int, float] = {1: 1.0, 2: 1.85}
-EVAL_SECONDS = 120.0
+EVAL_SECONDS = 143.0
 TEST_EVAL_FACTOR = 2.3
 FULL: dict[str, Any] = {
     "factor": 0.5,
